@@ -1,0 +1,302 @@
+//! The command line: argh parses it, then every value is checked and turned
+//! into a [`Config`]. Anything wrong is a [`Failure::Usage`] (exit status 2)
+//! naming the argument, found before the relay touches the system.
+
+use std::ffi::CString;
+use std::str::FromStr;
+use std::time::Duration;
+
+use argh::FromArgs;
+
+use crate::endpoint::{Endpoint, Role, UnixAddr};
+use crate::log::Level;
+use crate::timespan::{self, Span};
+use crate::Failure;
+
+/// How hard the relay confines itself after start-up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SandboxMode {
+    /// Enforce what the kernel supports, warn about the rest.
+    BestEffort,
+    /// Refuse to start unless everything is enforced.
+    Strict,
+    /// No self-confinement (with a warning).
+    Off,
+}
+
+/// Everything the relay needs to know, validated.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listen: Endpoint,
+    pub connect: Endpoint,
+    pub connections_max: usize,
+    pub connect_timeout: Span,
+    pub idle_timeout: Span,
+    pub exit_idle_time: Span,
+    pub shutdown_timeout: Span,
+    /// Permissions of a socket file the relay creates.
+    pub socket_mode: Option<u32>,
+    /// Group of a socket file the relay creates.
+    pub socket_group: Option<libc::gid_t>,
+    pub sandbox: SandboxMode,
+    pub level: Level,
+}
+
+/// A systemd time span as an argh value.
+#[derive(Debug, Clone, Copy)]
+struct SpanArg(Span);
+
+impl FromStr for SpanArg {
+    type Err = String;
+    fn from_str(text: &str) -> Result<Self, String> {
+        timespan::parse(text).map(SpanArg)
+    }
+}
+
+const SECONDS_10: SpanArg = SpanArg(Some(Duration::from_secs(10)));
+const SECONDS_30: SpanArg = SpanArg(Some(Duration::from_secs(30)));
+const INFINITY: SpanArg = SpanArg(None);
+
+#[derive(FromArgs)]
+/// Relay stream connections between TCP and Unix sockets, in either direction:
+/// accept on LISTEN, connect to CONNECT, copy bytes both ways until both sides are done.
+#[argh(
+    note = "Endpoints (LISTEN and CONNECT):
+  HOST:PORT, tcp:HOST:PORT    TCP; LISTEN: IP literal, localhost or empty (:PORT = all interfaces);
+                              CONNECT: any host name, resolved at each connect; port 0 on LISTEN = any free port
+  [IPV6]:PORT                 TCP over IPv6
+  PATH (containing /), unix:PATH   Unix socket file (./sock for the current directory)
+  @NAME, unix:@NAME           Linux abstract Unix socket
+  sd-listen, sd-listen:NAME   LISTEN only: sockets passed by systemd socket activation (named: FileDescriptorName=)
+  fd:N                        LISTEN only: inherited fd N; a listening socket is served,
+                              a connected one is relayed once, then the relay exits
+Time spans use systemd syntax: 90, 90s, 500ms, 5min 20s, 1h, infinity.
+Each listener logs 'listening on ADDR' (also with -q) once the relay is ready.",
+    example = "Expose a TCP-only service as a Unix socket:\n  $ {command_name} --socket-mode 0660 /run/foobar-unix/socket 127.0.0.1:8080\nRe-expose a Unix socket on TCP:\n  $ {command_name} 127.0.0.1:8000 /run/app.sock",
+    error_code(0, "clean stop: signal, --exit-idle-time, or a single fd:N connection done"),
+    error_code(1, "runtime or startup failure (address in use, missing directory, --sandbox strict not satisfiable, ...)"),
+    error_code(2, "usage error: bad endpoint, unknown option, malformed value")
+)]
+struct Args {
+    /// where to accept connections (see Endpoints)
+    #[argh(positional, arg_name = "LISTEN")]
+    listen: String,
+
+    /// where to connect for each accepted connection (see Endpoints)
+    #[argh(positional, arg_name = "CONNECT")]
+    connect: String,
+
+    /// most connections relayed at once; more clients wait in the listen backlog (default 256)
+    #[argh(option, short = 'c', arg_name = "N", default = "256")]
+    connections_max: usize,
+
+    /// give up connecting to CONNECT after SPAN, all addresses together (default 10s)
+    #[argh(option, arg_name = "SPAN", default = "SECONDS_10")]
+    connect_timeout: SpanArg,
+
+    /// close a connection after SPAN without a byte in either direction (default infinity)
+    #[argh(option, arg_name = "SPAN", default = "INFINITY")]
+    idle_timeout: SpanArg,
+
+    /// exit 0 after SPAN with no open connection (default infinity)
+    #[argh(option, arg_name = "SPAN", default = "INFINITY")]
+    exit_idle_time: SpanArg,
+
+    /// on SIGTERM/SIGINT, how long open connections may go on before exit (default 30s)
+    #[argh(option, arg_name = "SPAN", default = "SECONDS_30")]
+    shutdown_timeout: SpanArg,
+
+    /// permissions (octal, e.g. 0660) of the Unix socket file LISTEN creates (default: umask)
+    #[argh(option, arg_name = "MODE")]
+    socket_mode: Option<String>,
+
+    /// group (name or number) of the Unix socket file LISTEN creates (default: the process's)
+    #[argh(option, arg_name = "GROUP")]
+    socket_group: Option<String>,
+
+    /// self-confinement after start-up: best-effort, strict or off (default best-effort)
+    #[argh(option, arg_name = "MODE", default = "String::from(\"best-effort\")")]
+    sandbox: String,
+
+    /// log errors only (and the 'listening on' lines)
+    #[argh(switch, short = 'q')]
+    quiet: bool,
+
+    /// also log one line per connection when it ends: peer, bytes each way, duration
+    #[argh(switch, short = 'v')]
+    verbose: bool,
+
+    /// print the version and exit
+    #[argh(switch)]
+    #[allow(dead_code)] // handled before argh runs, so that no endpoints are needed
+    version: bool,
+}
+
+/// What the command line asks for.
+pub enum Command {
+    /// Print this text to standard output and exit 0 (`--help`, `--version`).
+    Print(String),
+    /// Run the relay.
+    Run(Config),
+}
+
+/// Parses the arguments after the program name.
+pub fn parse(program: &str, args: &[String]) -> Result<Command, Failure> {
+    let before_dashdash = args.iter().take_while(|a| *a != "--");
+    if before_dashdash.clone().any(|a| a == "--version") {
+        return Ok(Command::Print(format!("{program} {}\n", env!("CARGO_PKG_VERSION"))));
+    }
+    let strs: Vec<&str> = args.iter().map(String::as_str).collect();
+    let parsed = match Args::from_args(&[program], &strs) {
+        Ok(parsed) => parsed,
+        Err(exit) if exit.status.is_ok() => return Ok(Command::Print(exit.output)),
+        Err(exit) => {
+            let reason = exit.output.split_whitespace().collect::<Vec<_>>().join(" ");
+            return Err(Failure::Usage(format!("{reason} (see --help)")));
+        }
+    };
+    parsed.validate().map(Command::Run)
+}
+
+impl Args {
+    fn validate(self) -> Result<Config, Failure> {
+        let usage = |what: &str, reason: String| Failure::Usage(format!("{what}: {reason}"));
+        let listen = Endpoint::parse(&self.listen, Role::Listen)
+            .map_err(|r| usage(&format!("LISTEN '{}'", self.listen), r))?;
+        let connect = Endpoint::parse(&self.connect, Role::Connect)
+            .map_err(|r| usage(&format!("CONNECT '{}'", self.connect), r))?;
+        if self.connections_max == 0 {
+            return Err(usage("--connections-max", "must be at least 1".into()));
+        }
+        let creates_socket_file = matches!(listen, Endpoint::Unix(UnixAddr::Path(_)));
+        let socket_mode = match &self.socket_mode {
+            None => None,
+            Some(_) if !creates_socket_file => {
+                return Err(usage("--socket-mode", "LISTEN is not a Unix socket path".into()));
+            }
+            Some(text) => Some(parse_mode(text).map_err(|r| usage("--socket-mode", r))?),
+        };
+        let socket_group = match &self.socket_group {
+            None => None,
+            Some(_) if !creates_socket_file => {
+                return Err(usage("--socket-group", "LISTEN is not a Unix socket path".into()));
+            }
+            Some(text) => Some(lookup_group(text).map_err(|r| usage("--socket-group", r))?),
+        };
+        let sandbox = match self.sandbox.as_str() {
+            "best-effort" => SandboxMode::BestEffort,
+            "strict" => SandboxMode::Strict,
+            "off" => SandboxMode::Off,
+            other => {
+                return Err(usage(
+                    "--sandbox",
+                    format!("'{other}' is not one of best-effort, strict, off"),
+                ));
+            }
+        };
+        let level = match (self.quiet, self.verbose) {
+            (true, true) => return Err(usage("-q/-v", "choose one".into())),
+            (true, false) => Level::Error,
+            (false, true) => Level::Debug,
+            (false, false) => Level::Info,
+        };
+        Ok(Config {
+            listen,
+            connect,
+            connections_max: self.connections_max,
+            connect_timeout: self.connect_timeout.0,
+            idle_timeout: self.idle_timeout.0,
+            exit_idle_time: self.exit_idle_time.0,
+            shutdown_timeout: self.shutdown_timeout.0,
+            socket_mode,
+            socket_group,
+            sandbox,
+            level,
+        })
+    }
+}
+
+fn parse_mode(text: &str) -> Result<u32, String> {
+    match u32::from_str_radix(text, 8) {
+        Ok(mode) if mode <= 0o7777 && !text.is_empty() => Ok(mode),
+        _ => Err(format!("'{text}' is not an octal file mode (e.g. 0660)")),
+    }
+}
+
+fn lookup_group(text: &str) -> Result<libc::gid_t, String> {
+    if let Ok(gid) = text.parse::<libc::gid_t>() {
+        return Ok(gid);
+    }
+    let name = CString::new(text).map_err(|_| format!("'{text}' is not a group name"))?;
+    let mut group = std::mem::MaybeUninit::<libc::group>::uninit();
+    let mut buffer = vec![0 as libc::c_char; 16384];
+    let mut result: *mut libc::group = std::ptr::null_mut();
+    // SAFETY: every pointer is valid for the duration of the call and the
+    // buffer length is passed; the result points into `group` or is null.
+    let rc = unsafe {
+        libc::getgrnam_r(name.as_ptr(), group.as_mut_ptr(), buffer.as_mut_ptr(), buffer.len(), &mut result)
+    };
+    if rc != 0 || result.is_null() {
+        return Err(format!("no group named '{text}'"));
+    }
+    // SAFETY: getgrnam_r succeeded and filled `group`.
+    Ok(unsafe { group.assume_init() }.gr_gid)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(args: &[&str]) -> Result<Config, String> {
+        let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+        match parse("simpletcpunixrelay", &args) {
+            Ok(Command::Run(config)) => Ok(config),
+            Ok(Command::Print(text)) => Err(format!("printed {text}")),
+            Err(Failure::Usage(text)) => Err(text),
+            Err(Failure::Startup(text)) => panic!("startup failure while parsing: {text}"),
+        }
+    }
+
+    #[test]
+    fn options_anywhere() {
+        let config = run(&["-c", "5", "/tmp/x.sock", "--idle-timeout", "5min", "127.0.0.1:80", "-v"]).unwrap();
+        assert_eq!(config.connections_max, 5);
+        assert_eq!(config.idle_timeout, Some(Duration::from_secs(300)));
+        assert_eq!(config.connect_timeout, Some(Duration::from_secs(10)));
+        assert_eq!(config.shutdown_timeout, Some(Duration::from_secs(30)));
+        assert_eq!(config.exit_idle_time, None);
+        assert_eq!(config.level, Level::Debug);
+    }
+
+    #[test]
+    fn usage_errors_name_the_argument() {
+        let cases: &[(&[&str], &str)] = &[
+            (&["-c", "abc", ":80", "/x"], "-c"),
+            (&["-c", "0", ":80", "/x"], "--connections-max"),
+            (&[":80", "/x", "--idle-timeout", "soon"], "--idle-timeout"),
+            (&["/x", "127.0.0.1:80", "--socket-mode", "999"], "--socket-mode"),
+            (&[":80", "/x", "--socket-mode", "0660"], "--socket-mode"),
+            (&["/x", "127.0.0.1:80", "--socket-group", "no-such-group-here"], "--socket-group"),
+            (&[":80", "/x", "--sandbox", "maybe"], "--sandbox"),
+            (&[":99999", "/x"], "LISTEN ':99999'"),
+            (&[":80", "sd-listen"], "CONNECT 'sd-listen'"),
+            (&[":80"], "CONNECT"),
+            (&[":80", "/x", "--frobnicate"], "--frobnicate"),
+        ];
+        for (args, named) in cases {
+            let err = run(args).expect_err(&format!("{args:?} should fail"));
+            assert!(err.contains(named), "{args:?}: {err:?} should name {named}");
+            assert!(!err.contains('\n'), "{err:?} should be one line");
+        }
+    }
+
+    #[test]
+    fn modes_and_groups() {
+        assert_eq!(parse_mode("0660"), Ok(0o660));
+        assert_eq!(parse_mode("2770"), Ok(0o2770));
+        assert!(parse_mode("0668").is_err());
+        assert!(parse_mode("").is_err());
+        assert_eq!(lookup_group("0"), Ok(0));
+        assert_eq!(lookup_group("root"), Ok(0));
+    }
+}

@@ -1,0 +1,94 @@
+//! simpletcpunixrelay: relay stream connections between TCP and Unix sockets,
+//! in either direction, for services confined to their own network namespace.
+//!
+//! Start-up order matters (see [`run`]): everything that needs privileges or
+//! the filesystem happens first, single-threaded; the async runtime starts
+//! last.
+
+pub mod cli;
+pub mod connector;
+pub mod endpoint;
+pub mod listener;
+pub mod log;
+pub mod peer;
+pub mod relay;
+pub mod server;
+pub mod shutdown;
+pub mod timespan;
+
+use std::sync::Arc;
+
+use cli::Config;
+use listener::{FileOptions, Opened};
+
+/// Why the relay could not run, and so its exit status.
+#[derive(Debug)]
+pub enum Failure {
+    /// Bad command line: exit status 2.
+    Usage(String),
+    /// Start-up or runtime failure: exit status 1.
+    Startup(String),
+}
+
+impl Failure {
+    /// The exit status the specification gives this failure.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            Failure::Usage(_) => 2,
+            Failure::Startup(_) => 1,
+        }
+    }
+
+    /// The message, without the kind.
+    pub fn message(&self) -> &str {
+        match self {
+            Failure::Usage(m) | Failure::Startup(m) => m,
+        }
+    }
+}
+
+/// Runs the relay until a clean stop.
+pub fn run(config: Config) -> Result<(), Failure> {
+    log::init(config.level);
+    // 1. Open LISTEN with plain blocking calls: no threads exist yet.
+    let opened = listener::open(
+        &config.listen,
+        FileOptions { mode: config.socket_mode, group: config.socket_group },
+    )?;
+    raise_fd_limit();
+    // 2. Signals are queued from here on, so a stop is always graceful.
+    let signals = shutdown::Signals::install().map_err(|e| Failure::Startup(format!("cannot install signal handlers: {e}")))?;
+    // 3. Only now start the runtime's threads.
+    let config = Arc::new(config);
+    let signals = signals.into_async().map_err(|e| Failure::Startup(e.to_string()))?;
+    async_std::task::block_on(async move {
+        match opened {
+            Opened::Listeners(listeners) => server::serve(listeners, config, signals)
+                .await
+                .map_err(|e| Failure::Startup(e.to_string())),
+            Opened::Connection(socket) => match server::serve_one(socket, config, signals).await {
+                Ok(true) => Ok(()),
+                Ok(false) => Err(Failure::Startup("the inherited connection could not be relayed".into())),
+                Err(e) => Err(Failure::Startup(e.to_string())),
+            },
+        }
+    })
+}
+
+/// Raises the soft open-file limit to the hard limit: every connection needs
+/// two descriptors, and the default soft limit (1024) caps the relay at a few
+/// hundred connections.
+fn raise_fd_limit() {
+    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit/setrlimit read and write one `rlimit` struct.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 || limit.rlim_cur >= limit.rlim_max {
+            return;
+        }
+        let before = limit.rlim_cur;
+        limit.rlim_cur = limit.rlim_max;
+        if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) == 0 {
+            debug!("open file limit raised from {before} to {}", limit.rlim_max);
+        }
+    }
+}

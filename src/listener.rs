@@ -1,0 +1,340 @@
+//! Opening LISTEN: binding TCP and Unix sockets, taking over inherited ones
+//! (systemd socket activation, `fd:N`), replacing stale socket files and
+//! removing the socket file the relay created when it exits.
+//!
+//! Everything here uses blocking std/socket2 calls on purpose: it runs
+//! before the async runtime starts, while the process is single-threaded, so
+//! that the sandbox applied afterwards covers every thread.
+
+use std::ffi::CString;
+use std::fmt;
+use std::io;
+use std::net::{IpAddr, Ipv6Addr, SocketAddr, ToSocketAddrs};
+use std::os::fd::{FromRawFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::path::{Path, PathBuf};
+
+use socket2::{Domain, SockAddr, Socket, Type};
+
+use crate::endpoint::{Endpoint, Host, UnixAddr};
+use crate::Failure;
+
+/// A socket to accept connections on.
+pub struct Listener {
+    /// The listening socket (blocking until the server converts it).
+    pub socket: Socket,
+    /// The bound address as printed in `listening on ADDR`.
+    pub address: String,
+    /// The socket file this relay created, removed when the listener is dropped.
+    file: Option<SocketFile>,
+}
+
+/// What LISTEN gave: sockets to serve, or one already accepted connection
+/// (`fd:N` or `sd-listen` with `Accept=yes`, inetd, s6-tcpserver).
+pub enum Opened {
+    Listeners(Vec<Listener>),
+    Connection(Socket),
+}
+
+/// Options that shape a socket file the relay creates.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct FileOptions {
+    pub mode: Option<u32>,
+    pub group: Option<libc::gid_t>,
+}
+
+/// Opens LISTEN. Nothing is left behind on failure: a socket file created
+/// before a later step failed is removed again by [`Listener`]'s drop.
+pub fn open(endpoint: &Endpoint, file_options: FileOptions) -> Result<Opened, Failure> {
+    let listeners = match endpoint {
+        Endpoint::Tcp { host, port } => bind_tcp(host, *port)?,
+        Endpoint::Unix(UnixAddr::Path(path)) => vec![bind_unix_path(path, file_options)?],
+        Endpoint::Unix(UnixAddr::Abstract(name)) => vec![bind_abstract(name)?],
+        Endpoint::SdListen(name) => return inherit_systemd(name.as_deref()),
+        Endpoint::Fd(fd) => return inherit_fd(*fd, &endpoint.to_string()),
+    };
+    Ok(Opened::Listeners(listeners))
+}
+
+impl Listener {
+    fn new(socket: Socket, file: Option<SocketFile>) -> Result<Listener, Failure> {
+        let address = socket
+            .local_addr()
+            .map(|a| display_addr(&a))
+            .map_err(|e| Failure::Startup(format!("cannot read the listening address: {e}")))?;
+        Ok(Listener { socket, address, file })
+    }
+
+    /// Closes the socket and removes the socket file the relay created (so a
+    /// stopping relay frees its address at once, before draining).
+    pub fn close(self) {
+        drop(self.socket);
+        drop(self.file);
+    }
+
+    /// Splits off the socket, keeping the file guard, for conversion to async.
+    pub fn into_parts(self) -> (Socket, String, Option<SocketFile>) {
+        (self.socket, self.address, self.file)
+    }
+}
+
+/// Backlog for every listener: the kernel clamps it to `net.core.somaxconn`.
+/// A deep queue is what lets clients wait at `--connections-max` instead of
+/// being refused.
+const BACKLOG: i32 = libc::SOMAXCONN;
+
+fn bind_tcp(host: &Host, port: u16) -> Result<Vec<Listener>, Failure> {
+    let addresses: Vec<SocketAddr> = match host {
+        Host::Ip(ip) => vec![SocketAddr::new(*ip, port)],
+        Host::Any => vec![SocketAddr::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), port)],
+        Host::Name(name) => {
+            let mut found: Vec<SocketAddr> = (name.as_str(), port)
+                .to_socket_addrs()
+                .map_err(|e| Failure::Startup(format!("cannot resolve '{name}': {e}")))?
+                .collect();
+            found.dedup();
+            found
+        }
+    };
+    let mut listeners: Vec<Listener> = Vec::new();
+    for mut address in addresses {
+        // With port 0 on several addresses (localhost), all share the port
+        // the kernel picked for the first.
+        if let Some(first) = listeners.first() {
+            address.set_port(first.socket.local_addr().ok().and_then(|a| a.as_socket()).map_or(port, |a| a.port()));
+        }
+        let socket = match bind_tcp_one(address, matches!(host, Host::Any)) {
+            Err(e) if matches!(host, Host::Any) && e.raw_os_error() == Some(libc::EAFNOSUPPORT) => {
+                // No IPv6 on this machine: all IPv4 interfaces it is.
+                bind_tcp_one(SocketAddr::new(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED), port), false)
+            }
+            other => other,
+        }
+        .map_err(|e| Failure::Startup(format!("cannot listen on {address}: {}", explain(&e))))?;
+        listeners.push(Listener::new(socket, None)?);
+    }
+    Ok(listeners)
+}
+
+fn bind_tcp_one(address: SocketAddr, dual_stack: bool) -> io::Result<Socket> {
+    let socket = Socket::new(Domain::for_address(address), Type::STREAM.cloexec(), None)?;
+    if dual_stack {
+        socket.set_only_v6(false)?;
+    }
+    // Restarting the relay must not fail on connections in TIME_WAIT.
+    socket.set_reuse_address(true)?;
+    socket.bind(&address.into())?;
+    socket.listen(BACKLOG)?;
+    Ok(socket)
+}
+
+fn bind_abstract(name: &[u8]) -> Result<Listener, Failure> {
+    let display = format!("@{}", String::from_utf8_lossy(name));
+    let address = abstract_addr(name).map_err(|e| Failure::Startup(format!("{display}: {e}")))?;
+    let socket = (|| {
+        let socket = Socket::new(Domain::UNIX, Type::STREAM.cloexec(), None)?;
+        socket.bind(&address)?;
+        socket.listen(BACKLOG)?;
+        Ok(socket)
+    })()
+    .map_err(|e: io::Error| Failure::Startup(format!("cannot listen on {display}: {}", explain(&e))))?;
+    Listener::new(socket, None)
+}
+
+/// The socket address of an abstract name.
+pub fn abstract_addr(name: &[u8]) -> io::Result<SockAddr> {
+    let mut bytes = Vec::with_capacity(name.len() + 1);
+    bytes.push(0);
+    bytes.extend_from_slice(name);
+    SockAddr::unix(std::ffi::OsStr::from_bytes(&bytes))
+}
+
+fn bind_unix_path(path: &Path, options: FileOptions) -> Result<Listener, Failure> {
+    let failure = |what: String| Failure::Startup(format!("cannot listen on {}: {what}", path.display()));
+    match std::fs::symlink_metadata(path) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(failure(e.to_string())),
+        Ok(meta) if !meta.file_type().is_socket() => {
+            return Err(failure("the path exists and is not a socket; not touching it".into()));
+        }
+        Ok(_) => match std::os::unix::net::UnixStream::connect(path) {
+            Ok(_) => return Err(failure("already in use by another process".into())),
+            Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {
+                // Nobody accepts on it: a stale socket left by a crash.
+                std::fs::remove_file(path).map_err(|e| failure(format!("cannot remove the stale socket: {e}")))?;
+                crate::info!("replaced stale socket {}", path.display());
+            }
+            Err(e) => return Err(failure(format!("a socket exists there and connecting to it failed: {e}"))),
+        },
+    }
+    let socket = Socket::new(Domain::UNIX, Type::STREAM.cloexec(), None).map_err(|e| failure(e.to_string()))?;
+    let address = SockAddr::unix(path).map_err(|e| failure(e.to_string()))?;
+    // The file gets its mode when bind creates it; a matching umask makes it
+    // never exist with wider permissions, not even for an instant.
+    let old_umask = options.mode.map(|mode| {
+        // SAFETY: umask only swaps the process's mask; single-threaded here.
+        unsafe { libc::umask(!mode as libc::mode_t & 0o777) }
+    });
+    let bound = socket.bind(&address);
+    if let Some(old) = old_umask {
+        // SAFETY: as above, restoring the previous mask.
+        unsafe { libc::umask(old) };
+    }
+    bound.map_err(|e| {
+        if e.kind() == io::ErrorKind::NotFound {
+            let parent = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+            failure(format!("directory {} does not exist", parent.display()))
+        } else {
+            failure(explain(&e))
+        }
+    })?;
+    let file = SocketFile::created(path.to_path_buf()).map_err(|e| failure(e.to_string()))?;
+    if let Some(mode) = options.mode {
+        chmod(path, mode).map_err(|e| failure(format!("cannot set mode {mode:04o}: {e}")))?;
+    }
+    if let Some(gid) = options.group {
+        chown_group(path, gid).map_err(|e| failure(format!("cannot set group {gid}: {e}")))?;
+    }
+    socket.listen(BACKLOG).map_err(|e| failure(explain(&e)))?;
+    Listener::new(socket, Some(file))
+}
+
+fn chmod(path: &Path, mode: u32) -> io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+}
+
+fn chown_group(path: &Path, gid: libc::gid_t) -> io::Result<()> {
+    let c_path = CString::new(path.as_os_str().as_bytes())?;
+    // SAFETY: a valid NUL-terminated path; uid -1 leaves the owner alone.
+    let rc = unsafe { libc::lchown(c_path.as_ptr(), u32::MAX, gid) };
+    if rc == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
+}
+
+/// A socket file the relay created; removed on drop if it is still the same
+/// file (another process may have replaced it meanwhile).
+pub struct SocketFile {
+    path: PathBuf,
+    device: u64,
+    inode: u64,
+}
+
+impl SocketFile {
+    fn created(path: PathBuf) -> io::Result<SocketFile> {
+        let meta = std::fs::symlink_metadata(&path)?;
+        Ok(SocketFile { path, device: meta.dev(), inode: meta.ino() })
+    }
+
+    /// The directory holding the socket file.
+    pub fn directory(&self) -> &Path {
+        self.path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."))
+    }
+}
+
+impl Drop for SocketFile {
+    fn drop(&mut self) {
+        let same = std::fs::symlink_metadata(&self.path)
+            .map(|m| m.dev() == self.device && m.ino() == self.inode)
+            .unwrap_or(false);
+        if same {
+            if let Err(e) = std::fs::remove_file(&self.path) {
+                crate::warn!("cannot remove socket file {}: {e}", self.path.display());
+            }
+        }
+    }
+}
+
+fn inherit_systemd(name: Option<&str>) -> Result<Opened, Failure> {
+    let usage = |reason: String| Failure::Usage(format!("LISTEN '{}': {reason}", name.map_or("sd-listen".into(), |n| format!("sd-listen:{n}"))));
+    let passed: Vec<(RawFd, String)> = sd_notify::listen_fds_with_names()
+        .map_err(|e| usage(format!("bad socket activation environment: {e}")))?
+        .collect();
+    if passed.is_empty() {
+        return Err(usage("no sockets were passed (LISTEN_FDS/LISTEN_PID not set for this process)".into()));
+    }
+    let chosen: Vec<(RawFd, String)> = match name {
+        None => passed,
+        Some(wanted) => passed.into_iter().filter(|(_, n)| n == wanted).collect(),
+    };
+    if chosen.is_empty() {
+        return Err(usage("no passed socket has that FileDescriptorName=".into()));
+    }
+    let mut listeners = Vec::new();
+    let mut connections = Vec::new();
+    for (fd, fd_name) in chosen {
+        match adopt(fd).map_err(|r| usage(format!("passed fd {fd} ({fd_name}) {r}")))? {
+            (socket, true) => listeners.push(Listener::new(socket, None)?),
+            (socket, false) => connections.push(socket),
+        }
+    }
+    match (listeners.is_empty(), connections.len()) {
+        (_, 0) => Ok(Opened::Listeners(listeners)),
+        (true, 1) => Ok(Opened::Connection(connections.pop().expect("one connection"))),
+        _ => Err(usage("mixes connected and listening sockets; pass one connection (Accept=yes) or listening sockets".into())),
+    }
+}
+
+fn inherit_fd(fd: RawFd, argument: &str) -> Result<Opened, Failure> {
+    let (socket, listening) = adopt(fd).map_err(|r| Failure::Usage(format!("LISTEN '{argument}': fd {fd} {r}")))?;
+    if listening {
+        Ok(Opened::Listeners(vec![Listener::new(socket, None)?]))
+    } else {
+        Ok(Opened::Connection(socket))
+    }
+}
+
+/// Takes ownership of an inherited descriptor if it is a stream socket;
+/// tells whether it is listening.
+fn adopt(fd: RawFd) -> Result<(Socket, bool), String> {
+    // SAFETY: F_GETFD only inspects the descriptor table.
+    if unsafe { libc::fcntl(fd, libc::F_GETFD) } < 0 {
+        return Err("is not open".into());
+    }
+    let mut kind: libc::c_int = 0;
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: SO_TYPE writes one c_int into `kind`, `len` holds its size.
+    let rc = unsafe { libc::getsockopt(fd, libc::SOL_SOCKET, libc::SO_TYPE, (&mut kind as *mut libc::c_int).cast(), &mut len) };
+    if rc != 0 {
+        return Err("is not a socket".into());
+    }
+    if kind != libc::SOCK_STREAM {
+        return Err("is not a stream socket".into());
+    }
+    // SAFETY: the descriptor is open, a socket, and nothing else in this
+    // process owns it: it was inherited and is named once on the command line.
+    let socket = unsafe { Socket::from_raw_fd(fd) };
+    socket.set_cloexec(true).map_err(|e| e.to_string())?;
+    let listening = socket.is_listener().map_err(|e| e.to_string())?;
+    Ok((socket, listening))
+}
+
+/// An address as the relay prints it: `127.0.0.1:80`, `[::1]:80`, `/path`, `@name`.
+pub fn display_addr(address: &SockAddr) -> String {
+    if let Some(ip) = address.as_socket() {
+        return ip.to_string();
+    }
+    if let Some(path) = address.as_pathname() {
+        return path.display().to_string();
+    }
+    if let Some(name) = address.as_abstract_namespace() {
+        return format!("@{}", String::from_utf8_lossy(name));
+    }
+    "unnamed".into()
+}
+
+/// An error with a hint for the usual startup mistakes.
+fn explain(e: &io::Error) -> String {
+    match e.raw_os_error() {
+        Some(libc::EADDRINUSE) => format!("{e}: the address is already in use"),
+        Some(libc::EACCES) if e.kind() == io::ErrorKind::PermissionDenied => format!("{e}: not allowed (privileged port or directory permissions?)"),
+        Some(libc::EADDRNOTAVAIL) => format!("{e}: no such local address"),
+        _ => e.to_string(),
+    }
+}
+
+impl fmt::Debug for Listener {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Listener({})", self.address)
+    }
+}

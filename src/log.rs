@@ -1,0 +1,133 @@
+//! One event per line on standard error. Timestamps normally; syslog `<N>`
+//! priority prefixes instead when standard error is the journal
+//! (`JOURNAL_STREAM` names the same device and inode), so journald files each
+//! line at the right priority.
+
+use std::io::Write;
+use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// How much to say.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Level {
+    Error = 0,
+    Warning = 1,
+    Info = 2,
+    Debug = 3,
+}
+
+static LEVEL: AtomicU8 = AtomicU8::new(Level::Info as u8);
+static JOURNAL: AtomicBool = AtomicBool::new(false);
+
+/// Sets the verbosity and detects whether standard error is the journal.
+pub fn init(level: Level) {
+    LEVEL.store(level as u8, Ordering::Relaxed);
+    JOURNAL.store(stderr_is_journal(), Ordering::Relaxed);
+}
+
+/// Whether messages at `level` are printed.
+pub fn enabled(level: Level) -> bool {
+    level as u8 <= LEVEL.load(Ordering::Relaxed)
+}
+
+/// Prints one line at `level`. Use the macros instead.
+pub fn write(level: Level, always: bool, message: std::fmt::Arguments<'_>) {
+    if !always && !enabled(level) {
+        return;
+    }
+    let tag = match level {
+        Level::Error => "error: ",
+        Level::Warning => "warning: ",
+        _ => "",
+    };
+    let line = if JOURNAL.load(Ordering::Relaxed) {
+        let priority = match level {
+            Level::Error => 3,
+            Level::Warning => 4,
+            Level::Info => 6,
+            Level::Debug => 7,
+        };
+        format!("<{priority}>{tag}{message}\n")
+    } else {
+        format!("{} {tag}{message}\n", timestamp())
+    };
+    // One write per line so that concurrent lines never interleave.
+    let _ = std::io::stderr().lock().write_all(line.as_bytes());
+}
+
+/// Logs an error (always shown, also with `-q`).
+#[macro_export]
+macro_rules! error {
+    ($($arg:tt)*) => { $crate::log::write($crate::log::Level::Error, false, format_args!($($arg)*)) };
+}
+/// Logs a warning (hidden by `-q`).
+#[macro_export]
+macro_rules! warn {
+    ($($arg:tt)*) => { $crate::log::write($crate::log::Level::Warning, false, format_args!($($arg)*)) };
+}
+/// Logs a lifecycle event: startup, readiness, shutdown (hidden by `-q`).
+#[macro_export]
+macro_rules! info {
+    ($($arg:tt)*) => { $crate::log::write($crate::log::Level::Info, false, format_args!($($arg)*)) };
+}
+/// Logs per-connection detail (shown with `-v`).
+#[macro_export]
+macro_rules! debug {
+    ($($arg:tt)*) => { $crate::log::write($crate::log::Level::Debug, false, format_args!($($arg)*)) };
+}
+
+fn stderr_is_journal() -> bool {
+    let Ok(value) = std::env::var("JOURNAL_STREAM") else {
+        return false;
+    };
+    let Some((dev, ino)) = value.split_once(':') else {
+        return false;
+    };
+    let (Ok(dev), Ok(ino)) = (dev.parse::<u64>(), ino.parse::<u64>()) else {
+        return false;
+    };
+    let mut stat = std::mem::MaybeUninit::<libc::stat>::uninit();
+    // SAFETY: fstat writes a whole `stat` into the buffer on success.
+    let rc = unsafe { libc::fstat(std::io::stderr().as_raw_fd(), stat.as_mut_ptr()) };
+    if rc != 0 {
+        return false;
+    }
+    // SAFETY: fstat succeeded, so the struct is initialised.
+    let stat = unsafe { stat.assume_init() };
+    stat.st_dev == dev && stat.st_ino == ino
+}
+
+/// UTC time as `2026-11-21T05:40:01.123Z`, without a date crate.
+fn timestamp() -> String {
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+    let secs = now.as_secs();
+    let (days, rem) = (secs / 86400, secs % 86400);
+    // Howard Hinnant's civil-from-days algorithm.
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
+        rem / 3600,
+        rem / 60 % 60,
+        rem % 60,
+        now.subsec_millis()
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn timestamp_shape() {
+        let t = super::timestamp();
+        assert_eq!(t.len(), 24, "{t}");
+        assert!(t.starts_with("20") && t.ends_with('Z'), "{t}");
+    }
+}

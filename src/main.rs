@@ -1,0 +1,31 @@
+//! Command-line entry point: parse, run, map the outcome to an exit status.
+
+use std::process::ExitCode;
+
+use simpletcpunixrelay::{Failure, cli};
+
+fn main() -> ExitCode {
+    let mut args = std::env::args();
+    let program = args.next().unwrap_or_else(|| "simpletcpunixrelay".into());
+    let program = program.rsplit('/').next().unwrap_or("simpletcpunixrelay").to_string();
+    let args: Vec<String> = args.collect();
+    let result = match cli::parse(&program, &args) {
+        Ok(cli::Command::Print(text)) => {
+            print!("{text}");
+            return ExitCode::SUCCESS;
+        }
+        Ok(cli::Command::Run(config)) => simpletcpunixrelay::run(config),
+        Err(failure) => Err(failure),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(failure) => {
+            let kind = match failure {
+                Failure::Usage(_) => "usage error",
+                Failure::Startup(_) => "error",
+            };
+            eprintln!("{program}: {kind}: {}", failure.message());
+            ExitCode::from(failure.exit_code())
+        }
+    }
+}

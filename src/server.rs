@@ -1,0 +1,310 @@
+//! The accept loop: listeners turned into one stream of connections with
+//! async-listen (errors such as EMFILE logged and retried after a pause; at
+//! `--connections-max`, backpressure stops accepting so clients wait in the
+//! kernel backlog), one task per connection, `--exit-idle-time`, and the
+//! graceful shutdown on SIGTERM/SIGINT.
+
+use std::io;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use async_io::{Async, Timer};
+use async_listen::ListenExt;
+use futures_lite::{Stream, StreamExt, future};
+use socket2::Socket;
+
+use crate::cli::Config;
+use crate::listener::{Listener, SocketFile};
+use crate::relay::{self, Outcome};
+use crate::shutdown::AsyncSignals;
+use crate::timespan;
+
+/// How long the accept loop pauses after an error such as EMFILE before it
+/// tries again (the pending client stays in the backlog meanwhile).
+const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
+/// Accept errors are logged at most this often.
+const ACCEPT_ERROR_LOG_INTERVAL: Duration = Duration::from_secs(10);
+
+/// Counters shared by the accept loop and the connection tasks.
+#[derive(Default)]
+pub struct Stats {
+    active: AtomicUsize,
+    total: AtomicU64,
+    /// When the last connection ended (or the relay started).
+    idle_since: Mutex<Option<Instant>>,
+}
+
+impl Stats {
+    /// Connections open now.
+    pub fn active(&self) -> usize {
+        self.active.load(Ordering::Relaxed)
+    }
+    /// Connections accepted since start.
+    pub fn total(&self) -> u64 {
+        self.total.load(Ordering::Relaxed)
+    }
+}
+
+/// Everything one connection task needs.
+struct Connection {
+    config: Arc<Config>,
+    stats: Arc<Stats>,
+    /// Dropped when the task ends; the shutdown waits for all of them.
+    _alive: async_channel::Sender<()>,
+    became_idle: async_channel::Sender<()>,
+}
+
+/// A connection accepted on some listener.
+struct Accepted {
+    socket: Socket,
+    tcp: bool,
+}
+
+/// Why the accept loop stopped.
+enum Stop {
+    Signal,
+    Idle,
+}
+
+/// Serves the listeners until a signal or `--exit-idle-time`; returns once
+/// the relay may exit (always a clean stop: exit status 0).
+pub async fn serve(listeners: Vec<Listener>, config: Arc<Config>, signals: AsyncSignals) -> io::Result<()> {
+    let stats = Arc::new(Stats::default());
+    *stats.idle_since.lock().expect("not poisoned") = Some(Instant::now());
+    let (alive, all_done) = async_channel::bounded::<()>(1);
+    let (became_idle, idle_events) = async_channel::bounded::<()>(1);
+
+    let mut files: Vec<SocketFile> = Vec::new();
+    let mut streams: Vec<Pin<Box<dyn Stream<Item = io::Result<Accepted>> + Send>>> = Vec::new();
+    for listener in listeners {
+        let (socket, address, file) = listener.into_parts();
+        let tcp = socket.local_addr().map(|a| a.as_socket().is_some()).unwrap_or(false);
+        files.extend(file);
+        let socket = Arc::new(Async::new(socket)?);
+        crate::log::write(crate::log::Level::Info, true, format_args!("listening on {address}"));
+        streams.push(Box::pin(futures_lite::stream::unfold(socket, move |socket| async move {
+            let accepted = socket.read_with(|s| s.accept()).await.map(|(socket, _)| Accepted { socket, tcp });
+            Some((accepted, socket))
+        })));
+    }
+    let merged = streams
+        .into_iter()
+        .reduce(|a, b| Box::pin(futures_lite::stream::race(a, b)))
+        .expect("at least one listener");
+    let mut incoming = merged
+        .log_warnings(rate_limited_accept_warning())
+        .handle_errors(ACCEPT_ERROR_PAUSE)
+        .backpressure(config.connections_max);
+
+    let stop = async {
+        match config.exit_idle_time {
+            None => {
+                signals.next().await;
+                Stop::Signal
+            }
+            Some(span) => future::or(
+                async {
+                    signals.next().await;
+                    Stop::Signal
+                },
+                async {
+                    wait_idle(&stats, &idle_events, span).await;
+                    Stop::Idle
+                },
+            )
+            .await,
+        }
+    };
+    futures_lite::pin!(stop);
+    let reason = loop {
+        let next = future::or(async { Ok(incoming.next().await) }, async { Err((&mut stop).await) }).await;
+        match next {
+            Ok(Some((token, accepted))) => {
+                stats.active.fetch_add(1, Ordering::Relaxed);
+                stats.total.fetch_add(1, Ordering::Relaxed);
+                let connection = Connection {
+                    config: config.clone(),
+                    stats: stats.clone(),
+                    _alive: alive.clone(),
+                    became_idle: became_idle.clone(),
+                };
+                async_std::task::spawn(async move {
+                    connection.run(accepted).await;
+                    drop(token);
+                });
+            }
+            Ok(None) => unreachable!("accept streams never end"),
+            Err(reason) => break reason,
+        }
+    };
+    // Stop accepting: close the listeners and remove their socket files, so
+    // a restarted relay can bind at once while this one drains.
+    drop(incoming);
+    drop(files);
+    drop(alive);
+    match reason {
+        Stop::Idle => {
+            crate::info!("no connection for {}: exiting", timespan::format(config.exit_idle_time));
+            Ok(())
+        }
+        Stop::Signal => {
+            drain(&stats, &all_done, config.shutdown_timeout, &signals).await;
+            Ok(())
+        }
+    }
+}
+
+/// Relays one already-accepted connection (`fd:N`, `Accept=yes`) and returns
+/// whether connecting to CONNECT worked.
+pub async fn serve_one(socket: Socket, config: Arc<Config>, signals: AsyncSignals) -> io::Result<bool> {
+    let stats = Arc::new(Stats::default());
+    let (alive, all_done) = async_channel::bounded::<()>(1);
+    let (became_idle, _idle_events) = async_channel::bounded::<()>(1);
+    let tcp = socket.local_addr().map(|a| a.as_socket().is_some()).unwrap_or(false);
+    crate::log::write(
+        crate::log::Level::Info,
+        true,
+        format_args!("listening on {} (one inherited connection)", socket.local_addr().map(|a| crate::listener::display_addr(&a)).unwrap_or_default()),
+    );
+    stats.active.fetch_add(1, Ordering::Relaxed);
+    let connection = Connection { config: config.clone(), stats: stats.clone(), _alive: alive, became_idle };
+    let task = async_std::task::spawn(async move { connection.run(Accepted { socket, tcp }).await });
+    let connected = future::or(async { Some(task.await) }, async {
+        signals.next().await;
+        None
+    })
+    .await;
+    match connected {
+        Some(connected) => Ok(connected),
+        None => {
+            drain(&stats, &all_done, config.shutdown_timeout, &signals).await;
+            Ok(true)
+        }
+    }
+}
+
+impl Connection {
+    /// Connects to CONNECT and relays; returns whether the connect worked.
+    async fn run(self, accepted: Accepted) -> bool {
+        let started = Instant::now();
+        let peer = crate::peer::describe(&accepted.socket);
+        let connected = self.relay(accepted, &peer, started).await;
+        if self.stats.active.fetch_sub(1, Ordering::Relaxed) == 1 {
+            *self.stats.idle_since.lock().expect("not poisoned") = Some(Instant::now());
+            let _ = self.became_idle.try_send(());
+        }
+        connected
+    }
+
+    async fn relay(&self, accepted: Accepted, peer: &str, started: Instant) -> bool {
+        let config = &self.config;
+        if accepted.tcp {
+            let _ = accepted.socket.set_tcp_nodelay(true);
+        }
+        let client = match Async::new(accepted.socket) {
+            Ok(client) => client,
+            Err(e) => {
+                crate::warn!("{peer}: {e}");
+                return false;
+            }
+        };
+        let backend = match crate::connector::connect(&config.connect, config.connect_timeout).await {
+            Ok(backend) => backend,
+            Err(e) => {
+                crate::warn!("{peer}: cannot connect to {}: {e}; closing the client", config.connect);
+                return false;
+            }
+        };
+        let (totals, outcome) = relay::relay(client, backend, config.idle_timeout).await;
+        if crate::log::enabled(crate::log::Level::Debug) {
+            let how = match &outcome {
+                Outcome::Done => "closed".to_string(),
+                Outcome::Idle => format!("idle for {}, closed", timespan::format(config.idle_timeout)),
+                Outcome::Failed(e) => format!("aborted ({e})"),
+            };
+            crate::debug!(
+                "{peer}: {how} after {:.3}s: {} bytes up, {} bytes down",
+                started.elapsed().as_secs_f64(),
+                totals.up,
+                totals.down
+            );
+        }
+        true
+    }
+}
+
+/// Resolves once no connection has been open for `span`.
+async fn wait_idle(stats: &Stats, idle_events: &async_channel::Receiver<()>, span: Duration) {
+    loop {
+        if stats.active() == 0 {
+            let since = stats.idle_since.lock().expect("not poisoned").unwrap_or_else(Instant::now);
+            let deadline = since + span;
+            if Instant::now() >= deadline {
+                return;
+            }
+            future::or(async { Timer::at(deadline).await; }, async { let _ = idle_events.recv().await; }).await;
+        } else {
+            let _ = idle_events.recv().await;
+        }
+    }
+}
+
+/// After a stop signal: lets open connections finish within `timeout`; a
+/// second signal ends the wait at once.
+async fn drain(stats: &Stats, all_done: &async_channel::Receiver<()>, timeout: Option<Duration>, signals: &AsyncSignals) {
+    let open = stats.active();
+    if open == 0 {
+        crate::info!("stopping: no open connections");
+        return;
+    }
+    crate::info!(
+        "stopping: waiting up to {} for {open} open connection{}",
+        timespan::format(timeout),
+        if open == 1 { "" } else { "s" }
+    );
+    let finished = async {
+        // Errs once every connection task has dropped its sender.
+        let _ = all_done.recv().await;
+        "all connections finished"
+    };
+    let expired = async {
+        match timeout {
+            Some(span) => {
+                Timer::after(span).await;
+                "shutdown timeout reached"
+            }
+            None => future::pending().await,
+        }
+    };
+    let again = async {
+        signals.next().await;
+        "second signal"
+    };
+    let why = future::or(finished, future::or(expired, again)).await;
+    let left = stats.active();
+    if left == 0 {
+        crate::info!("stopped: {why}");
+    } else {
+        crate::warn!("stopped: {why}; closing {left} open connection{}", if left == 1 { "" } else { "s" });
+    }
+}
+
+/// Logs accept errors that are not transient, at most once per interval,
+/// with the count of those not logged.
+fn rate_limited_accept_warning() -> impl FnMut(&io::Error) {
+    let mut last: Option<Instant> = None;
+    let mut suppressed = 0u64;
+    move |error| {
+        if last.is_some_and(|t| t.elapsed() < ACCEPT_ERROR_LOG_INTERVAL) {
+            suppressed += 1;
+            return;
+        }
+        let hint = async_listen::error_hint(error);
+        let more = if suppressed > 0 { format!(" ({suppressed} more since the last report)") } else { String::new() };
+        crate::warn!("accept failed: {error}{}{more}; retrying", if hint.is_empty() { String::new() } else { format!(". {hint}") });
+        last = Some(Instant::now());
+        suppressed = 0;
+    }
+}
