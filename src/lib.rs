@@ -12,6 +12,7 @@ pub mod listener;
 pub mod log;
 pub mod peer;
 pub mod relay;
+pub mod sandbox;
 pub mod server;
 pub mod shutdown;
 pub mod timespan;
@@ -58,7 +59,9 @@ pub fn run(config: Config) -> Result<(), Failure> {
     raise_fd_limit();
     // 2. Signals are queued from here on, so a stop is always graceful.
     let signals = shutdown::Signals::install().map_err(|e| Failure::Startup(format!("cannot install signal handlers: {e}")))?;
-    // 3. Only now start the runtime's threads.
+    // 3. Confine the process while it has a single thread.
+    confine(&config)?;
+    // 4. Only now start the runtime's threads.
     let config = Arc::new(config);
     let signals = signals.into_async().map_err(|e| Failure::Startup(e.to_string()))?;
     async_std::task::block_on(async move {
@@ -73,6 +76,34 @@ pub fn run(config: Config) -> Result<(), Failure> {
             },
         }
     })
+}
+
+/// Applies the self-sandbox and logs what was enforced.
+fn confine(config: &Config) -> Result<(), Failure> {
+    let notify_socket = std::env::var_os("NOTIFY_SOCKET").map(std::path::PathBuf::from);
+    let policy = sandbox::Policy::derive(config, notify_socket.as_deref());
+    sandbox::check_strict(&policy).map_err(Failure::Startup)?;
+    if !policy.read_files.is_empty() {
+        warm_up_resolver(&config.connect);
+    }
+    let report = sandbox::apply(&policy).map_err(Failure::Startup)?;
+    if policy.mode == cli::SandboxMode::Off || !report.missing.is_empty() || !report.capabilities_kept.is_empty() {
+        warn!("{report}");
+    } else {
+        info!("{report}");
+    }
+    Ok(())
+}
+
+/// Resolves CONNECT's host name once before confinement, so that the C
+/// library loads its NSS modules while it still may; later look-ups need
+/// only the resolver files the sandbox leaves readable.
+fn warm_up_resolver(connect: &endpoint::Endpoint) {
+    if let endpoint::Endpoint::Tcp { host: endpoint::Host::Name(name), port } = connect {
+        if let Err(e) = std::net::ToSocketAddrs::to_socket_addrs(&(name.as_str(), *port)) {
+            warn!("cannot resolve {name} yet: {e}");
+        }
+    }
 }
 
 /// Raises the soft open-file limit to the hard limit: every connection needs
