@@ -8,10 +8,10 @@ use std::time::Duration;
 
 use argh::FromArgs;
 
+use crate::Failure;
 use crate::endpoint::{Endpoint, Role, UnixAddr};
 use crate::log::Level;
 use crate::timespan::{self, Span};
-use crate::Failure;
 
 /// How hard the relay confines itself after start-up.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -73,8 +73,14 @@ const INFINITY: SpanArg = SpanArg(None);
 Time spans use systemd syntax: 90, 90s, 500ms, 5min 20s, 1h, infinity.
 Each listener logs 'listening on ADDR' (also with -q) once the relay is ready.",
     example = "Expose a TCP-only service as a Unix socket:\n  $ {command_name} --socket-mode 0660 /run/foobar-unix/socket 127.0.0.1:8080\nRe-expose a Unix socket on TCP:\n  $ {command_name} 127.0.0.1:8000 /run/app.sock",
-    error_code(0, "clean stop: signal, --exit-idle-time, or a single fd:N connection done"),
-    error_code(1, "runtime or startup failure (address in use, missing directory, --sandbox strict not satisfiable, ...)"),
+    error_code(
+        0,
+        "clean stop: signal, --exit-idle-time, or a single fd:N connection done"
+    ),
+    error_code(
+        1,
+        "runtime or startup failure (address in use, missing directory, --sandbox strict not satisfiable, ...)"
+    ),
     error_code(2, "usage error: bad endpoint, unknown option, malformed value")
 )]
 struct Args {
@@ -144,7 +150,10 @@ pub enum Command {
 pub fn parse(program: &str, args: &[String]) -> Result<Command, Failure> {
     let before_dashdash = args.iter().take_while(|a| *a != "--");
     if before_dashdash.clone().any(|a| a == "--version") {
-        return Ok(Command::Print(format!("{program} {}\n", env!("CARGO_PKG_VERSION"))));
+        return Ok(Command::Print(format!(
+            "{program} {}\n",
+            env!("CARGO_PKG_VERSION")
+        )));
     }
     let strs: Vec<&str> = args.iter().map(String::as_str).collect();
     let parsed = match Args::from_args(&[program], &strs) {
@@ -172,14 +181,20 @@ impl Args {
         let socket_mode = match &self.socket_mode {
             None => None,
             Some(_) if !creates_socket_file => {
-                return Err(usage("--socket-mode", "LISTEN is not a Unix socket path".into()));
+                return Err(usage(
+                    "--socket-mode",
+                    "LISTEN is not a Unix socket path".into(),
+                ));
             }
             Some(text) => Some(parse_mode(text).map_err(|r| usage("--socket-mode", r))?),
         };
         let socket_group = match &self.socket_group {
             None => None,
             Some(_) if !creates_socket_file => {
-                return Err(usage("--socket-group", "LISTEN is not a Unix socket path".into()));
+                return Err(usage(
+                    "--socket-group",
+                    "LISTEN is not a Unix socket path".into(),
+                ));
             }
             Some(text) => Some(lookup_group(text).map_err(|r| usage("--socket-group", r))?),
         };
@@ -234,7 +249,13 @@ fn lookup_group(text: &str) -> Result<libc::gid_t, String> {
     // SAFETY: every pointer is valid for the duration of the call and the
     // buffer length is passed; the result points into `group` or is null.
     let rc = unsafe {
-        libc::getgrnam_r(name.as_ptr(), group.as_mut_ptr(), buffer.as_mut_ptr(), buffer.len(), &mut result)
+        libc::getgrnam_r(
+            name.as_ptr(),
+            group.as_mut_ptr(),
+            buffer.as_mut_ptr(),
+            buffer.len(),
+            &mut result,
+        )
     };
     if rc != 0 || result.is_null() {
         return Err(format!("no group named '{text}'"));
@@ -259,7 +280,16 @@ mod tests {
 
     #[test]
     fn options_anywhere() {
-        let config = run(&["-c", "5", "/tmp/x.sock", "--idle-timeout", "5min", "127.0.0.1:80", "-v"]).unwrap();
+        let config = run(&[
+            "-c",
+            "5",
+            "/tmp/x.sock",
+            "--idle-timeout",
+            "5min",
+            "127.0.0.1:80",
+            "-v",
+        ])
+        .unwrap();
         assert_eq!(config.connections_max, 5);
         assert_eq!(config.idle_timeout, Some(Duration::from_secs(300)));
         assert_eq!(config.connect_timeout, Some(Duration::from_secs(10)));
@@ -274,9 +304,15 @@ mod tests {
             (&["-c", "abc", ":80", "/x"], "-c"),
             (&["-c", "0", ":80", "/x"], "--connections-max"),
             (&[":80", "/x", "--idle-timeout", "soon"], "--idle-timeout"),
-            (&["/x", "127.0.0.1:80", "--socket-mode", "999"], "--socket-mode"),
+            (
+                &["/x", "127.0.0.1:80", "--socket-mode", "999"],
+                "--socket-mode",
+            ),
             (&[":80", "/x", "--socket-mode", "0660"], "--socket-mode"),
-            (&["/x", "127.0.0.1:80", "--socket-group", "no-such-group-here"], "--socket-group"),
+            (
+                &["/x", "127.0.0.1:80", "--socket-group", "no-such-group-here"],
+                "--socket-group",
+            ),
             (&[":80", "/x", "--sandbox", "maybe"], "--sandbox"),
             (&[":99999", "/x"], "LISTEN ':99999'"),
             (&[":80", "sd-listen"], "CONNECT 'sd-listen'"),

@@ -19,7 +19,13 @@ pub async fn connect(target: &Endpoint, timeout: Span) -> io::Result<Async<Socke
         Some(limit) => {
             futures_lite::future::or(attempt, async {
                 Timer::after(limit).await;
-                Err(io::Error::new(io::ErrorKind::TimedOut, format!("no connection within {}", crate::timespan::format(Some(limit)))))
+                Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!(
+                        "no connection within {}",
+                        crate::timespan::format(Some(limit))
+                    ),
+                ))
             })
             .await
         }
@@ -30,7 +36,8 @@ async fn connect_any(target: &Endpoint) -> io::Result<Async<Socket>> {
     match target {
         Endpoint::Tcp { host, port } => {
             let addresses = resolve(host, *port).await?;
-            let mut last_error = io::Error::new(io::ErrorKind::NotFound, "the name resolved to no address");
+            let mut last_error =
+                io::Error::new(io::ErrorKind::NotFound, "the name resolved to no address");
             for address in addresses {
                 match connect_to(Domain::for_address(address), &address.into()).await {
                     Ok(socket) => {
@@ -42,7 +49,9 @@ async fn connect_any(target: &Endpoint) -> io::Result<Async<Socket>> {
             }
             Err(last_error)
         }
-        Endpoint::Unix(UnixAddr::Path(path)) => connect_to(Domain::UNIX, &SockAddr::unix(path)?).await,
+        Endpoint::Unix(UnixAddr::Path(path)) => {
+            connect_to(Domain::UNIX, &SockAddr::unix(path)?).await
+        }
         Endpoint::Unix(UnixAddr::Abstract(name)) => {
             connect_to(Domain::UNIX, &crate::listener::abstract_addr(name)?).await
         }
@@ -60,9 +69,11 @@ async fn resolve(host: &Host, port: u16) -> io::Result<Vec<SocketAddr>> {
         Host::Name(name) => {
             let query = (name.clone(), port);
             // getaddrinfo blocks; async-std runs it on its blocking pool.
-            let found = async_std::task::spawn_blocking(move || std::net::ToSocketAddrs::to_socket_addrs(&query))
-                .await
-                .map_err(|e| io::Error::new(e.kind(), format!("cannot resolve '{name}': {e}")))?;
+            let found = async_std::task::spawn_blocking(move || {
+                std::net::ToSocketAddrs::to_socket_addrs(&query)
+            })
+            .await
+            .map_err(|e| io::Error::new(e.kind(), format!("cannot resolve '{name}': {e}")))?;
             Ok(found.collect())
         }
         Host::Any => unreachable!("rejected as CONNECT when parsing"),

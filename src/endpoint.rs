@@ -63,15 +63,24 @@ impl Endpoint {
                 Err("sd-listen can only be used as LISTEN".into())
             }
             (Endpoint::Fd(_), Role::Connect) => Err("fd:N can only be used as LISTEN".into()),
-            (Endpoint::Tcp { host: Host::Name(name), .. }, Role::Listen) if name != "localhost" => {
-                Err(format!(
-                    "cannot listen on host name '{name}': use an IP address, 'localhost' or an empty host (:PORT)"
-                ))
+            (
+                Endpoint::Tcp {
+                    host: Host::Name(name),
+                    ..
+                },
+                Role::Listen,
+            ) if name != "localhost" => Err(format!(
+                "cannot listen on host name '{name}': use an IP address, 'localhost' or an empty host (:PORT)"
+            )),
+            (
+                Endpoint::Tcp {
+                    host: Host::Any, ..
+                },
+                Role::Connect,
+            ) => Err("CONNECT needs a host (e.g. 127.0.0.1:PORT)".into()),
+            (Endpoint::Tcp { port: 0, .. }, Role::Connect) => {
+                Err("cannot connect to port 0".into())
             }
-            (Endpoint::Tcp { host: Host::Any, .. }, Role::Connect) => {
-                Err("CONNECT needs a host (e.g. 127.0.0.1:PORT)".into())
-            }
-            (Endpoint::Tcp { port: 0, .. }, Role::Connect) => Err("cannot connect to port 0".into()),
             _ => Ok(endpoint),
         }
     }
@@ -96,8 +105,14 @@ fn parse_any(text: &str) -> Result<Endpoint, String> {
         return Ok(Endpoint::SdListen(None));
     }
     if let Some(name) = text.strip_prefix("sd-listen:") {
-        if name.is_empty() || name.len() > 255 || name.contains(':') || name.chars().any(|c| c.is_control()) {
-            return Err(format!("'{name}' is not a valid socket name (FileDescriptorName=)"));
+        if name.is_empty()
+            || name.len() > 255
+            || name.contains(':')
+            || name.chars().any(|c| c.is_control())
+        {
+            return Err(format!(
+                "'{name}' is not a valid socket name (FileDescriptorName=)"
+            ));
         }
         return Ok(Endpoint::SdListen(Some(name.into())));
     }
@@ -138,7 +153,9 @@ fn parse_unix(text: &str) -> Result<Endpoint, String> {
     if text.as_bytes().contains(&0) {
         return Err("socket path contains a NUL byte".into());
     }
-    Ok(Endpoint::Unix(UnixAddr::Path(PathBuf::from(OsStr::from_bytes(text.as_bytes())))))
+    Ok(Endpoint::Unix(UnixAddr::Path(PathBuf::from(
+        OsStr::from_bytes(text.as_bytes()),
+    ))))
 }
 
 fn parse_tcp(text: &str) -> Result<Endpoint, String> {
@@ -155,9 +172,13 @@ fn parse_tcp(text: &str) -> Result<Endpoint, String> {
             .map_err(|_| format!("'{inner}' is not an IPv6 address"))?;
         (Host::Ip(IpAddr::V6(ip)), port)
     } else {
-        let (host, port) = text.rsplit_once(':').ok_or_else(|| format!("no port; {hint}"))?;
+        let (host, port) = text
+            .rsplit_once(':')
+            .ok_or_else(|| format!("no port; {hint}"))?;
         if host.contains(':') {
-            return Err(format!("write IPv6 addresses in brackets, e.g. [{host}]:{port}"));
+            return Err(format!(
+                "write IPv6 addresses in brackets, e.g. [{host}]:{port}"
+            ));
         }
         let host = if host.is_empty() {
             Host::Any
@@ -181,9 +202,13 @@ fn parse_tcp(text: &str) -> Result<Endpoint, String> {
 
 fn is_host_name(name: &str) -> bool {
     name.len() <= 253
-        && name
-            .split('.')
-            .all(|label| !label.is_empty() && label.len() <= 63 && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'))
+        && name.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        })
 }
 
 impl fmt::Display for UnixAddr {
@@ -198,10 +223,22 @@ impl fmt::Display for UnixAddr {
 impl fmt::Display for Endpoint {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Endpoint::Tcp { host: Host::Any, port } => write!(f, ":{port}"),
-            Endpoint::Tcp { host: Host::Ip(IpAddr::V6(ip)), port } => write!(f, "[{ip}]:{port}"),
-            Endpoint::Tcp { host: Host::Ip(ip), port } => write!(f, "{ip}:{port}"),
-            Endpoint::Tcp { host: Host::Name(name), port } => write!(f, "{name}:{port}"),
+            Endpoint::Tcp {
+                host: Host::Any,
+                port,
+            } => write!(f, ":{port}"),
+            Endpoint::Tcp {
+                host: Host::Ip(IpAddr::V6(ip)),
+                port,
+            } => write!(f, "[{ip}]:{port}"),
+            Endpoint::Tcp {
+                host: Host::Ip(ip),
+                port,
+            } => write!(f, "{ip}:{port}"),
+            Endpoint::Tcp {
+                host: Host::Name(name),
+                port,
+            } => write!(f, "{name}:{port}"),
             Endpoint::Unix(addr) => write!(f, "{addr}"),
             Endpoint::SdListen(None) => write!(f, "sd-listen"),
             Endpoint::SdListen(Some(name)) => write!(f, "sd-listen:{name}"),
@@ -232,10 +269,22 @@ mod tests {
         assert_eq!(listen("tcp:127.0.0.1:8000"), Ok(tcp(v4, 8000)));
         assert_eq!(listen(":8000"), Ok(tcp(Host::Any, 8000)));
         assert_eq!(listen("tcp::0"), Ok(tcp(Host::Any, 0)));
-        assert_eq!(listen("[::1]:80"), Ok(tcp(Host::Ip(IpAddr::V6(Ipv6Addr::LOCALHOST)), 80)));
-        assert_eq!(listen("localhost:80"), Ok(tcp(Host::Name("localhost".into()), 80)));
-        assert_eq!(connect("Example.org:443"), Ok(tcp(Host::Name("example.org".into()), 443)));
-        assert_eq!(connect("tcp:[::1]:443"), Ok(tcp(Host::Ip(IpAddr::V6(Ipv6Addr::LOCALHOST)), 443)));
+        assert_eq!(
+            listen("[::1]:80"),
+            Ok(tcp(Host::Ip(IpAddr::V6(Ipv6Addr::LOCALHOST)), 80))
+        );
+        assert_eq!(
+            listen("localhost:80"),
+            Ok(tcp(Host::Name("localhost".into()), 80))
+        );
+        assert_eq!(
+            connect("Example.org:443"),
+            Ok(tcp(Host::Name("example.org".into()), 443))
+        );
+        assert_eq!(
+            connect("tcp:[::1]:443"),
+            Ok(tcp(Host::Ip(IpAddr::V6(Ipv6Addr::LOCALHOST)), 443))
+        );
     }
 
     #[test]
@@ -244,22 +293,44 @@ mod tests {
         assert_eq!(listen("./sock"), path("./sock"));
         assert_eq!(listen("/run/x/socket"), path("/run/x/socket"));
         assert_eq!(connect("unix:sock"), path("sock"));
-        assert_eq!(listen("@name"), Ok(Endpoint::Unix(UnixAddr::Abstract(b"name".to_vec()))));
-        assert_eq!(connect("unix:@name"), Ok(Endpoint::Unix(UnixAddr::Abstract(b"name".to_vec()))));
+        assert_eq!(
+            listen("@name"),
+            Ok(Endpoint::Unix(UnixAddr::Abstract(b"name".to_vec())))
+        );
+        assert_eq!(
+            connect("unix:@name"),
+            Ok(Endpoint::Unix(UnixAddr::Abstract(b"name".to_vec())))
+        );
     }
 
     #[test]
     fn systemd_forms() {
         assert_eq!(listen("sd-listen"), Ok(Endpoint::SdListen(None)));
-        assert_eq!(listen("sd-listen:web"), Ok(Endpoint::SdListen(Some("web".into()))));
+        assert_eq!(
+            listen("sd-listen:web"),
+            Ok(Endpoint::SdListen(Some("web".into())))
+        );
         assert_eq!(listen("fd:3"), Ok(Endpoint::Fd(3)));
     }
 
     #[test]
     fn bad_endpoints() {
         for bad in [
-            "", "8000", "localhost", "127.0.0.1:", "127.0.0.1:65536", "127.0.0.1:http", "::1:80",
-            "[::1]80", "[nope]:80", "unix:", "@", "fd:x", "fd:-1", "sd-listen:", "bad host:80",
+            "",
+            "8000",
+            "localhost",
+            "127.0.0.1:",
+            "127.0.0.1:65536",
+            "127.0.0.1:http",
+            "::1:80",
+            "[::1]80",
+            "[nope]:80",
+            "unix:",
+            "@",
+            "fd:x",
+            "fd:-1",
+            "sd-listen:",
+            "bad host:80",
         ] {
             assert!(listen(bad).is_err(), "{bad:?} should be rejected as LISTEN");
         }
@@ -275,7 +346,15 @@ mod tests {
 
     #[test]
     fn display_round_trips() {
-        for text in ["127.0.0.1:80", "[::1]:80", ":80", "/run/x", "@abs", "sd-listen:a", "fd:3"] {
+        for text in [
+            "127.0.0.1:80",
+            "[::1]:80",
+            ":80",
+            "/run/x",
+            "@abs",
+            "sd-listen:a",
+            "fd:3",
+        ] {
             assert_eq!(listen(text).unwrap().to_string(), text);
         }
     }

@@ -10,6 +10,7 @@ pub mod connector;
 pub mod endpoint;
 pub mod listener;
 pub mod log;
+pub mod notify;
 pub mod peer;
 pub mod relay;
 pub mod sandbox;
@@ -54,16 +55,22 @@ pub fn run(config: Config) -> Result<(), Failure> {
     // 1. Open LISTEN with plain blocking calls: no threads exist yet.
     let opened = listener::open(
         &config.listen,
-        FileOptions { mode: config.socket_mode, group: config.socket_group },
+        FileOptions {
+            mode: config.socket_mode,
+            group: config.socket_group,
+        },
     )?;
     raise_fd_limit();
     // 2. Signals are queued from here on, so a stop is always graceful.
-    let signals = shutdown::Signals::install().map_err(|e| Failure::Startup(format!("cannot install signal handlers: {e}")))?;
+    let signals = shutdown::Signals::install()
+        .map_err(|e| Failure::Startup(format!("cannot install signal handlers: {e}")))?;
     // 3. Confine the process while it has a single thread.
     confine(&config)?;
     // 4. Only now start the runtime's threads.
     let config = Arc::new(config);
-    let signals = signals.into_async().map_err(|e| Failure::Startup(e.to_string()))?;
+    let signals = signals
+        .into_async()
+        .map_err(|e| Failure::Startup(e.to_string()))?;
     async_std::task::block_on(async move {
         match opened {
             Opened::Listeners(listeners) => server::serve(listeners, config, signals)
@@ -71,7 +78,9 @@ pub fn run(config: Config) -> Result<(), Failure> {
                 .map_err(|e| Failure::Startup(e.to_string())),
             Opened::Connection(socket) => match server::serve_one(socket, config, signals).await {
                 Ok(true) => Ok(()),
-                Ok(false) => Err(Failure::Startup("the inherited connection could not be relayed".into())),
+                Ok(false) => Err(Failure::Startup(
+                    "the inherited connection could not be relayed".into(),
+                )),
                 Err(e) => Err(Failure::Startup(e.to_string())),
             },
         }
@@ -87,7 +96,10 @@ fn confine(config: &Config) -> Result<(), Failure> {
         warm_up_resolver(&config.connect);
     }
     let report = sandbox::apply(&policy).map_err(Failure::Startup)?;
-    if policy.mode == cli::SandboxMode::Off || !report.missing.is_empty() || !report.capabilities_kept.is_empty() {
+    if policy.mode == cli::SandboxMode::Off
+        || !report.missing.is_empty()
+        || !report.capabilities_kept.is_empty()
+    {
         warn!("{report}");
     } else {
         info!("{report}");
@@ -99,10 +111,13 @@ fn confine(config: &Config) -> Result<(), Failure> {
 /// library loads its NSS modules while it still may; later look-ups need
 /// only the resolver files the sandbox leaves readable.
 fn warm_up_resolver(connect: &endpoint::Endpoint) {
-    if let endpoint::Endpoint::Tcp { host: endpoint::Host::Name(name), port } = connect {
-        if let Err(e) = std::net::ToSocketAddrs::to_socket_addrs(&(name.as_str(), *port)) {
-            warn!("cannot resolve {name} yet: {e}");
-        }
+    if let endpoint::Endpoint::Tcp {
+        host: endpoint::Host::Name(name),
+        port,
+    } = connect
+        && let Err(e) = std::net::ToSocketAddrs::to_socket_addrs(&(name.as_str(), *port))
+    {
+        warn!("cannot resolve {name} yet: {e}");
     }
 }
 
@@ -110,10 +125,14 @@ fn warm_up_resolver(connect: &endpoint::Endpoint) {
 /// two descriptors, and the default soft limit (1024) caps the relay at a few
 /// hundred connections.
 fn raise_fd_limit() {
-    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
     // SAFETY: getrlimit/setrlimit read and write one `rlimit` struct.
     unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 || limit.rlim_cur >= limit.rlim_max {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 || limit.rlim_cur >= limit.rlim_max
+        {
             return;
         }
         let before = limit.rlim_cur;

@@ -17,8 +17,8 @@ use std::path::{Path, PathBuf};
 
 use socket2::{Domain, SockAddr, Socket, Type};
 
-use crate::endpoint::{Endpoint, Host, UnixAddr};
 use crate::Failure;
+use crate::endpoint::{Endpoint, Host, UnixAddr};
 
 /// A socket to accept connections on.
 pub struct Listener {
@@ -63,7 +63,11 @@ impl Listener {
             .local_addr()
             .map(|a| display_addr(&a))
             .map_err(|e| Failure::Startup(format!("cannot read the listening address: {e}")))?;
-        Ok(Listener { socket, address, file })
+        Ok(Listener {
+            socket,
+            address,
+            file,
+        })
     }
 
     /// Closes the socket and removes the socket file the relay created (so a
@@ -102,12 +106,22 @@ fn bind_tcp(host: &Host, port: u16) -> Result<Vec<Listener>, Failure> {
         // With port 0 on several addresses (localhost), all share the port
         // the kernel picked for the first.
         if let Some(first) = listeners.first() {
-            address.set_port(first.socket.local_addr().ok().and_then(|a| a.as_socket()).map_or(port, |a| a.port()));
+            address.set_port(
+                first
+                    .socket
+                    .local_addr()
+                    .ok()
+                    .and_then(|a| a.as_socket())
+                    .map_or(port, |a| a.port()),
+            );
         }
         let socket = match bind_tcp_one(address, matches!(host, Host::Any)) {
             Err(e) if matches!(host, Host::Any) && e.raw_os_error() == Some(libc::EAFNOSUPPORT) => {
                 // No IPv6 on this machine: all IPv4 interfaces it is.
-                bind_tcp_one(SocketAddr::new(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED), port), false)
+                bind_tcp_one(
+                    SocketAddr::new(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED), port),
+                    false,
+                )
             }
             other => other,
         }
@@ -138,7 +152,9 @@ fn bind_abstract(name: &[u8]) -> Result<Listener, Failure> {
         socket.listen(BACKLOG)?;
         Ok(socket)
     })()
-    .map_err(|e: io::Error| Failure::Startup(format!("cannot listen on {display}: {}", explain(&e))))?;
+    .map_err(|e: io::Error| {
+        Failure::Startup(format!("cannot listen on {display}: {}", explain(&e)))
+    })?;
     Listener::new(socket, None)
 }
 
@@ -151,24 +167,33 @@ pub fn abstract_addr(name: &[u8]) -> io::Result<SockAddr> {
 }
 
 fn bind_unix_path(path: &Path, options: FileOptions) -> Result<Listener, Failure> {
-    let failure = |what: String| Failure::Startup(format!("cannot listen on {}: {what}", path.display()));
+    let failure =
+        |what: String| Failure::Startup(format!("cannot listen on {}: {what}", path.display()));
     match std::fs::symlink_metadata(path) {
         Err(e) if e.kind() == io::ErrorKind::NotFound => {}
         Err(e) => return Err(failure(e.to_string())),
         Ok(meta) if !meta.file_type().is_socket() => {
-            return Err(failure("the path exists and is not a socket; not touching it".into()));
+            return Err(failure(
+                "the path exists and is not a socket; not touching it".into(),
+            ));
         }
         Ok(_) => match std::os::unix::net::UnixStream::connect(path) {
             Ok(_) => return Err(failure("already in use by another process".into())),
             Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {
                 // Nobody accepts on it: a stale socket left by a crash.
-                std::fs::remove_file(path).map_err(|e| failure(format!("cannot remove the stale socket: {e}")))?;
+                std::fs::remove_file(path)
+                    .map_err(|e| failure(format!("cannot remove the stale socket: {e}")))?;
                 crate::info!("replaced stale socket {}", path.display());
             }
-            Err(e) => return Err(failure(format!("a socket exists there and connecting to it failed: {e}"))),
+            Err(e) => {
+                return Err(failure(format!(
+                    "a socket exists there and connecting to it failed: {e}"
+                )));
+            }
         },
     }
-    let socket = Socket::new(Domain::UNIX, Type::STREAM.cloexec(), None).map_err(|e| failure(e.to_string()))?;
+    let socket = Socket::new(Domain::UNIX, Type::STREAM.cloexec(), None)
+        .map_err(|e| failure(e.to_string()))?;
     let address = SockAddr::unix(path).map_err(|e| failure(e.to_string()))?;
     // The file gets its mode when bind creates it; a matching umask makes it
     // never exist with wider permissions, not even for an instant.
@@ -183,7 +208,10 @@ fn bind_unix_path(path: &Path, options: FileOptions) -> Result<Listener, Failure
     }
     bound.map_err(|e| {
         if e.kind() == io::ErrorKind::NotFound {
-            let parent = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+            let parent = path
+                .parent()
+                .filter(|p| !p.as_os_str().is_empty())
+                .unwrap_or(Path::new("."));
             failure(format!("directory {} does not exist", parent.display()))
         } else {
             failure(explain(&e))
@@ -209,7 +237,11 @@ fn chown_group(path: &Path, gid: libc::gid_t) -> io::Result<()> {
     let c_path = CString::new(path.as_os_str().as_bytes())?;
     // SAFETY: a valid NUL-terminated path; uid -1 leaves the owner alone.
     let rc = unsafe { libc::lchown(c_path.as_ptr(), u32::MAX, gid) };
-    if rc == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
 }
 
 /// A socket file the relay created; removed on drop if it is still the same
@@ -223,12 +255,19 @@ pub struct SocketFile {
 impl SocketFile {
     fn created(path: PathBuf) -> io::Result<SocketFile> {
         let meta = std::fs::symlink_metadata(&path)?;
-        Ok(SocketFile { path, device: meta.dev(), inode: meta.ino() })
+        Ok(SocketFile {
+            path,
+            device: meta.dev(),
+            inode: meta.ino(),
+        })
     }
 
     /// The directory holding the socket file.
     pub fn directory(&self) -> &Path {
-        self.path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."))
+        self.path
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."))
     }
 }
 
@@ -237,28 +276,35 @@ impl Drop for SocketFile {
         let same = std::fs::symlink_metadata(&self.path)
             .map(|m| m.dev() == self.device && m.ino() == self.inode)
             .unwrap_or(false);
-        if same {
-            if let Err(e) = std::fs::remove_file(&self.path) {
-                crate::warn!("cannot remove socket file {}: {e}", self.path.display());
-            }
+        if same && let Err(e) = std::fs::remove_file(&self.path) {
+            crate::warn!("cannot remove socket file {}: {e}", self.path.display());
         }
     }
 }
 
 fn inherit_systemd(name: Option<&str>) -> Result<Opened, Failure> {
-    let usage = |reason: String| Failure::Usage(format!("LISTEN '{}': {reason}", name.map_or("sd-listen".into(), |n| format!("sd-listen:{n}"))));
+    let usage = |reason: String| {
+        Failure::Usage(format!(
+            "LISTEN '{}': {reason}",
+            name.map_or("sd-listen".into(), |n| format!("sd-listen:{n}"))
+        ))
+    };
     let passed: Vec<(RawFd, String)> = sd_notify::listen_fds_with_names()
         .map_err(|e| usage(format!("bad socket activation environment: {e}")))?
         .collect();
     if passed.is_empty() {
-        return Err(usage("no sockets were passed (LISTEN_FDS/LISTEN_PID not set for this process)".into()));
+        return Err(usage(
+            "no sockets were passed (LISTEN_FDS/LISTEN_PID not set for this process)".into(),
+        ));
     }
     let chosen: Vec<(RawFd, String)> = match name {
         None => passed,
         Some(wanted) => passed.into_iter().filter(|(_, n)| n == wanted).collect(),
     };
     if chosen.is_empty() {
-        return Err(usage("no passed socket has that FileDescriptorName=".into()));
+        return Err(usage(
+            "no passed socket has that FileDescriptorName=".into(),
+        ));
     }
     let mut listeners = Vec::new();
     let mut connections = Vec::new();
@@ -276,7 +322,8 @@ fn inherit_systemd(name: Option<&str>) -> Result<Opened, Failure> {
 }
 
 fn inherit_fd(fd: RawFd, argument: &str) -> Result<Opened, Failure> {
-    let (socket, listening) = adopt(fd).map_err(|r| Failure::Usage(format!("LISTEN '{argument}': fd {fd} {r}")))?;
+    let (socket, listening) =
+        adopt(fd).map_err(|r| Failure::Usage(format!("LISTEN '{argument}': fd {fd} {r}")))?;
     if listening {
         Ok(Opened::Listeners(vec![Listener::new(socket, None)?]))
     } else {
@@ -294,7 +341,15 @@ fn adopt(fd: RawFd) -> Result<(Socket, bool), String> {
     let mut kind: libc::c_int = 0;
     let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
     // SAFETY: SO_TYPE writes one c_int into `kind`, `len` holds its size.
-    let rc = unsafe { libc::getsockopt(fd, libc::SOL_SOCKET, libc::SO_TYPE, (&mut kind as *mut libc::c_int).cast(), &mut len) };
+    let rc = unsafe {
+        libc::getsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_TYPE,
+            (&mut kind as *mut libc::c_int).cast(),
+            &mut len,
+        )
+    };
     if rc != 0 {
         return Err("is not a socket".into());
     }
@@ -327,7 +382,9 @@ pub fn display_addr(address: &SockAddr) -> String {
 fn explain(e: &io::Error) -> String {
     match e.raw_os_error() {
         Some(libc::EADDRINUSE) => format!("{e}: the address is already in use"),
-        Some(libc::EACCES) if e.kind() == io::ErrorKind::PermissionDenied => format!("{e}: not allowed (privileged port or directory permissions?)"),
+        Some(libc::EACCES) if e.kind() == io::ErrorKind::PermissionDenied => {
+            format!("{e}: not allowed (privileged port or directory permissions?)")
+        }
         Some(libc::EADDRNOTAVAIL) => format!("{e}: no such local address"),
         _ => e.to_string(),
     }

@@ -100,7 +100,9 @@ fn stderr_is_journal() -> bool {
 
 /// UTC time as `2026-11-21T05:40:01.123Z`, without a date crate.
 fn timestamp() -> String {
-    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
     let secs = now.as_secs();
     let (days, rem) = (secs / 86400, secs % 86400);
     // Howard Hinnant's civil-from-days algorithm.

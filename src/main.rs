@@ -7,7 +7,11 @@ use simpletcpunixrelay::{Failure, cli};
 fn main() -> ExitCode {
     let mut args = std::env::args();
     let program = args.next().unwrap_or_else(|| "simpletcpunixrelay".into());
-    let program = program.rsplit('/').next().unwrap_or("simpletcpunixrelay").to_string();
+    let program = program
+        .rsplit('/')
+        .next()
+        .unwrap_or("simpletcpunixrelay")
+        .to_string();
     let args: Vec<String> = args.collect();
     let result = match cli::parse(&program, &args) {
         Ok(cli::Command::Print(text)) => {

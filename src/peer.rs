@@ -14,7 +14,11 @@ pub struct Credentials {
 
 /// Reads `SO_PEERCRED`; `None` on sockets that have none (TCP).
 pub fn credentials(socket: &Socket) -> Option<Credentials> {
-    let mut cred = libc::ucred { pid: 0, uid: 0, gid: 0 };
+    let mut cred = libc::ucred {
+        pid: 0,
+        uid: 0,
+        gid: 0,
+    };
     let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
     // SAFETY: SO_PEERCRED writes one `ucred` into `cred`; `len` is its size.
     let rc = unsafe {
@@ -26,7 +30,11 @@ pub fn credentials(socket: &Socket) -> Option<Credentials> {
             &mut len,
         )
     };
-    (rc == 0 && cred.pid != 0).then_some(Credentials { pid: cred.pid, uid: cred.uid, gid: cred.gid })
+    (rc == 0 && cred.pid != 0).then_some(Credentials {
+        pid: cred.pid,
+        uid: cred.uid,
+        gid: cred.gid,
+    })
 }
 
 /// `192.0.2.1:5678`, `[2001:db8::1]:5678`, or `pid 42 uid 1000` for a Unix client.

@@ -41,7 +41,11 @@ pub struct Totals {
 
 /// Relays between `client` and `backend` until both directions are done,
 /// then closes both.
-pub async fn relay(client: Async<Socket>, backend: Async<Socket>, idle_timeout: Option<Duration>) -> (Totals, Outcome) {
+pub async fn relay(
+    client: Async<Socket>,
+    backend: Async<Socket>,
+    idle_timeout: Option<Duration>,
+) -> (Totals, Outcome) {
     let activity = Activity::new();
     let (up, down) = (AtomicU64::new(0), AtomicU64::new(0));
     let both = future::try_zip(
@@ -60,12 +64,20 @@ pub async fn relay(client: Async<Socket>, backend: Async<Socket>, idle_timeout: 
             let _ = socket.get_ref().set_linger(Some(Duration::ZERO));
         }
     }
-    let totals = Totals { up: up.into_inner(), down: down.into_inner() };
+    let totals = Totals {
+        up: up.into_inner(),
+        down: down.into_inner(),
+    };
     (totals, outcome)
 }
 
 /// Copies `from` → `to` until EOF, then half-closes `to`.
-async fn pump(from: &Async<Socket>, to: &Async<Socket>, moved: &AtomicU64, activity: &Activity) -> io::Result<()> {
+async fn pump(
+    from: &Async<Socket>,
+    to: &Async<Socket>,
+    moved: &AtomicU64,
+    activity: &Activity,
+) -> io::Result<()> {
     let mut buffer: Vec<u8> = Vec::new();
     loop {
         // Wait for data holding no buffer, so idle connections cost nothing.
@@ -73,7 +85,7 @@ async fn pump(from: &Async<Socket>, to: &Async<Socket>, moved: &AtomicU64, activ
         if buffer.is_empty() {
             buffer = vec![0; CHUNK];
         }
-        let read = match (&*from.get_ref()).read(&mut buffer) {
+        let read = match from.get_ref().read(&mut buffer) {
             Ok(0) => break,
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
@@ -114,17 +126,22 @@ struct Activity {
 
 impl Activity {
     fn new() -> Activity {
-        Activity { start: Instant::now(), last_ms: AtomicU64::new(0) }
+        Activity {
+            start: Instant::now(),
+            last_ms: AtomicU64::new(0),
+        }
     }
 
     fn touch(&self) {
-        self.last_ms.store(self.start.elapsed().as_millis() as u64, Ordering::Relaxed);
+        self.last_ms
+            .store(self.start.elapsed().as_millis() as u64, Ordering::Relaxed);
     }
 
     /// Resolves once `span` passes with no activity.
     async fn expire(&self, span: Duration) -> io::Result<Outcome> {
         loop {
-            let deadline = self.start + Duration::from_millis(self.last_ms.load(Ordering::Relaxed)) + span;
+            let deadline =
+                self.start + Duration::from_millis(self.last_ms.load(Ordering::Relaxed)) + span;
             if Instant::now() >= deadline {
                 return Ok(Outcome::Idle);
             }

@@ -11,8 +11,8 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 
 use landlock::{
-    ABI, Access, AccessFs, AccessNet, CompatLevel, Compatible, NetPort, PathBeneath, PathFd, Ruleset,
-    RulesetAttr, RulesetCreatedAttr, RulesetStatus, Scope,
+    ABI, Access, AccessFs, AccessNet, CompatLevel, Compatible, NetPort, PathBeneath, PathFd,
+    Ruleset, RulesetAttr, RulesetCreatedAttr, RulesetStatus, Scope,
 };
 
 use crate::cli::{Config, SandboxMode};
@@ -104,10 +104,14 @@ impl Policy {
             return missing;
         }
         if abi < 4 {
-            missing.push(format!("tcp bind/connect rules (need Landlock ABI 4, have {abi})"));
+            missing.push(format!(
+                "tcp bind/connect rules (need Landlock ABI 4, have {abi})"
+            ));
         }
         if abi < 6 && (self.scope_abstract_unix || self.scope_signal) {
-            missing.push(format!("abstract-unix and signal scoping (need Landlock ABI 6, have {abi})"));
+            missing.push(format!(
+                "abstract-unix and signal scoping (need Landlock ABI 6, have {abi})"
+            ));
         }
         missing
     }
@@ -138,10 +142,18 @@ pub struct Report {
 pub fn kernel_abi() -> i32 {
     // SAFETY: the version query takes no pointer and has no side effect.
     let version = unsafe {
-        libc::syscall(libc::SYS_landlock_create_ruleset, std::ptr::null::<u8>(), 0usize, 1u32 /* LANDLOCK_CREATE_RULESET_VERSION */)
+        libc::syscall(
+            libc::SYS_landlock_create_ruleset,
+            std::ptr::null::<u8>(),
+            0usize,
+            1u32, /* LANDLOCK_CREATE_RULESET_VERSION */
+        )
     };
     let version = i32::try_from(version).unwrap_or(0).max(0);
-    let cap = std::env::var(ABI_MAX_VARIABLE).ok().and_then(|v| v.parse::<i32>().ok()).unwrap_or(i32::MAX);
+    let cap = std::env::var(ABI_MAX_VARIABLE)
+        .ok()
+        .and_then(|v| v.parse::<i32>().ok())
+        .unwrap_or(i32::MAX);
     version.min(cap).min(NEWEST_ABI)
 }
 
@@ -157,20 +169,29 @@ pub fn check_strict(policy: &Policy) -> Result<(), String> {
         return Ok(());
     }
     let mut missing = policy.missing_at(kernel_abi());
-    let bounding_empty = caps::read(None, caps::CapSet::Bounding).map(|s| s.is_empty()).unwrap_or(false);
+    let bounding_empty = caps::read(None, caps::CapSet::Bounding)
+        .map(|s| s.is_empty())
+        .unwrap_or(false);
     if !bounding_empty && !can_drop_bounding() {
         missing.push("emptying the capability bounding set (needs CAP_SETPCAP)".into());
     }
     if missing.is_empty() {
         Ok(())
     } else {
-        Err(format!("--sandbox strict: cannot enforce {}", missing.join("; ")))
+        Err(format!(
+            "--sandbox strict: cannot enforce {}",
+            missing.join("; ")
+        ))
     }
 }
 
 /// Confines the calling thread (and every thread it creates later).
 pub fn apply(policy: &Policy) -> Result<Report, String> {
-    let abi = if policy.mode == SandboxMode::Off { 0 } else { kernel_abi() };
+    let abi = if policy.mode == SandboxMode::Off {
+        0
+    } else {
+        kernel_abi()
+    };
     let mut report = Report {
         abi,
         missing: Vec::new(),
@@ -188,19 +209,29 @@ pub fn apply(policy: &Policy) -> Result<Report, String> {
     if abi >= 1 {
         match restrict(policy, abi) {
             Ok(RulesetStatus::FullyEnforced) => {}
-            Ok(RulesetStatus::PartiallyEnforced) => report.missing.push("some Landlock rights (partially enforced)".into()),
+            Ok(RulesetStatus::PartiallyEnforced) => report
+                .missing
+                .push("some Landlock rights (partially enforced)".into()),
             Ok(RulesetStatus::NotEnforced) => report.missing.push("landlock (not enforced)".into()),
             Err(e) => report.missing.push(format!("landlock ({e})")),
         }
     }
     if policy.mode == SandboxMode::Strict {
         let mut problems = report.missing.clone();
-        problems.extend(report.capabilities_kept.iter().map(|set| format!("emptying the {set} capability set")));
+        problems.extend(
+            report
+                .capabilities_kept
+                .iter()
+                .map(|set| format!("emptying the {set} capability set")),
+        );
         if !report.no_new_privs {
             problems.push("no_new_privs".into());
         }
         if !problems.is_empty() {
-            return Err(format!("--sandbox strict: cannot enforce {}", problems.join("; ")));
+            return Err(format!(
+                "--sandbox strict: cannot enforce {}",
+                problems.join("; ")
+            ));
         }
     }
     Ok(report)
@@ -254,7 +285,10 @@ fn restrict(policy: &Policy, abi: i32) -> Result<RulesetStatus, landlock::Rulese
     if let Some(dir) = &policy.remove_beneath {
         match PathFd::new(dir) {
             Ok(fd) => created = created.add_rule(PathBeneath::new(fd, AccessFs::RemoveFile))?,
-            Err(e) => crate::warn!("sandbox: cannot allow removing the socket file in {}: {e}", dir.display()),
+            Err(e) => crate::warn!(
+                "sandbox: cannot allow removing the socket file in {}: {e}",
+                dir.display()
+            ),
         }
     }
     for file in &policy.read_files {
@@ -266,7 +300,10 @@ fn restrict(policy: &Policy, abi: i32) -> Result<RulesetStatus, landlock::Rulese
     if abi >= 9 {
         for dir in &policy.unix_connect_beneath {
             if let Ok(fd) = PathFd::new(dir) {
-                created = created.add_rule(PathBeneath::new(fd, AccessFs::from_all(abi_enum) & AccessFs::ResolveUnix))?;
+                created = created.add_rule(PathBeneath::new(
+                    fd,
+                    AccessFs::from_all(abi_enum) & AccessFs::ResolveUnix,
+                ))?;
             }
         }
     }
@@ -289,7 +326,11 @@ impl fmt::Display for Report {
         if self.abi < 1 {
             write!(f, "sandbox: landlock not available")?;
         } else {
-            let state = if self.missing.is_empty() { "fully enforced" } else { "partially enforced" };
+            let state = if self.missing.is_empty() {
+                "fully enforced"
+            } else {
+                "partially enforced"
+            };
             let mut fs = Vec::new();
             if let Some(dir) = &policy.remove_beneath {
                 fs.push(format!("remove files beneath {}", dir.display()));
@@ -302,11 +343,23 @@ impl fmt::Display for Report {
                     fs.push(format!("unix connect beneath {}", dir.display()));
                 }
             }
-            let fs = if fs.is_empty() { "none".to_string() } else { fs.join(", ") };
+            let fs = if fs.is_empty() {
+                "none".to_string()
+            } else {
+                fs.join(", ")
+            };
             write!(f, "sandbox: landlock ABI {} {state} (fs: {fs}", self.abi)?;
             if self.abi >= 4 {
-                let ports: Vec<String> = policy.tcp_connect_ports.iter().map(u16::to_string).collect();
-                let ports = if ports.is_empty() { "none".into() } else { ports.join(", ") };
+                let ports: Vec<String> = policy
+                    .tcp_connect_ports
+                    .iter()
+                    .map(u16::to_string)
+                    .collect();
+                let ports = if ports.is_empty() {
+                    "none".into()
+                } else {
+                    ports.join(", ")
+                };
                 write!(f, "; tcp bind: none; tcp connect: {ports}")?;
             }
             if self.abi >= 6 {
@@ -317,7 +370,15 @@ impl fmt::Display for Report {
                 if policy.scope_signal {
                     scoped.push("signal");
                 }
-                write!(f, "; scoped: {}", if scoped.is_empty() { "none".into() } else { scoped.join(", ") })?;
+                write!(
+                    f,
+                    "; scoped: {}",
+                    if scoped.is_empty() {
+                        "none".into()
+                    } else {
+                        scoped.join(", ")
+                    }
+                )?;
             }
             write!(f, ")")?;
             if !self.missing.is_empty() {
@@ -327,9 +388,16 @@ impl fmt::Display for Report {
         let caps = if self.capabilities_kept.is_empty() {
             "none".to_string()
         } else {
-            format!("dropped except the {} set", self.capabilities_kept.join(", "))
+            format!(
+                "dropped except the {} set",
+                self.capabilities_kept.join(", ")
+            )
         };
-        write!(f, "; capabilities: {caps}; no_new_privs: {}", if self.no_new_privs { "yes" } else { "no" })
+        write!(
+            f,
+            "; capabilities: {caps}; no_new_privs: {}",
+            if self.no_new_privs { "yes" } else { "no" }
+        )
     }
 }
 
@@ -359,7 +427,10 @@ mod tests {
     fn tcp_listen_unix_connect() {
         let p = policy(&["127.0.0.1:0", "/run/app/app.sock"]);
         assert_eq!(p.remove_beneath, None);
-        assert!(p.tcp_connect_ports.is_empty(), "no TCP connect when CONNECT is Unix");
+        assert!(
+            p.tcp_connect_ports.is_empty(),
+            "no TCP connect when CONNECT is Unix"
+        );
         assert_eq!(p.unix_connect_beneath, vec![PathBuf::from("/run/app")]);
         assert!(p.scope_abstract_unix);
     }

@@ -70,7 +70,11 @@ enum Stop {
 
 /// Serves the listeners until a signal or `--exit-idle-time`; returns once
 /// the relay may exit (always a clean stop: exit status 0).
-pub async fn serve(listeners: Vec<Listener>, config: Arc<Config>, signals: AsyncSignals) -> io::Result<()> {
+pub async fn serve(
+    listeners: Vec<Listener>,
+    config: Arc<Config>,
+    signals: AsyncSignals,
+) -> io::Result<()> {
     let stats = Arc::new(Stats::default());
     *stats.idle_since.lock().expect("not poisoned") = Some(Instant::now());
     let (alive, all_done) = async_channel::bounded::<()>(1);
@@ -80,19 +84,39 @@ pub async fn serve(listeners: Vec<Listener>, config: Arc<Config>, signals: Async
     let mut streams: Vec<Pin<Box<dyn Stream<Item = io::Result<Accepted>> + Send>>> = Vec::new();
     for listener in listeners {
         let (socket, address, file) = listener.into_parts();
-        let tcp = socket.local_addr().map(|a| a.as_socket().is_some()).unwrap_or(false);
+        let tcp = socket
+            .local_addr()
+            .map(|a| a.as_socket().is_some())
+            .unwrap_or(false);
         files.extend(file);
         let socket = Arc::new(Async::new(socket)?);
-        crate::log::write(crate::log::Level::Info, true, format_args!("listening on {address}"));
-        streams.push(Box::pin(futures_lite::stream::unfold(socket, move |socket| async move {
-            let accepted = socket.read_with(|s| s.accept()).await.map(|(socket, _)| Accepted { socket, tcp });
-            Some((accepted, socket))
-        })));
+        crate::log::write(
+            crate::log::Level::Info,
+            true,
+            format_args!("listening on {address}"),
+        );
+        streams.push(Box::pin(futures_lite::stream::unfold(
+            socket,
+            move |socket| async move {
+                let accepted = socket
+                    .read_with(|s| s.accept())
+                    .await
+                    .map(|(socket, _)| Accepted { socket, tcp });
+                Some((accepted, socket))
+            },
+        )));
     }
     let merged = streams
         .into_iter()
         .reduce(|a, b| Box::pin(futures_lite::stream::race(a, b)))
         .expect("at least one listener");
+    let endpoints = format!("{} -> {}", config.listen, config.connect);
+    crate::notify::ready(&crate::notify::status_text(&endpoints, &stats));
+    async_std::task::spawn(crate::notify::keep_watchdog_happy());
+    let status_stats = stats.clone();
+    async_std::task::spawn(
+        async move { crate::notify::report_status(endpoints, &status_stats).await },
+    );
     let mut incoming = merged
         .log_warnings(rate_limited_accept_warning())
         .handle_errors(ACCEPT_ERROR_PAUSE)
@@ -104,22 +128,27 @@ pub async fn serve(listeners: Vec<Listener>, config: Arc<Config>, signals: Async
                 signals.next().await;
                 Stop::Signal
             }
-            Some(span) => future::or(
-                async {
-                    signals.next().await;
-                    Stop::Signal
-                },
-                async {
-                    wait_idle(&stats, &idle_events, span).await;
-                    Stop::Idle
-                },
-            )
-            .await,
+            Some(span) => {
+                future::or(
+                    async {
+                        signals.next().await;
+                        Stop::Signal
+                    },
+                    async {
+                        wait_idle(&stats, &idle_events, span).await;
+                        Stop::Idle
+                    },
+                )
+                .await
+            }
         }
     };
     futures_lite::pin!(stop);
     let reason = loop {
-        let next = future::or(async { Ok(incoming.next().await) }, async { Err((&mut stop).await) }).await;
+        let next = future::or(async { Ok(incoming.next().await) }, async {
+            Err((&mut stop).await)
+        })
+        .await;
         match next {
             Ok(Some((token, accepted))) => {
                 stats.active.fetch_add(1, Ordering::Relaxed);
@@ -146,10 +175,15 @@ pub async fn serve(listeners: Vec<Listener>, config: Arc<Config>, signals: Async
     drop(alive);
     match reason {
         Stop::Idle => {
-            crate::info!("no connection for {}: exiting", timespan::format(config.exit_idle_time));
+            crate::notify::stopping("no connections: exiting");
+            crate::info!(
+                "no connection for {}: exiting",
+                timespan::format(config.exit_idle_time)
+            );
             Ok(())
         }
         Stop::Signal => {
+            crate::notify::stopping(&format!("stopping: {} connections open", stats.active()));
             drain(&stats, &all_done, config.shutdown_timeout, &signals).await;
             Ok(())
         }
@@ -158,19 +192,44 @@ pub async fn serve(listeners: Vec<Listener>, config: Arc<Config>, signals: Async
 
 /// Relays one already-accepted connection (`fd:N`, `Accept=yes`) and returns
 /// whether connecting to CONNECT worked.
-pub async fn serve_one(socket: Socket, config: Arc<Config>, signals: AsyncSignals) -> io::Result<bool> {
+pub async fn serve_one(
+    socket: Socket,
+    config: Arc<Config>,
+    signals: AsyncSignals,
+) -> io::Result<bool> {
     let stats = Arc::new(Stats::default());
     let (alive, all_done) = async_channel::bounded::<()>(1);
     let (became_idle, _idle_events) = async_channel::bounded::<()>(1);
-    let tcp = socket.local_addr().map(|a| a.as_socket().is_some()).unwrap_or(false);
+    let tcp = socket
+        .local_addr()
+        .map(|a| a.as_socket().is_some())
+        .unwrap_or(false);
     crate::log::write(
         crate::log::Level::Info,
         true,
-        format_args!("listening on {} (one inherited connection)", socket.local_addr().map(|a| crate::listener::display_addr(&a)).unwrap_or_default()),
+        format_args!(
+            "listening on {} (one inherited connection)",
+            socket
+                .local_addr()
+                .map(|a| crate::listener::display_addr(&a))
+                .unwrap_or_default()
+        ),
     );
     stats.active.fetch_add(1, Ordering::Relaxed);
-    let connection = Connection { config: config.clone(), stats: stats.clone(), _alive: alive, became_idle };
-    let task = async_std::task::spawn(async move { connection.run(Accepted { socket, tcp }).await });
+    stats.total.fetch_add(1, Ordering::Relaxed);
+    crate::notify::ready(&format!(
+        "relaying one inherited connection to {}",
+        config.connect
+    ));
+    async_std::task::spawn(crate::notify::keep_watchdog_happy());
+    let connection = Connection {
+        config: config.clone(),
+        stats: stats.clone(),
+        _alive: alive,
+        became_idle,
+    };
+    let task =
+        async_std::task::spawn(async move { connection.run(Accepted { socket, tcp }).await });
     let connected = future::or(async { Some(task.await) }, async {
         signals.next().await;
         None
@@ -179,6 +238,7 @@ pub async fn serve_one(socket: Socket, config: Arc<Config>, signals: AsyncSignal
     match connected {
         Some(connected) => Ok(connected),
         None => {
+            crate::notify::stopping("stopping");
             drain(&stats, &all_done, config.shutdown_timeout, &signals).await;
             Ok(true)
         }
@@ -210,10 +270,14 @@ impl Connection {
                 return false;
             }
         };
-        let backend = match crate::connector::connect(&config.connect, config.connect_timeout).await {
+        let backend = match crate::connector::connect(&config.connect, config.connect_timeout).await
+        {
             Ok(backend) => backend,
             Err(e) => {
-                crate::warn!("{peer}: cannot connect to {}: {e}; closing the client", config.connect);
+                crate::warn!(
+                    "{peer}: cannot connect to {}: {e}; closing the client",
+                    config.connect
+                );
                 return false;
             }
         };
@@ -221,7 +285,9 @@ impl Connection {
         if crate::log::enabled(crate::log::Level::Debug) {
             let how = match &outcome {
                 Outcome::Done => "closed".to_string(),
-                Outcome::Idle => format!("idle for {}, closed", timespan::format(config.idle_timeout)),
+                Outcome::Idle => {
+                    format!("idle for {}, closed", timespan::format(config.idle_timeout))
+                }
                 Outcome::Failed(e) => format!("aborted ({e})"),
             };
             crate::debug!(
@@ -239,12 +305,24 @@ impl Connection {
 async fn wait_idle(stats: &Stats, idle_events: &async_channel::Receiver<()>, span: Duration) {
     loop {
         if stats.active() == 0 {
-            let since = stats.idle_since.lock().expect("not poisoned").unwrap_or_else(Instant::now);
+            let since = stats
+                .idle_since
+                .lock()
+                .expect("not poisoned")
+                .unwrap_or_else(Instant::now);
             let deadline = since + span;
             if Instant::now() >= deadline {
                 return;
             }
-            future::or(async { Timer::at(deadline).await; }, async { let _ = idle_events.recv().await; }).await;
+            future::or(
+                async {
+                    Timer::at(deadline).await;
+                },
+                async {
+                    let _ = idle_events.recv().await;
+                },
+            )
+            .await;
         } else {
             let _ = idle_events.recv().await;
         }
@@ -253,7 +331,12 @@ async fn wait_idle(stats: &Stats, idle_events: &async_channel::Receiver<()>, spa
 
 /// After a stop signal: lets open connections finish within `timeout`; a
 /// second signal ends the wait at once.
-async fn drain(stats: &Stats, all_done: &async_channel::Receiver<()>, timeout: Option<Duration>, signals: &AsyncSignals) {
+async fn drain(
+    stats: &Stats,
+    all_done: &async_channel::Receiver<()>,
+    timeout: Option<Duration>,
+    signals: &AsyncSignals,
+) {
     let open = stats.active();
     if open == 0 {
         crate::info!("stopping: no open connections");
@@ -287,7 +370,10 @@ async fn drain(stats: &Stats, all_done: &async_channel::Receiver<()>, timeout: O
     if left == 0 {
         crate::info!("stopped: {why}");
     } else {
-        crate::warn!("stopped: {why}; closing {left} open connection{}", if left == 1 { "" } else { "s" });
+        crate::warn!(
+            "stopped: {why}; closing {left} open connection{}",
+            if left == 1 { "" } else { "s" }
+        );
     }
 }
 
@@ -302,8 +388,19 @@ fn rate_limited_accept_warning() -> impl FnMut(&io::Error) {
             return;
         }
         let hint = async_listen::error_hint(error);
-        let more = if suppressed > 0 { format!(" ({suppressed} more since the last report)") } else { String::new() };
-        crate::warn!("accept failed: {error}{}{more}; retrying", if hint.is_empty() { String::new() } else { format!(". {hint}") });
+        let more = if suppressed > 0 {
+            format!(" ({suppressed} more since the last report)")
+        } else {
+            String::new()
+        };
+        crate::warn!(
+            "accept failed: {error}{}{more}; retrying",
+            if hint.is_empty() {
+                String::new()
+            } else {
+                format!(". {hint}")
+            }
+        );
         last = Some(Instant::now());
         suppressed = 0;
     }

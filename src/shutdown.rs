@@ -26,7 +26,9 @@ impl Signals {
 
     /// Registers the pipe with the reactor (starts the runtime's threads).
     pub fn into_async(self) -> io::Result<AsyncSignals> {
-        Ok(AsyncSignals { read: Async::new(self.read)? })
+        Ok(AsyncSignals {
+            read: Async::new(self.read)?,
+        })
     }
 }
 
@@ -41,7 +43,12 @@ impl AsyncSignals {
         let mut byte = [0u8; 1];
         // Each signal writes one byte; an error here would mean the pipe is
         // gone, and then waiting forever is the right answer.
-        while self.read.read_with(|mut s| s.read(&mut byte)).await.is_err() {
+        while self
+            .read
+            .read_with(|mut s| s.read(&mut byte))
+            .await
+            .is_err()
+        {
             futures_lite::future::pending::<()>().await;
         }
     }

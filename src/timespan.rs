@@ -50,13 +50,17 @@ pub fn parse(text: &str) -> Result<Span, String> {
             .find(|c: char| !(c.is_ascii_digit() || c == '.'))
             .unwrap_or(rest.len());
         if number_len == 0 {
-            return Err(format!("'{text}' is not a time span (expected e.g. 90s, 500ms, 5min 20s, infinity)"));
+            return Err(format!(
+                "'{text}' is not a time span (expected e.g. 90s, 500ms, 5min 20s, infinity)"
+            ));
         }
         let number: f64 = rest[..number_len]
             .parse()
             .map_err(|_| format!("'{}' is not a number", &rest[..number_len]))?;
         rest = rest[number_len..].trim_start();
-        let unit_len = rest.find(|c: char| c.is_ascii_digit() || c == '.' || c.is_whitespace()).unwrap_or(rest.len());
+        let unit_len = rest
+            .find(|c: char| c.is_ascii_digit() || c == '.' || c.is_whitespace())
+            .unwrap_or(rest.len());
         let unit = &rest[..unit_len];
         let factor = if unit.is_empty() {
             1.0
@@ -65,7 +69,9 @@ pub fn parse(text: &str) -> Result<Span, String> {
                 .iter()
                 .find(|(name, _)| *name == unit)
                 .map(|(_, f)| *f)
-                .ok_or_else(|| format!("unknown time unit '{unit}' in '{text}' (use us, ms, s, min, h, d, w)"))?
+                .ok_or_else(|| {
+                    format!("unknown time unit '{unit}' in '{text}' (use us, ms, s, min, h, d, w)")
+                })?
         };
         total += number * factor;
         rest = rest[unit_len..].trim_start();
