@@ -12,6 +12,7 @@ pub mod listener;
 pub mod log;
 pub mod notify;
 pub mod peer;
+pub mod pipe;
 pub mod relay;
 pub mod sandbox;
 pub mod server;

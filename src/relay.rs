@@ -3,11 +3,12 @@
 //! every byte read before it has been written; a reset or error on either
 //! side closes both (with a reset towards TCP peers, so it propagates).
 //!
-//! Memory stays bounded: a direction holds at most one buffer, and only
-//! while bytes are in flight; an idle connection holds none.
+//! Memory stays bounded: a direction holds at most one pipe (or buffer),
+//! and only while bytes are in flight; an idle connection holds none.
 
 use std::io::{self, Read, Write};
 use std::net::Shutdown;
+use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
@@ -15,8 +16,10 @@ use async_io::{Async, Timer};
 use futures_lite::future;
 use socket2::Socket;
 
-/// How many bytes a direction moves per read. 64 KiB halves the system-call
-/// count of async-std's 8 KiB copy for bulk transfers.
+use crate::pipe;
+
+/// How many bytes the copy path moves per read. 64 KiB halves the
+/// system-call count of async-std's 8 KiB copy for bulk transfers.
 const CHUNK: usize = 64 * 1024;
 
 /// How a relayed connection ended.
@@ -71,25 +74,82 @@ pub async fn relay(
     (totals, outcome)
 }
 
-/// Copies `from` → `to` until EOF, then half-closes `to`.
-async fn pump(
-    from: &Async<Socket>,
-    to: &Async<Socket>,
-    moved: &AtomicU64,
-    activity: &Activity,
-) -> io::Result<()> {
+/// Moves `from` → `to` until EOF, then half-closes `to`: zero-copy through a
+/// pipe where the kernel can splice both sockets, else through a buffer.
+async fn pump(from: &Async<Socket>, to: &Async<Socket>, moved: &AtomicU64, activity: &Activity) -> io::Result<()> {
+    if !splice_pump(from, to, moved, activity).await? {
+        copy_pump(from, to, moved, activity).await?;
+    }
+    match to.get_ref().shutdown(Shutdown::Write) {
+        // The other side may already be gone entirely; the other direction
+        // will notice.
+        Err(e) if e.kind() != io::ErrorKind::NotConnected => Err(e),
+        _ => Ok(()),
+    }
+}
+
+/// The zero-copy data path: `splice(2)` socket → pipe → socket. A pipe is
+/// taken from the pool only while bytes are in flight, so an idle
+/// connection holds none. Returns `Ok(false)` if these sockets cannot be
+/// spliced (nothing was moved then), `Ok(true)` at EOF.
+async fn splice_pump(from: &Async<Socket>, to: &Async<Socket>, moved: &AtomicU64, activity: &Activity) -> io::Result<bool> {
+    let (source, sink) = (from.get_ref().as_raw_fd(), to.get_ref().as_raw_fd());
+    loop {
+        let pipe = pipe::take()?;
+        // Try before waiting: data is usually there already, and asking the
+        // reactor first would cost a round trip per message.
+        let filled = match pipe::splice(source, pipe.write_fd(), pipe.capacity()) {
+            Ok(0) => {
+                pipe::give(pipe);
+                return Ok(true);
+            }
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                pipe::give(pipe);
+                from.readable().await?;
+                continue;
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {
+                pipe::give(pipe);
+                continue;
+            }
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) && moved.load(Ordering::Relaxed) == 0 => {
+                pipe::give(pipe);
+                return Ok(false);
+            }
+            Err(e) => return Err(e),
+        };
+        let mut left = filled;
+        while left > 0 {
+            match pipe::splice(pipe.read_fd(), sink, left) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => left -= n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => to.writable().await?,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                // The pipe still holds bytes: it is dropped, not pooled.
+                Err(e) => return Err(e),
+            }
+        }
+        pipe::give(pipe);
+        moved.fetch_add(filled as u64, Ordering::Relaxed);
+        activity.touch();
+    }
+}
+
+/// The portable data path: read into a buffer, write it out. The buffer is
+/// freed whenever the source runs dry, so idle connections hold none.
+async fn copy_pump(from: &Async<Socket>, to: &Async<Socket>, moved: &AtomicU64, activity: &Activity) -> io::Result<()> {
     let mut buffer: Vec<u8> = Vec::new();
     loop {
-        // Wait for data holding no buffer, so idle connections cost nothing.
-        from.readable().await?;
         if buffer.is_empty() {
             buffer = vec![0; CHUNK];
         }
         let read = match from.get_ref().read(&mut buffer) {
-            Ok(0) => break,
+            Ok(0) => return Ok(()),
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                 buffer = Vec::new();
+                from.readable().await?;
                 continue;
             }
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -98,12 +158,6 @@ async fn pump(
         write_all(to, &buffer[..read]).await?;
         moved.fetch_add(read as u64, Ordering::Relaxed);
         activity.touch();
-    }
-    match to.get_ref().shutdown(Shutdown::Write) {
-        // The other side may already be gone entirely; the other direction
-        // will notice.
-        Err(e) if e.kind() != io::ErrorKind::NotConnected => Err(e),
-        _ => Ok(()),
     }
 }
 

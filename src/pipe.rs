@@ -1,0 +1,91 @@
+//! Pipes for the zero-copy data path, and the `splice(2)` call that uses
+//! them. Pipes are pooled: a direction takes one while bytes are in flight
+//! and gives it back empty, so idle connections hold none and busy ones do
+//! not pay `pipe2` + `fcntl` per message.
+
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::sync::Mutex;
+
+/// Pipe capacity asked for: bigger pipes mean fewer system calls per byte
+/// (1 MiB roughly halved the relay's CPU against 64 KiB). The kernel may
+/// refuse (`pipe-max-size`, per-user pipe limits); then the pipe keeps its
+/// default size.
+const WANTED_CAPACITY: usize = 1 << 20;
+/// Empty pipes kept for reuse; more are closed.
+const POOL_MAX: usize = 32;
+
+static POOL: Mutex<Vec<Pipe>> = Mutex::new(Vec::new());
+
+/// An empty (when pooled) pipe.
+pub struct Pipe {
+    read: OwnedFd,
+    write: OwnedFd,
+    capacity: usize,
+}
+
+impl Pipe {
+    fn new() -> io::Result<Pipe> {
+        let mut fds = [0 as RawFd; 2];
+        // SAFETY: pipe2 writes two descriptors into the array on success.
+        if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_NONBLOCK | libc::O_CLOEXEC) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: both descriptors are fresh and owned by nobody else.
+        let (read, write) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+        // SAFETY: fcntl on a descriptor we own, integer arguments only.
+        let capacity = unsafe {
+            libc::fcntl(write.as_raw_fd(), libc::F_SETPIPE_SZ, WANTED_CAPACITY as libc::c_int);
+            libc::fcntl(write.as_raw_fd(), libc::F_GETPIPE_SZ)
+        };
+        let capacity = usize::try_from(capacity).unwrap_or(0).max(4096);
+        Ok(Pipe { read, write, capacity })
+    }
+
+    /// The end `splice` reads from.
+    pub fn read_fd(&self) -> RawFd {
+        self.read.as_raw_fd()
+    }
+
+    /// The end `splice` writes into.
+    pub fn write_fd(&self) -> RawFd {
+        self.write.as_raw_fd()
+    }
+
+    /// How many bytes fit.
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+}
+
+/// An empty pipe from the pool, or a new one.
+pub fn take() -> io::Result<Pipe> {
+    match POOL.lock().expect("pipe pool").pop() {
+        Some(pipe) => Ok(pipe),
+        None => Pipe::new(),
+    }
+}
+
+/// Returns an empty pipe to the pool.
+pub fn give(pipe: Pipe) {
+    let mut pool = POOL.lock().expect("pipe pool");
+    if pool.len() < POOL_MAX {
+        pool.push(pipe);
+    }
+}
+
+/// One non-blocking `splice(2)` of at most `len` bytes.
+pub fn splice(from: RawFd, to: RawFd, len: usize) -> io::Result<usize> {
+    // SAFETY: plain descriptors and null offsets (both are sockets or pipes).
+    let n = unsafe {
+        libc::splice(
+            from,
+            std::ptr::null_mut(),
+            to,
+            std::ptr::null_mut(),
+            len,
+            libc::SPLICE_F_MOVE | libc::SPLICE_F_NONBLOCK,
+        )
+    };
+    if n < 0 { Err(io::Error::last_os_error()) } else { Ok(n as usize) }
+}
