@@ -10,6 +10,7 @@ use argh::FromArgs;
 
 use crate::Failure;
 use crate::endpoint::{Endpoint, Role, UnixAddr};
+use crate::identity::{Allowlist, ProxyVersion};
 use crate::log::Level;
 use crate::timespan::{self, Span};
 
@@ -39,6 +40,10 @@ pub struct Config {
     /// Group of a socket file the relay creates.
     pub socket_group: Option<libc::gid_t>,
     pub sandbox: SandboxMode,
+    /// Send CONNECT a PROXY protocol header first.
+    pub proxy_protocol: Option<ProxyVersion>,
+    /// Which Unix clients may connect.
+    pub allow: Allowlist,
     pub level: Level,
 }
 
@@ -123,6 +128,18 @@ struct Args {
     /// self-confinement after start-up: best-effort, strict or off (default best-effort)
     #[argh(option, arg_name = "MODE", default = "String::from(\"best-effort\")")]
     sandbox: String,
+
+    /// send CONNECT a PROXY protocol header with the client's address first: v1 or v2 (default: none)
+    #[argh(option, arg_name = "VERSION")]
+    proxy_protocol: Option<String>,
+
+    /// accept only Unix clients running as this user (id or name; repeatable)
+    #[argh(option, arg_name = "UID")]
+    allow_uid: Vec<String>,
+
+    /// accept only Unix clients in this group (id or name, primary or supplementary; repeatable)
+    #[argh(option, arg_name = "GID")]
+    allow_gid: Vec<String>,
 
     /// log errors only (and the 'listening on' lines)
     #[argh(switch, short = 'q')]
@@ -209,6 +226,40 @@ impl Args {
                 ));
             }
         };
+        let proxy_protocol = match self.proxy_protocol.as_deref() {
+            None => None,
+            Some("v1") => Some(ProxyVersion::V1),
+            Some("v2") => Some(ProxyVersion::V2),
+            Some(other) => {
+                return Err(usage(
+                    "--proxy-protocol",
+                    format!("'{other}' is not one of v1, v2"),
+                ));
+            }
+        };
+        let allow = Allowlist {
+            uids: self
+                .allow_uid
+                .iter()
+                .map(|u| lookup_user(u).map_err(|r| usage("--allow-uid", r)))
+                .collect::<Result<_, _>>()?,
+            gids: self
+                .allow_gid
+                .iter()
+                .map(|g| lookup_group(g).map_err(|r| usage("--allow-gid", r)))
+                .collect::<Result<_, _>>()?,
+        };
+        if allow.is_active() && matches!(listen, Endpoint::Tcp { .. }) {
+            let option = if self.allow_uid.is_empty() {
+                "--allow-gid"
+            } else {
+                "--allow-uid"
+            };
+            return Err(usage(
+                option,
+                "needs a Unix LISTEN (TCP clients have no credentials)".into(),
+            ));
+        }
         let level = match (self.quiet, self.verbose) {
             (true, true) => return Err(usage("-q/-v", "choose one".into())),
             (true, false) => Level::Error,
@@ -226,6 +277,8 @@ impl Args {
             socket_mode,
             socket_group,
             sandbox,
+            proxy_protocol,
+            allow,
             level,
         })
     }
@@ -262,6 +315,31 @@ fn lookup_group(text: &str) -> Result<libc::gid_t, String> {
     }
     // SAFETY: getgrnam_r succeeded and filled `group`.
     Ok(unsafe { group.assume_init() }.gr_gid)
+}
+
+fn lookup_user(text: &str) -> Result<libc::uid_t, String> {
+    if let Ok(uid) = text.parse::<libc::uid_t>() {
+        return Ok(uid);
+    }
+    let name = CString::new(text).map_err(|_| format!("'{text}' is not a user name"))?;
+    let mut user = std::mem::MaybeUninit::<libc::passwd>::uninit();
+    let mut buffer = vec![0 as libc::c_char; 16384];
+    let mut result: *mut libc::passwd = std::ptr::null_mut();
+    // SAFETY: as in lookup_group.
+    let rc = unsafe {
+        libc::getpwnam_r(
+            name.as_ptr(),
+            user.as_mut_ptr(),
+            buffer.as_mut_ptr(),
+            buffer.len(),
+            &mut result,
+        )
+    };
+    if rc != 0 || result.is_null() {
+        return Err(format!("no user named '{text}'"));
+    }
+    // SAFETY: getpwnam_r succeeded and filled `user`.
+    Ok(unsafe { user.assume_init() }.pw_uid)
 }
 
 #[cfg(test)]
@@ -318,6 +396,13 @@ mod tests {
             (&[":80", "sd-listen"], "CONNECT 'sd-listen'"),
             (&[":80"], "CONNECT"),
             (&[":80", "/x", "--frobnicate"], "--frobnicate"),
+            (&[":80", "/x", "--proxy-protocol", "v3"], "--proxy-protocol"),
+            (&[":80", "/x", "--allow-uid", "0"], "--allow-uid"),
+            (&["127.0.0.1:80", "/x", "--allow-gid", "0"], "--allow-gid"),
+            (
+                &["/y", "/x", "--allow-uid", "no-such-user-here"],
+                "--allow-uid",
+            ),
         ];
         for (args, named) in cases {
             let err = run(args).expect_err(&format!("{args:?} should fail"));

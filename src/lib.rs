@@ -8,6 +8,7 @@
 pub mod cli;
 pub mod connector;
 pub mod endpoint;
+pub mod identity;
 pub mod listener;
 pub mod log;
 pub mod notify;
@@ -61,6 +62,17 @@ pub fn run(config: Config) -> Result<(), Failure> {
             group: config.socket_group,
         },
     )?;
+    if config.allow.is_active()
+        && let Opened::Listeners(listeners) = &opened
+        && listeners
+            .iter()
+            .any(|l| l.socket.local_addr().is_ok_and(|a| a.as_socket().is_some()))
+    {
+        return Err(Failure::Usage(format!(
+            "--allow-uid/--allow-gid: LISTEN '{}' includes a TCP socket (TCP clients have no credentials)",
+            config.listen
+        )));
+    }
     raise_fd_limit();
     // 2. Signals are queued from here on, so a stop is always graceful.
     let signals = shutdown::Signals::install()

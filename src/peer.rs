@@ -37,6 +37,28 @@ pub fn credentials(socket: &Socket) -> Option<Credentials> {
     })
 }
 
+/// A Unix client's supplementary groups (`SO_PEERGROUPS`); empty if unknown.
+pub fn groups(socket: &Socket) -> Vec<libc::gid_t> {
+    let mut groups = vec![0 as libc::gid_t; 256];
+    let mut len = (groups.len() * std::mem::size_of::<libc::gid_t>()) as libc::socklen_t;
+    // SAFETY: SO_PEERGROUPS writes at most `len` bytes of gids into the
+    // vector and sets `len` to the bytes written.
+    let rc = unsafe {
+        libc::getsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_PEERGROUPS,
+            groups.as_mut_ptr().cast(),
+            &mut len,
+        )
+    };
+    if rc != 0 {
+        return Vec::new();
+    }
+    groups.truncate(len as usize / std::mem::size_of::<libc::gid_t>());
+    groups
+}
+
 /// `192.0.2.1:5678`, `[2001:db8::1]:5678`, or `pid 42 uid 1000` for a Unix client.
 pub fn describe(socket: &Socket) -> String {
     if let Some(ip) = socket.peer_addr().ok().and_then(|a| a.as_socket()) {

@@ -76,7 +76,12 @@ pub async fn relay(
 
 /// Moves `from` → `to` until EOF, then half-closes `to`: zero-copy through a
 /// pipe where the kernel can splice both sockets, else through a buffer.
-async fn pump(from: &Async<Socket>, to: &Async<Socket>, moved: &AtomicU64, activity: &Activity) -> io::Result<()> {
+async fn pump(
+    from: &Async<Socket>,
+    to: &Async<Socket>,
+    moved: &AtomicU64,
+    activity: &Activity,
+) -> io::Result<()> {
     if !splice_pump(from, to, moved, activity).await? {
         copy_pump(from, to, moved, activity).await?;
     }
@@ -92,7 +97,12 @@ async fn pump(from: &Async<Socket>, to: &Async<Socket>, moved: &AtomicU64, activ
 /// taken from the pool only while bytes are in flight, so an idle
 /// connection holds none. Returns `Ok(false)` if these sockets cannot be
 /// spliced (nothing was moved then), `Ok(true)` at EOF.
-async fn splice_pump(from: &Async<Socket>, to: &Async<Socket>, moved: &AtomicU64, activity: &Activity) -> io::Result<bool> {
+async fn splice_pump(
+    from: &Async<Socket>,
+    to: &Async<Socket>,
+    moved: &AtomicU64,
+    activity: &Activity,
+) -> io::Result<bool> {
     let (source, sink) = (from.get_ref().as_raw_fd(), to.get_ref().as_raw_fd());
     loop {
         let pipe = pipe::take()?;
@@ -113,7 +123,9 @@ async fn splice_pump(from: &Async<Socket>, to: &Async<Socket>, moved: &AtomicU64
                 pipe::give(pipe);
                 continue;
             }
-            Err(e) if e.raw_os_error() == Some(libc::EINVAL) && moved.load(Ordering::Relaxed) == 0 => {
+            Err(e)
+                if e.raw_os_error() == Some(libc::EINVAL) && moved.load(Ordering::Relaxed) == 0 =>
+            {
                 pipe::give(pipe);
                 return Ok(false);
             }
@@ -138,7 +150,12 @@ async fn splice_pump(from: &Async<Socket>, to: &Async<Socket>, moved: &AtomicU64
 
 /// The portable data path: read into a buffer, write it out. The buffer is
 /// freed whenever the source runs dry, so idle connections hold none.
-async fn copy_pump(from: &Async<Socket>, to: &Async<Socket>, moved: &AtomicU64, activity: &Activity) -> io::Result<()> {
+async fn copy_pump(
+    from: &Async<Socket>,
+    to: &Async<Socket>,
+    moved: &AtomicU64,
+    activity: &Activity,
+) -> io::Result<()> {
     let mut buffer: Vec<u8> = Vec::new();
     loop {
         if buffer.is_empty() {
@@ -161,7 +178,8 @@ async fn copy_pump(from: &Async<Socket>, to: &Async<Socket>, moved: &AtomicU64, 
     }
 }
 
-async fn write_all(to: &Async<Socket>, mut data: &[u8]) -> io::Result<()> {
+/// Writes all of `data` (used for the PROXY header, before relaying).
+pub async fn write_all(to: &Async<Socket>, mut data: &[u8]) -> io::Result<()> {
     while !data.is_empty() {
         let written = to.write_with(|socket| (&*socket).write(data)).await?;
         if written == 0 {

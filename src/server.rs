@@ -16,6 +16,7 @@ use futures_lite::{Stream, StreamExt, future};
 use socket2::Socket;
 
 use crate::cli::Config;
+use crate::identity::proxy_header;
 use crate::listener::{Listener, SocketFile};
 use crate::relay::{self, Outcome};
 use crate::shutdown::AsyncSignals;
@@ -263,6 +264,17 @@ impl Connection {
         if accepted.tcp {
             let _ = accepted.socket.set_tcp_nodelay(true);
         }
+        if config.allow.is_active() && !self.admitted(&accepted.socket) {
+            return false;
+        }
+        let header = config.proxy_protocol.map(|version| {
+            let address = |a: io::Result<socket2::SockAddr>| a.ok().and_then(|a| a.as_socket());
+            proxy_header(
+                version,
+                address(accepted.socket.peer_addr()),
+                address(accepted.socket.local_addr()),
+            )
+        });
         let client = match Async::new(accepted.socket) {
             Ok(client) => client,
             Err(e) => {
@@ -281,6 +293,15 @@ impl Connection {
                 return false;
             }
         };
+        if let Some(header) = header
+            && let Err(e) = relay::write_all(&backend, &header).await
+        {
+            crate::warn!(
+                "{peer}: cannot send the PROXY header to {}: {e}",
+                config.connect
+            );
+            return true;
+        }
         let (totals, outcome) = relay::relay(client, backend, config.idle_timeout).await;
         if crate::log::enabled(crate::log::Level::Debug) {
             let how = match &outcome {
@@ -298,6 +319,30 @@ impl Connection {
             );
         }
         true
+    }
+}
+
+impl Connection {
+    /// Checks a Unix client against `--allow-uid`/`--allow-gid`, before
+    /// CONNECT is contacted.
+    fn admitted(&self, socket: &Socket) -> bool {
+        let Some(credentials) = crate::peer::credentials(socket) else {
+            crate::warn!("refused a client whose credentials cannot be read");
+            return false;
+        };
+        let allowed = self
+            .config
+            .allow
+            .allows(&credentials, &crate::peer::groups(socket));
+        if !allowed {
+            crate::warn!(
+                "refused client pid {} uid {} gid {}: not allowed by --allow-uid/--allow-gid",
+                credentials.pid,
+                credentials.uid,
+                credentials.gid
+            );
+        }
+        allowed
     }
 }
 
