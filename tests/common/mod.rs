@@ -1,0 +1,364 @@
+//! Test harness: spawn the real relay binary, read its log lines, and talk to
+//! it over real sockets. Every wait is on a readiness signal (a log line, a
+//! connection, an exit) with a generous deadline, never a bare sleep.
+//!
+//! - this module: the relay process and its log;
+//! - [`net`]: clients, backends and their handlers;
+//! - [`data`]: payloads and digests;
+//! - [`system`]: how the relay's process is set up (inherited descriptors,
+//!   limits, umask, a private `/etc/hosts`) and what the tests ask the
+//!   kernel about it.
+
+#![allow(dead_code)] // each test binary uses a different subset
+
+mod data;
+mod net;
+mod system;
+
+pub use data::*;
+pub use net::*;
+pub use system::*;
+
+use std::io::{BufRead, BufReader, Read};
+use std::os::fd::AsRawFd;
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+/// How long any single wait may take before the test fails.
+pub const DEADLINE: Duration = Duration::from_secs(20);
+
+/// The binary under test.
+pub fn relay_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_simpletcpunixrelay"))
+}
+
+/// A running relay process. Killed on drop if it is still running.
+pub struct Relay {
+    pub child: Child,
+    lines: Receiver<String>,
+    log: Arc<Mutex<Vec<String>>>,
+    /// The addresses from the `listening on ADDR` lines, in order.
+    pub addresses: Vec<String>,
+}
+
+impl Relay {
+    /// Starts the relay with `args` and waits for one `listening on` line.
+    pub fn start(args: &[&str]) -> Relay {
+        Relay::start_command(command(args), 1)
+    }
+
+    /// Starts a prepared command and waits for `listeners` `listening on` lines.
+    pub fn start_command(mut command: Command, listeners: usize) -> Relay {
+        command
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        let mut child = command.spawn().expect("spawn relay");
+        let stderr = child.stderr.take().expect("stderr piped");
+        Relay::attach(child, stderr, listeners)
+    }
+
+    /// Starts a prepared command with standard error connected to a pipe that
+    /// `JOURNAL_STREAM` names, as systemd does when it is the journal.
+    pub fn start_journal(mut command: Command, listeners: usize) -> Relay {
+        let (reader, writer) = std::io::pipe().expect("pipe");
+        let (device, inode) = device_and_inode(writer.as_raw_fd());
+        command
+            .env("JOURNAL_STREAM", format!("{device}:{inode}"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(writer));
+        let child = command.spawn().expect("spawn relay");
+        // Our copy of the write end goes with the command, so the log ends
+        // when the relay exits.
+        drop(command);
+        Relay::attach(child, reader, listeners)
+    }
+
+    fn attach(child: Child, stderr: impl Read + Send + 'static, listeners: usize) -> Relay {
+        let (tx, lines) = mpsc::channel();
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let log_writer = log.clone();
+        // Tag echoed lines with the test's name: tests run in parallel.
+        let test = thread::current().name().unwrap_or("relay").to_string();
+        thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                eprintln!("[{test}] {line}");
+                log_writer.lock().unwrap().push(line.clone());
+                let _ = tx.send(line);
+            }
+        });
+        let mut relay = Relay {
+            child,
+            lines,
+            log,
+            addresses: Vec::new(),
+        };
+        while relay.addresses.len() < listeners {
+            let line = relay.wait_for_line("listening on ");
+            let address = line.split("listening on ").nth(1).unwrap();
+            relay
+                .addresses
+                .push(address.split(' ').next().unwrap().to_string());
+        }
+        relay
+    }
+
+    /// The first listening address.
+    pub fn address(&self) -> &str {
+        &self.addresses[0]
+    }
+
+    /// The TCP port of the first listener.
+    pub fn port(&self) -> u16 {
+        port_of(self.address())
+    }
+
+    /// The relay's process id.
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    /// Waits for a log line containing `needle` and returns it. Lines seen
+    /// before are not searched again: call in the order they are expected.
+    pub fn wait_for_line(&mut self, needle: &str) -> String {
+        let deadline = Instant::now() + DEADLINE;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) if line.contains(needle) => return line,
+                Ok(_) => continue,
+                Err(RecvTimeoutError::Timeout) => {
+                    panic!(
+                        "no log line containing {needle:?} within {DEADLINE:?}; log:\n{}",
+                        self.log()
+                    )
+                }
+                Err(RecvTimeoutError::Disconnected) => {
+                    panic!(
+                        "relay exited before logging {needle:?}; log:\n{}",
+                        self.log()
+                    )
+                }
+            }
+        }
+    }
+
+    /// Everything logged so far.
+    pub fn log(&self) -> String {
+        self.log.lock().unwrap().join("\n")
+    }
+
+    /// How many lines logged so far contain `needle`.
+    pub fn count_lines(&self, needle: &str) -> usize {
+        self.log
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|l| l.contains(needle))
+            .count()
+    }
+
+    /// Sends a signal to the relay.
+    pub fn signal(&self, signal: i32) {
+        // SAFETY: kill with the pid of our own child, which we have not reaped.
+        assert_eq!(unsafe { libc::kill(self.pid(), signal) }, 0);
+    }
+
+    /// Whether the relay is still running.
+    pub fn running(&mut self) -> bool {
+        self.child.try_wait().unwrap().is_none()
+    }
+
+    /// Waits up to `limit` for the relay to exit.
+    pub fn wait_exit_within(&mut self, limit: Duration) -> Option<ExitStatus> {
+        wait_exit(&mut self.child, limit)
+    }
+
+    /// Waits for the relay to exit.
+    pub fn wait_exit(&mut self) -> ExitStatus {
+        wait_exit(&mut self.child, DEADLINE)
+            .unwrap_or_else(|| panic!("relay did not exit; log:\n{}", self.log()))
+    }
+
+    /// Waits for the end of the log (the relay exited) and returns it whole.
+    pub fn finish(&mut self) -> (ExitStatus, String) {
+        let status = self.wait_exit();
+        // Drain the reader thread: the channel closes at EOF.
+        let deadline = Instant::now() + DEADLINE;
+        while self
+            .lines
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            .is_ok()
+        {}
+        (status, self.log())
+    }
+
+    /// The relay's resident memory in KiB (`VmRSS` in `/proc/PID/status`).
+    pub fn vm_rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
+        let line = status
+            .lines()
+            .find(|l| l.starts_with("VmRSS:"))
+            .expect("VmRSS line");
+        line.split_whitespace().nth(1).unwrap().parse().unwrap()
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The port of a printed TCP address (`127.0.0.1:80`, `[::1]:80`).
+pub fn port_of(address: &str) -> u16 {
+    address
+        .rsplit(':')
+        .next()
+        .unwrap()
+        .parse()
+        .expect("a TCP address")
+}
+
+/// A command running the relay binary with `args`.
+pub fn command(args: &[&str]) -> Command {
+    let mut command = Command::new(relay_bin());
+    command.args(args);
+    command
+}
+
+/// What a relay that ran to completion left behind.
+#[derive(Debug)]
+pub struct Finished {
+    pub status: ExitStatus,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Finished {
+    /// The non-empty lines of standard error.
+    pub fn stderr_lines(&self) -> Vec<&str> {
+        self.stderr
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .collect()
+    }
+}
+
+/// Runs a prepared relay command to completion (for start-up failures,
+/// `--help`, `--version`).
+pub fn run_command(mut command: Command) -> Finished {
+    command
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = command.spawn().expect("spawn relay");
+    drop(command); // descriptors it passed to the child are the child's alone now
+    let read_all = |mut pipe: Box<dyn Read + Send>| {
+        thread::spawn(move || {
+            let mut text = String::new();
+            let _ = pipe.read_to_string(&mut text);
+            text
+        })
+    };
+    let stdout = read_all(Box::new(child.stdout.take().unwrap()));
+    let stderr = read_all(Box::new(child.stderr.take().unwrap()));
+    let status = wait_exit(&mut child, DEADLINE);
+    if status.is_none() {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    let stderr = stderr.join().unwrap();
+    let status =
+        status.unwrap_or_else(|| panic!("the relay should exit on its own; stderr:\n{stderr}"));
+    Finished {
+        status,
+        stdout: stdout.join().unwrap(),
+        stderr,
+    }
+}
+
+/// Runs the relay to completion: exit status and standard error.
+pub fn run_to_exit(args: &[&str]) -> (ExitStatus, String) {
+    let finished = run_command(command(args));
+    (finished.status, finished.stderr)
+}
+
+/// Polls a child for exit until `limit`.
+pub fn wait_exit(child: &mut Child, limit: Duration) -> Option<ExitStatus> {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return Some(status);
+        }
+        if Instant::now() > deadline {
+            return None;
+        }
+        thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// Polls `condition` until it holds; panics naming `what` after [`DEADLINE`].
+pub fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
+    let deadline = Instant::now() + DEADLINE;
+    while !condition() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        thread::sleep(Duration::from_millis(5));
+    }
+}
+
+static COUNTER: AtomicUsize = AtomicUsize::new(0);
+
+/// A name unique to this test process and call, for abstract sockets.
+pub fn unique_name(tag: &str) -> String {
+    format!(
+        "stur-test-{}-{}-{tag}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// A fresh directory, removed on drop.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new() -> TempDir {
+        let path = std::env::temp_dir().join(unique_name("dir"));
+        let _ = std::fs::remove_dir_all(&path);
+        std::fs::create_dir_all(&path).unwrap();
+        TempDir(path)
+    }
+
+    pub fn join(&self, name: &str) -> PathBuf {
+        self.0.join(name)
+    }
+
+    /// `path` as a string argument.
+    pub fn arg(&self, name: &str) -> String {
+        self.join(name).to_str().unwrap().to_string()
+    }
+
+    /// The names of the entries in the directory, sorted.
+    pub fn entries(&self) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(&self.0)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}

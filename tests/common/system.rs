@@ -1,0 +1,199 @@
+//! How the relay's process is set up before it runs (inherited descriptors,
+//! resource limits, umask, a private `/etc/hosts`), and what the tests ask
+//! the kernel about the machine and the running relay.
+//!
+//! The set-up runs in the forked child before `exec` (`pre_exec`), where only
+//! async-signal-safe calls are allowed: no allocation, plain system calls.
+
+use std::ffi::CString;
+use std::io;
+use std::net::TcpListener;
+use std::os::fd::{FromRawFd, OwnedFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+use std::process::Command;
+
+use super::relay_bin;
+
+/// Whether the tests run as root (changing a file's group to one we are not
+/// in and mount namespaces need it).
+pub fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// Whether this machine has an IPv6 loopback address to test with.
+pub fn has_ipv6_loopback() -> bool {
+    TcpListener::bind("[::1]:0").is_ok()
+}
+
+/// `st_dev` and `st_ino` of an open descriptor.
+pub fn device_and_inode(fd: RawFd) -> (u64, u64) {
+    let mut stat = std::mem::MaybeUninit::<libc::stat>::uninit();
+    // SAFETY: fstat fills the struct on success, which is checked.
+    assert_eq!(unsafe { libc::fstat(fd, stat.as_mut_ptr()) }, 0, "fstat");
+    // SAFETY: fstat succeeded.
+    let stat = unsafe { stat.assume_init() };
+    (stat.st_dev, stat.st_ino)
+}
+
+fn check(rc: libc::c_int) -> io::Result<()> {
+    if rc < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}
+
+/// Makes `fds[i]` the child's descriptor `3 + i`, open across `exec`, the
+/// way systemd and inetd pass sockets. Our own copies stay ours: they are
+/// close-on-exec, like every descriptor Rust opens.
+pub fn pass_fds(command: &mut Command, fds: &[RawFd]) {
+    const MAX: usize = 8;
+    assert!(fds.len() <= MAX);
+    let mut sources = [-1; MAX];
+    sources[..fds.len()].copy_from_slice(fds);
+    let count = fds.len();
+    // SAFETY: the closure makes only async-signal-safe system calls.
+    unsafe {
+        command.pre_exec(move || {
+            // First move every source out of the way, so that placing one
+            // cannot overwrite another that happens to sit at 3, 4, …
+            let mut high = [-1; MAX];
+            for i in 0..count {
+                high[i] = libc::fcntl(sources[i], libc::F_DUPFD_CLOEXEC, 100);
+                check(high[i])?;
+            }
+            for (i, &fd) in high.iter().enumerate().take(count) {
+                // dup2 clears close-on-exec on the new descriptor.
+                check(libc::dup2(fd, 3 + i as RawFd))?;
+            }
+            Ok(())
+        });
+    }
+}
+
+/// Makes sure descriptor `fd` is closed in the child.
+pub fn close_in_child(command: &mut Command, fd: RawFd) {
+    // SAFETY: close is async-signal-safe; EBADF (already closed) is fine.
+    unsafe {
+        command.pre_exec(move || {
+            libc::close(fd);
+            Ok(())
+        });
+    }
+}
+
+/// Sets both the soft and the hard open-file limit of the child (the relay
+/// raises its soft limit to the hard one, so both must be set).
+pub fn limit_open_files(command: &mut Command, limit: u64) {
+    let rlimit = libc::rlimit {
+        rlim_cur: limit,
+        rlim_max: limit,
+    };
+    // SAFETY: setrlimit is async-signal-safe and reads one struct.
+    unsafe {
+        command.pre_exec(move || check(libc::setrlimit(libc::RLIMIT_NOFILE, &rlimit)));
+    }
+}
+
+/// Sets the child's umask.
+pub fn set_umask(command: &mut Command, mask: u32) {
+    // SAFETY: umask is async-signal-safe.
+    unsafe {
+        command.pre_exec(move || {
+            libc::umask(mask as libc::mode_t);
+            Ok(())
+        });
+    }
+}
+
+/// Runs the child in a mount namespace of its own where `/etc/hosts` is the
+/// file `hosts`. Needs root; returns false (and changes nothing) otherwise.
+pub fn private_hosts(command: &mut Command, hosts: &Path) -> bool {
+    if !is_root() {
+        return false;
+    }
+    let source = CString::new(hosts.as_os_str().as_bytes()).unwrap();
+    let target = CString::new("/etc/hosts").unwrap();
+    let root = CString::new("/").unwrap();
+    // SAFETY: unshare and mount are plain system calls; the strings were
+    // allocated before the fork and live in the closure.
+    unsafe {
+        command.pre_exec(move || {
+            check(libc::unshare(libc::CLONE_NEWNS))?;
+            // Keep the bind mount from propagating back to the host.
+            let private = libc::MS_REC | libc::MS_PRIVATE;
+            check(libc::mount(
+                std::ptr::null(),
+                root.as_ptr(),
+                std::ptr::null(),
+                private,
+                std::ptr::null(),
+            ))?;
+            check(libc::mount(
+                source.as_ptr(),
+                target.as_ptr(),
+                std::ptr::null(),
+                libc::MS_BIND,
+                std::ptr::null(),
+            ))
+        });
+    }
+    true
+}
+
+/// A command that runs the relay with `fds` passed by "socket activation":
+/// descriptors 3, 4, … with `LISTEN_FDS`, `LISTEN_FDNAMES`, and `LISTEN_PID`
+/// set to the relay's own pid (a shell sets it, then execs the relay).
+pub fn socket_activated(args: &[&str], fds: &[RawFd], names: &[&str]) -> Command {
+    let mut command = Command::new("/bin/sh");
+    command
+        .arg("-c")
+        .arg(r#"LISTEN_PID=$$; export LISTEN_PID; exec "$0" "$@""#)
+        .arg(relay_bin())
+        .args(args)
+        .env("LISTEN_FDS", fds.len().to_string())
+        .env("LISTEN_FDNAMES", names.join(":"));
+    pass_fds(&mut command, fds);
+    command
+}
+
+/// Copies of every socket descriptor the process `pid` holds (`pidfd_getfd`,
+/// which needs ptrace rights over it: our own child is fine).
+pub fn process_sockets(pid: i32) -> io::Result<Vec<socket2::Socket>> {
+    // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor.
+    let pidfd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    if pidfd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: pidfd is a descriptor we just opened and own.
+    let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd as RawFd) };
+    let mut sockets = Vec::new();
+    for entry in std::fs::read_dir(format!("/proc/{pid}/fd"))? {
+        let entry = entry?;
+        let Ok(target) = std::fs::read_link(entry.path()) else {
+            continue;
+        };
+        if !target.to_string_lossy().starts_with("socket:") {
+            continue;
+        }
+        let Ok(fd) = entry.file_name().to_string_lossy().parse::<RawFd>() else {
+            continue;
+        };
+        use std::os::fd::AsRawFd;
+        // SAFETY: pidfd_getfd duplicates the target's descriptor into ours.
+        let copy = unsafe { libc::syscall(libc::SYS_pidfd_getfd, pidfd.as_raw_fd(), fd, 0) };
+        if copy < 0 {
+            let error = io::Error::last_os_error();
+            if error.raw_os_error() == Some(libc::EBADF) {
+                continue; // closed meanwhile
+            }
+            return Err(error);
+        }
+        // SAFETY: a fresh descriptor that nothing else owns.
+        sockets.push(unsafe { socket2::Socket::from_raw_fd(copy as RawFd) });
+    }
+    Ok(sockets)
+}
