@@ -387,6 +387,9 @@ impl fmt::Display for Report {
         }
         let caps = if self.capabilities_kept.is_empty() {
             "none".to_string()
+        } else if self.capabilities_kept == ["bounding"] {
+            // Unprivileged: nothing is permitted, and no_new_privs keeps it so.
+            "none (bounding set unchanged: needs CAP_SETPCAP)".to_string()
         } else {
             format!(
                 "dropped except the {} set",
