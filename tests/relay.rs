@@ -1,0 +1,475 @@
+//! The data path: every byte once and in order in both directions, large
+//! and many transfers, half-close either way, resets, an unreachable
+//! backend, backpressure against a slow reader, and `TCP_NODELAY`.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpListener;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc;
+use std::sync::{Arc, Barrier};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use common::*;
+
+const MIB: usize = 1 << 20;
+
+/// The two directions that matter most: TCP clients to a Unix backend, and
+/// Unix clients to a TCP backend. Returns LISTEN for the relay and the
+/// backend, which runs `handler`.
+fn setup(
+    kind: Kind,
+    dir: &TempDir,
+    handler: impl Fn(Box<dyn Conn>) + Send + Sync + 'static,
+) -> (String, Backend) {
+    match kind {
+        Kind::TcpToUnix => (
+            "127.0.0.1:0".into(),
+            Backend::unix(&dir.join("backend.sock"), handler),
+        ),
+        Kind::UnixToTcp => (dir.arg("relay.sock"), Backend::tcp(handler)),
+    }
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Kind {
+    TcpToUnix,
+    UnixToTcp,
+}
+
+const KINDS: [Kind; 2] = [Kind::TcpToUnix, Kind::UnixToTcp];
+
+/// A backend that sends `reply` while it reads everything the client sends,
+/// then reports what it read.
+fn sink_and_source(
+    reply: Arc<Vec<u8>>,
+    report: mpsc::Sender<Vec<u8>>,
+) -> impl Fn(Box<dyn Conn>) + Send + Sync {
+    move |conn: Box<dyn Conn>| {
+        let mut writer = conn.try_clone_box();
+        let reply = reply.clone();
+        let sender = thread::spawn(move || {
+            writer.write_all(&reply).unwrap();
+            writer.shutdown_write();
+        });
+        let mut reader = conn;
+        let got = read_to_end(&mut *reader);
+        sender.join().unwrap();
+        report.send(got).unwrap();
+    }
+}
+
+/// Asserts two large byte strings are equal without printing them.
+fn assert_same(got: &[u8], want: &[u8], what: &str) {
+    assert!(
+        got == want,
+        "{what}: got {} bytes (hash {:016x}), want {} bytes (hash {:016x})",
+        got.len(),
+        hash(got),
+        want.len(),
+        hash(want)
+    );
+}
+
+fn large_transfer(kind: Kind) {
+    let dir = TempDir::new();
+    let up = payload(32 * MIB, 1);
+    let down = Arc::new(payload(32 * MIB, 2));
+    let (report, reports) = mpsc::channel();
+    let (listen, backend) = setup(kind, &dir, sink_and_source(down.clone(), report));
+    let relay = Relay::start(&[&listen, &backend.connect_arg]);
+    let received = exchange(connect(relay.address()), up.clone());
+    assert_same(&received, &down, "client received");
+    let backend_received = reports.recv_timeout(DEADLINE).unwrap();
+    assert_same(&backend_received, &up, "backend received");
+}
+
+#[test]
+fn large_payload_both_directions_tcp_to_unix() {
+    large_transfer(Kind::TcpToUnix);
+}
+
+#[test]
+fn large_payload_both_directions_unix_to_tcp() {
+    large_transfer(Kind::UnixToTcp);
+}
+
+#[test]
+fn many_concurrent_connections_each_get_their_own_bytes() {
+    const CLIENTS: usize = 64;
+    for kind in KINDS {
+        let dir = TempDir::new();
+        let (listen, backend) = setup(kind, &dir, digest);
+        let relay = Relay::start(&[&listen, &backend.connect_arg]);
+        // Every client connects first, then all send at once.
+        let all_connected = Arc::new(Barrier::new(CLIENTS));
+        let clients: Vec<_> = (0..CLIENTS)
+            .map(|i| {
+                let address = relay.address().to_string();
+                let all_connected = all_connected.clone();
+                thread::spawn(move || {
+                    let conn = connect(&address);
+                    all_connected.wait();
+                    let data = payload(16 * 1024 + i * 4099, 100 + i as u64);
+                    let reply = exchange(conn, data.clone());
+                    assert_eq!(
+                        String::from_utf8(reply).unwrap(),
+                        digest_of(&data),
+                        "{kind:?} client {i}"
+                    );
+                })
+            })
+            .collect();
+        for client in clients {
+            client.join().unwrap();
+        }
+        assert_eq!(backend.connections(), CLIENTS);
+    }
+}
+
+/// A backend that answers only after the client's EOF: the digest line of
+/// what it got, then `extra` bytes.
+fn reply_after_eof(extra: usize) -> impl Fn(Box<dyn Conn>) + Send + Sync {
+    move |mut conn: Box<dyn Conn>| {
+        let got = Digest::of_stream(&mut *conn);
+        let mut reply = got.line().into_bytes();
+        reply.extend(payload(extra, got.len));
+        let _ = conn.write_all(&reply);
+    }
+}
+
+#[test]
+fn client_half_close_still_gets_the_reply() {
+    for kind in KINDS {
+        for (request, extra) in [(b"question".to_vec(), 0), (payload(MIB, 3), 8 * MIB)] {
+            let dir = TempDir::new();
+            let (listen, backend) = setup(kind, &dir, reply_after_eof(extra));
+            let relay = Relay::start(&[&listen, &backend.connect_arg]);
+            let reply = exchange(connect(relay.address()), request.clone());
+            let mut want = digest_of(&request).into_bytes();
+            want.extend(payload(extra, request.len() as u64));
+            assert_same(
+                &reply,
+                &want,
+                &format!("{kind:?}, reply of {extra} extra bytes"),
+            );
+        }
+    }
+}
+
+#[test]
+fn backend_half_close_lets_the_client_keep_sending() {
+    for kind in KINDS {
+        let dir = TempDir::new();
+        let (report, reports) = mpsc::channel();
+        let (listen, backend) = setup(kind, &dir, move |mut conn: Box<dyn Conn>| {
+            conn.write_all(b"goodbye\n").unwrap();
+            conn.shutdown_write();
+            let got = read_to_end(&mut *conn);
+            report.send(got).unwrap();
+        });
+        let mut relay = Relay::start(&["-v", &listen, &backend.connect_arg]);
+        let mut conn = connect(relay.address());
+        // The backend's EOF arrives as an EOF, after its bytes...
+        assert_eq!(read_to_end(&mut *conn), b"goodbye\n");
+        // ...and the client's direction is still open: all of this arrives.
+        let late = payload(2 * MIB, 4);
+        conn.write_all(&late).unwrap();
+        conn.shutdown_write();
+        let got = reports.recv_timeout(DEADLINE).unwrap();
+        assert_same(
+            &got,
+            &late,
+            &format!("{kind:?}: bytes sent after the backend's EOF"),
+        );
+        assert_eq!(
+            conn.read(&mut [0u8; 16]).unwrap(),
+            0,
+            "then the connection ends"
+        );
+        relay.wait_for_line(&format!("{} bytes up, 8 bytes down", 2 * MIB));
+    }
+}
+
+/// A backend that echoes and reports when its side of a connection ended
+/// (by EOF or error) after it had seen `hello`.
+fn echo_reporting_end(
+    started: mpsc::Sender<()>,
+    ended: mpsc::Sender<Instant>,
+) -> impl Fn(Box<dyn Conn>) + Send + Sync {
+    move |mut conn: Box<dyn Conn>| {
+        let mut buffer = [0u8; 65536];
+        let mut first = true;
+        loop {
+            match conn.read(&mut buffer) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    if first {
+                        first = false;
+                        let _ = started.send(());
+                    }
+                    if conn.write_all(&buffer[..n]).is_err() {
+                        break;
+                    }
+                }
+            }
+        }
+        let _ = ended.send(Instant::now());
+        conn.shutdown_write();
+    }
+}
+
+#[test]
+fn a_client_reset_closes_the_backend_side() {
+    for backend_kind in ["tcp", "unix"] {
+        let dir = TempDir::new();
+        let (started, starts) = mpsc::channel();
+        let (ended, ends) = mpsc::channel();
+        let handler = echo_reporting_end(started, ended);
+        let backend = match backend_kind {
+            "tcp" => Backend::tcp(handler),
+            _ => Backend::unix(&dir.join("backend.sock"), handler),
+        };
+        let mut relay = Relay::start(&["-v", "127.0.0.1:0", &backend.connect_arg]);
+        let mut client = connect(relay.address());
+        client.write_all(b"hello").unwrap();
+        starts.recv_timeout(DEADLINE).unwrap();
+        assert_eq!(read_exactly(&mut *client, 5), b"hello");
+        client.abort();
+        let reset_at = Instant::now();
+        drop(client);
+        let ended_at = ends
+            .recv_timeout(DEADLINE)
+            .expect("the backend's connection should end");
+        let delay = ended_at.saturating_duration_since(reset_at);
+        assert!(
+            delay < Duration::from_secs(2),
+            "{backend_kind} backend saw the end after {delay:?}"
+        );
+        relay.wait_for_line("5 bytes up, 5 bytes down");
+        // The relay goes on serving.
+        assert_eq!(
+            exchange(connect(relay.address()), b"again".to_vec()),
+            b"again"
+        );
+        assert!(relay.running());
+    }
+}
+
+#[test]
+fn a_backend_reset_closes_the_client_side() {
+    for listen_kind in ["tcp", "unix"] {
+        let dir = TempDir::new();
+        let backend = Backend::tcp(|mut conn: Box<dyn Conn>| {
+            let mut hello = [0u8; 5];
+            conn.read_exact(&mut hello).unwrap();
+            if &hello == b"reset" {
+                conn.abort();
+                drop(conn);
+            } else {
+                conn.write_all(&hello).unwrap();
+                echo(conn);
+            }
+        });
+        let listen = if listen_kind == "tcp" {
+            "127.0.0.1:0".to_string()
+        } else {
+            dir.arg("relay.sock")
+        };
+        let relay = Relay::start(&[&listen, &backend.connect_arg]);
+        let mut client = connect(relay.address());
+        client.write_all(b"reset").unwrap();
+        let started = Instant::now();
+        let (bytes, _eof) = read_until_closed(&mut *client);
+        let delay = started.elapsed();
+        assert!(bytes.is_empty(), "{listen_kind}: {bytes:?}");
+        assert!(
+            delay < Duration::from_secs(2),
+            "{listen_kind} client saw the end after {delay:?}"
+        );
+        // A write towards the closed connection fails sooner or later.
+        let mut write_failed = false;
+        for _ in 0..100 {
+            if client.write_all(&[0u8; 65536]).is_err() {
+                write_failed = true;
+                break;
+            }
+        }
+        assert!(
+            write_failed,
+            "{listen_kind}: the client's side should be closed entirely"
+        );
+        assert_eq!(
+            exchange(connect(relay.address()), b"again, fine".to_vec()),
+            b"again, fine"
+        );
+    }
+}
+
+#[test]
+fn refused_backend_closes_the_client_with_no_bytes_and_the_relay_goes_on() {
+    // A TCP port nobody listens on.
+    let free = TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = free.local_addr().unwrap();
+    drop(free);
+    let mut relay = Relay::start(&["127.0.0.1:0", &address.to_string()]);
+    let started = Instant::now();
+    let (bytes, _) = read_until_closed(&mut *connect(relay.address()));
+    assert!(bytes.is_empty(), "no bytes for the client: {bytes:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "closed at once, not after {:?}",
+        started.elapsed()
+    );
+    let warning = relay.wait_for_line("cannot connect");
+    assert!(
+        warning.to_lowercase().contains("refused"),
+        "the warning names the reason: {warning}"
+    );
+    assert!(
+        warning.contains(&address.to_string()),
+        "the warning names CONNECT: {warning}"
+    );
+    assert!(relay.running());
+    // Once the backend is up at that address, a new connection works.
+    match TcpListener::bind(address) {
+        Ok(listener) => {
+            let _backend = Backend::tcp_on(listener, echo);
+            assert_eq!(
+                exchange(connect(relay.address()), b"up now".to_vec()),
+                b"up now"
+            );
+        }
+        Err(e) => eprintln!("skipped the second half: {address} was taken meanwhile ({e})"),
+    }
+}
+
+#[test]
+fn backend_down_then_up_on_a_unix_socket() {
+    let dir = TempDir::new();
+    let backend_path = dir.join("backend.sock");
+    // A stale socket file: connecting to it is refused.
+    drop(std::os::unix::net::UnixListener::bind(&backend_path).unwrap());
+    let mut relay = Relay::start(&[&dir.arg("relay.sock"), backend_path.to_str().unwrap()]);
+    for _ in 0..3 {
+        let (bytes, _) = read_until_closed(&mut *connect(relay.address()));
+        assert!(bytes.is_empty(), "{bytes:?}");
+        let warning = relay.wait_for_line("cannot connect");
+        assert!(warning.to_lowercase().contains("refused"), "{warning}");
+    }
+    std::fs::remove_file(&backend_path).unwrap();
+    let _backend = Backend::unix(&backend_path, digest);
+    let data = payload(100_000, 5);
+    assert_eq!(
+        exchange(connect(relay.address()), data.clone()),
+        digest_of(&data).into_bytes()
+    );
+}
+
+#[test]
+fn a_slow_reader_slows_the_writer_and_memory_stays_bounded() {
+    const BLOCK: usize = MIB;
+    const BLOCKS: usize = 256;
+    let block = Arc::new(payload(BLOCK, 6));
+    let written = Arc::new(AtomicU64::new(0));
+    let (backend_block, backend_written) = (block.clone(), written.clone());
+    // The backend writes as fast as it can: block k starts with k.
+    let backend = Backend::tcp(move |mut conn: Box<dyn Conn>| {
+        let mut data = backend_block.to_vec();
+        for k in 0..BLOCKS {
+            data[..8].copy_from_slice(&(k as u64).to_le_bytes());
+            let mut rest = &data[..];
+            while !rest.is_empty() {
+                match conn.write(rest) {
+                    Ok(n) => {
+                        rest = &rest[n..];
+                        backend_written.fetch_add(n as u64, Ordering::SeqCst);
+                    }
+                    Err(_) => return,
+                }
+            }
+        }
+        conn.shutdown_write();
+    });
+    let relay = Relay::start(&["127.0.0.1:0", &backend.connect_arg]);
+    let mut client = connect(relay.address());
+    backend.wait_connections(1);
+    // The client reads nothing. Wait until the backend makes no more
+    // progress: it is blocked.
+    let mut last = written.load(Ordering::SeqCst);
+    let mut still_since = Instant::now();
+    let deadline = Instant::now() + DEADLINE;
+    while still_since.elapsed() < Duration::from_millis(500) {
+        assert!(
+            Instant::now() < deadline,
+            "the backend never stopped writing"
+        );
+        thread::sleep(Duration::from_millis(50));
+        let now = written.load(Ordering::SeqCst);
+        if now != last {
+            last = now;
+            still_since = Instant::now();
+        }
+    }
+    let total = (BLOCK * BLOCKS) as u64;
+    let rss = relay.vm_rss_kib();
+    eprintln!("backend blocked after {last} of {total} bytes; relay VmRSS {rss} KiB");
+    assert!(
+        last < total / 4 * 3,
+        "the backend should be blocked well before the end: {last} of {total} bytes written"
+    );
+    assert!(
+        rss < 64 * 1024,
+        "the relay's memory should stay bounded: VmRSS {rss} KiB"
+    );
+    // Now the client reads: every block arrives, in order, intact.
+    let mut buffer = vec![0u8; BLOCK];
+    for k in 0..BLOCKS {
+        client
+            .read_exact(&mut buffer)
+            .unwrap_or_else(|e| panic!("block {k}: {e}"));
+        assert_eq!(
+            u64::from_le_bytes(buffer[..8].try_into().unwrap()),
+            k as u64,
+            "block order"
+        );
+        assert!(buffer[8..] == block[8..], "block {k} intact");
+    }
+    assert_eq!(client.read(&mut buffer).unwrap(), 0, "then EOF");
+    assert!(relay.vm_rss_kib() < 64 * 1024);
+}
+
+#[test]
+fn tcp_sockets_on_both_sides_use_nodelay() {
+    let backend = Backend::tcp(hold);
+    let relay = Relay::start(&["127.0.0.1:0", &backend.connect_arg]);
+    let mut client = connect(relay.address());
+    client.write_all(b"x").unwrap();
+    backend.wait_connections(1);
+    let sockets = match process_sockets(relay.pid()) {
+        Ok(sockets) => sockets,
+        Err(e) => {
+            eprintln!("skipped: cannot inspect the relay's sockets (pidfd_getfd: {e})");
+            return;
+        }
+    };
+    let connected: Vec<_> = sockets
+        .iter()
+        .filter(|s| s.local_addr().ok().and_then(|a| a.as_socket()).is_some())
+        .filter(|s| !s.is_listener().unwrap())
+        .collect();
+    assert_eq!(
+        connected.len(),
+        2,
+        "one TCP socket to the client, one to the backend"
+    );
+    for socket in connected {
+        let local = socket.local_addr().unwrap().as_socket().unwrap();
+        assert!(
+            socket.tcp_nodelay().unwrap(),
+            "TCP_NODELAY on the relay's socket {local}"
+        );
+    }
+}
