@@ -13,6 +13,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::Command;
+use std::sync::OnceLock;
 
 use super::relay_bin;
 
@@ -110,11 +111,26 @@ pub fn set_umask(command: &mut Command, mask: u32) {
 }
 
 /// Runs the child in a mount namespace of its own where `/etc/hosts` is the
-/// file `hosts`. Needs root; returns false (and changes nothing) otherwise.
+/// file `hosts`. Needs root and mount namespaces; returns false (and
+/// changes nothing) where they are missing.
 pub fn private_hosts(command: &mut Command, hosts: &Path) -> bool {
-    if !is_root() {
-        return false;
+    static WORKS: OnceLock<bool> = OnceLock::new();
+    let works = *WORKS.get_or_init(|| {
+        if !is_root() {
+            return false;
+        }
+        // Try it once on a harmless command.
+        let mut probe = Command::new("/bin/true");
+        add_private_hosts(&mut probe, Path::new("/etc/hosts"));
+        probe.status().is_ok_and(|s| s.success())
+    });
+    if works {
+        add_private_hosts(command, hosts);
     }
+    works
+}
+
+fn add_private_hosts(command: &mut Command, hosts: &Path) {
     let source = CString::new(hosts.as_os_str().as_bytes()).unwrap();
     let target = CString::new("/etc/hosts").unwrap();
     let root = CString::new("/").unwrap();
@@ -141,7 +157,6 @@ pub fn private_hosts(command: &mut Command, hosts: &Path) -> bool {
             ))
         });
     }
-    true
 }
 
 /// A command that runs the relay with `fds` passed by "socket activation":
@@ -158,6 +173,26 @@ pub fn socket_activated(args: &[&str], fds: &[RawFd], names: &[&str]) -> Command
         .env("LISTEN_FDNAMES", names.join(":"));
     pass_fds(&mut command, fds);
     command
+}
+
+/// The id of the group called `name`, if there is one.
+pub fn group_id(name: &str) -> Option<u32> {
+    let name = CString::new(name).ok()?;
+    let mut group = std::mem::MaybeUninit::<libc::group>::uninit();
+    let mut buffer = vec![0 as libc::c_char; 16384];
+    let mut result: *mut libc::group = std::ptr::null_mut();
+    // SAFETY: every pointer is valid for the call, the buffer length is passed.
+    let rc = unsafe {
+        libc::getgrnam_r(
+            name.as_ptr(),
+            group.as_mut_ptr(),
+            buffer.as_mut_ptr(),
+            buffer.len(),
+            &mut result,
+        )
+    };
+    // SAFETY: on success with a result, `group` was filled.
+    (rc == 0 && !result.is_null()).then(|| unsafe { group.assume_init() }.gr_gid)
 }
 
 /// Copies of every socket descriptor the process `pid` holds (`pidfd_getfd`,
