@@ -113,6 +113,10 @@ pub async fn serve(
         .expect("at least one listener");
     let endpoints = format!("{} -> {}", config.listen, config.connect);
     crate::notify::ready(&crate::notify::status_text(&endpoints, &stats));
+    crate::info!(
+        "ready: relaying {endpoints}, at most {} connections at once",
+        config.connections_max
+    );
     async_std::task::spawn(crate::notify::keep_watchdog_happy());
     let status_stats = stats.clone();
     async_std::task::spawn(
@@ -320,9 +324,7 @@ impl Connection {
         }
         true
     }
-}
 
-impl Connection {
     /// Checks a Unix client against `--allow-uid`/`--allow-gid`, before
     /// CONNECT is contacted.
     fn admitted(&self, socket: &Socket) -> bool {
