@@ -1,25 +1,33 @@
-//! The data path of one connection: two directions pumped concurrently until
-//! both have ended. An EOF travels as a half-close (`shutdown(SHUT_WR)`) after
-//! every byte read before it has been written; a reset or error on either
-//! side closes both (with a reset towards TCP peers, so it propagates).
+//! The data path of one connection, as an explicit state: two sockets and,
+//! for each direction, what is in flight and whether it has ended. A single
+//! future polls both directions until both have ended.
 //!
-//! Memory stays bounded: a direction holds at most one pipe (or buffer),
-//! and only while bytes are in flight; an idle connection holds none.
+//! - An EOF travels as a half-close (`shutdown(SHUT_WR)`) after every byte
+//!   read before it has been written; the other direction goes on.
+//! - A reset or error on either side closes both (with a reset towards TCP
+//!   peers, so it propagates).
+//! - Bytes move with `splice(2)` through a pipe taken from a pool only while
+//!   they are in flight, so memory is bounded by one pipe per direction and
+//!   an idle connection holds none; where splice does not apply, through a
+//!   buffer with the same rules.
+//! - Every operation is tried before waiting for readiness: data is usually
+//!   there already, and asking the reactor first would cost a round trip per
+//!   message.
 
+use std::future::Future;
 use std::io::{self, Read, Write};
 use std::net::Shutdown;
 use std::os::fd::AsRawFd;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
 use std::time::{Duration, Instant};
 
 use async_io::{Async, Timer};
-use futures_lite::future;
 use socket2::Socket;
 
-use crate::pipe;
+use crate::pipe::{self, Pipe};
 
-/// How many bytes the copy path moves per read. 64 KiB halves the
-/// system-call count of async-std's 8 KiB copy for bulk transfers.
+/// How many bytes the copy path moves per read.
 const CHUNK: usize = 64 * 1024;
 
 /// How a relayed connection ended.
@@ -34,7 +42,7 @@ pub enum Outcome {
 }
 
 /// Bytes moved in each direction.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone, Copy)]
 pub struct Totals {
     /// From the client to CONNECT.
     pub up: u64,
@@ -44,137 +52,253 @@ pub struct Totals {
 
 /// Relays between `client` and `backend` until both directions are done,
 /// then closes both.
-pub async fn relay(
+pub fn relay(
     client: Async<Socket>,
     backend: Async<Socket>,
     idle_timeout: Option<Duration>,
-) -> (Totals, Outcome) {
-    let activity = Activity::new();
-    let (up, down) = (AtomicU64::new(0), AtomicU64::new(0));
-    let both = future::try_zip(
-        pump(&client, &backend, &up, &activity),
-        pump(&backend, &client, &down, &activity),
-    );
-    let outcome = match idle_timeout {
-        None => both.await.map(|_| Outcome::Done),
-        Some(span) => future::or(both.map_ok(|_| Outcome::Done), activity.expire(span)).await,
-    }
-    .unwrap_or_else(Outcome::Failed);
-    if matches!(outcome, Outcome::Failed(_)) {
-        // Close with a reset rather than a FIN so the other side sees an
-        // abort, not a clean end of stream.
-        for socket in [&client, &backend] {
-            let _ = socket.get_ref().set_linger(Some(Duration::ZERO));
-        }
-    }
-    let totals = Totals {
-        up: up.into_inner(),
-        down: down.into_inner(),
-    };
-    (totals, outcome)
-}
-
-/// Moves `from` → `to` until EOF, then half-closes `to`: zero-copy through a
-/// pipe where the kernel can splice both sockets, else through a buffer.
-async fn pump(
-    from: &Async<Socket>,
-    to: &Async<Socket>,
-    moved: &AtomicU64,
-    activity: &Activity,
-) -> io::Result<()> {
-    if !splice_pump(from, to, moved, activity).await? {
-        copy_pump(from, to, moved, activity).await?;
-    }
-    match to.get_ref().shutdown(Shutdown::Write) {
-        // The other side may already be gone entirely; the other direction
-        // will notice.
-        Err(e) if e.kind() != io::ErrorKind::NotConnected => Err(e),
-        _ => Ok(()),
+) -> Relay {
+    Relay {
+        client,
+        backend,
+        up: Direction::default(),
+        down: Direction::default(),
+        idle: idle_timeout.map(|span| Idle {
+            span,
+            last: Instant::now(),
+            timer: Timer::after(span),
+        }),
     }
 }
 
-/// The zero-copy data path: `splice(2)` socket → pipe → socket. A pipe is
-/// taken from the pool only while bytes are in flight, so an idle
-/// connection holds none. Returns `Ok(false)` if these sockets cannot be
-/// spliced (nothing was moved then), `Ok(true)` at EOF.
-async fn splice_pump(
-    from: &Async<Socket>,
-    to: &Async<Socket>,
-    moved: &AtomicU64,
-    activity: &Activity,
-) -> io::Result<bool> {
-    let (source, sink) = (from.get_ref().as_raw_fd(), to.get_ref().as_raw_fd());
-    loop {
-        let pipe = pipe::take()?;
-        // Try before waiting: data is usually there already, and asking the
-        // reactor first would cost a round trip per message.
-        let filled = match pipe::splice(source, pipe.write_fd(), pipe.capacity()) {
-            Ok(0) => {
-                pipe::give(pipe);
-                return Ok(true);
-            }
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                pipe::give(pipe);
-                from.readable().await?;
-                continue;
-            }
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {
-                pipe::give(pipe);
-                continue;
-            }
-            Err(e)
-                if e.raw_os_error() == Some(libc::EINVAL) && moved.load(Ordering::Relaxed) == 0 =>
-            {
-                pipe::give(pipe);
-                return Ok(false);
-            }
-            Err(e) => return Err(e),
+/// One connection being relayed; resolves to the bytes moved and how it ended.
+pub struct Relay {
+    client: Async<Socket>,
+    backend: Async<Socket>,
+    /// Client → backend.
+    up: Direction,
+    /// Backend → client.
+    down: Direction,
+    idle: Option<Idle>,
+}
+
+/// `--idle-timeout`: when a byte last moved, and a timer for the deadline.
+struct Idle {
+    span: Duration,
+    last: Instant,
+    timer: Timer,
+}
+
+/// One direction's state.
+#[derive(Default)]
+struct Direction {
+    /// Bytes moved so far.
+    moved: u64,
+    /// What holds bytes read but not yet written.
+    carrier: Carrier,
+    /// EOF was seen and passed on as a half-close.
+    done: bool,
+}
+
+/// Where a direction's bytes in flight are.
+#[derive(Default)]
+enum Carrier {
+    /// Nothing in flight; splice is to be tried (the starting state).
+    #[default]
+    Idle,
+    /// `len` bytes sit in this pipe.
+    Pipe { pipe: Pipe, len: usize },
+    /// Splice does not apply to these sockets: a buffer, `start..end` unsent.
+    Buffer {
+        buffer: Vec<u8>,
+        start: usize,
+        end: usize,
+    },
+    /// Splice does not apply and nothing is in flight.
+    BufferIdle,
+}
+
+impl Future for Relay {
+    type Output = (Totals, Outcome);
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.get_mut();
+        let before = this.up.moved + this.down.moved;
+        let up = this.up.poll(&this.client, &this.backend, cx);
+        let down = this.down.poll(&this.backend, &this.client, cx);
+        let outcome = match (up, down) {
+            (Poll::Ready(Err(e)), _) | (_, Poll::Ready(Err(e))) => Some(Outcome::Failed(e)),
+            (Poll::Ready(Ok(())), Poll::Ready(Ok(()))) => Some(Outcome::Done),
+            _ => None,
         };
-        let mut left = filled;
-        while left > 0 {
-            match pipe::splice(pipe.read_fd(), sink, left) {
-                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-                Ok(n) => left -= n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => to.writable().await?,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                // The pipe still holds bytes: it is dropped, not pooled.
-                Err(e) => return Err(e),
+        let outcome = outcome.or_else(|| {
+            let moved = this.up.moved + this.down.moved != before;
+            this.idle.as_mut().and_then(|idle| idle.poll(moved, cx))
+        });
+        match outcome {
+            None => Poll::Pending,
+            Some(outcome) => {
+                if matches!(outcome, Outcome::Failed(_)) {
+                    // Close with a reset rather than a FIN so the other side
+                    // sees an abort, not a clean end of stream.
+                    for socket in [&this.client, &this.backend] {
+                        let _ = socket.get_ref().set_linger(Some(Duration::ZERO));
+                    }
+                }
+                Poll::Ready((
+                    Totals {
+                        up: this.up.moved,
+                        down: this.down.moved,
+                    },
+                    outcome,
+                ))
             }
         }
-        pipe::give(pipe);
-        moved.fetch_add(filled as u64, Ordering::Relaxed);
-        activity.touch();
     }
 }
 
-/// The portable data path: read into a buffer, write it out. The buffer is
-/// freed whenever the source runs dry, so idle connections hold none.
-async fn copy_pump(
-    from: &Async<Socket>,
-    to: &Async<Socket>,
-    moved: &AtomicU64,
-    activity: &Activity,
-) -> io::Result<()> {
-    let mut buffer: Vec<u8> = Vec::new();
-    loop {
-        if buffer.is_empty() {
-            buffer = vec![0; CHUNK];
+impl Idle {
+    /// Restarts the deadline when bytes moved; `Some(Idle)` once it passes.
+    fn poll(&mut self, moved: bool, cx: &mut Context<'_>) -> Option<Outcome> {
+        if moved {
+            self.last = Instant::now();
+            self.timer.set_at(self.last + self.span);
         }
-        let read = match from.get_ref().read(&mut buffer) {
-            Ok(0) => return Ok(()),
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                buffer = Vec::new();
-                from.readable().await?;
-                continue;
+        loop {
+            Pin::new(&mut self.timer)
+                .poll(cx)
+                .is_ready()
+                .then_some(())?;
+            let deadline = self.last + self.span;
+            if Instant::now() >= deadline {
+                return Some(Outcome::Idle);
             }
+            self.timer.set_at(deadline);
+        }
+    }
+}
+
+impl Direction {
+    /// Moves bytes `from` → `to` until EOF (then half-closes `to`), an
+    /// error, or nothing can move now.
+    fn poll(
+        &mut self,
+        from: &Async<Socket>,
+        to: &Async<Socket>,
+        cx: &mut Context<'_>,
+    ) -> Poll<io::Result<()>> {
+        if self.done {
+            return Poll::Ready(Ok(()));
+        }
+        ready!(self.pump(from, to, cx))?;
+        self.done = true;
+        match to.get_ref().shutdown(Shutdown::Write) {
+            // The other side may already be gone entirely; the other
+            // direction will notice.
+            Err(e) if e.kind() != io::ErrorKind::NotConnected => Poll::Ready(Err(e)),
+            _ => Poll::Ready(Ok(())),
+        }
+    }
+
+    /// Ready(Ok) at EOF with nothing left in flight.
+    fn pump(
+        &mut self,
+        from: &Async<Socket>,
+        to: &Async<Socket>,
+        cx: &mut Context<'_>,
+    ) -> Poll<io::Result<()>> {
+        let (source, sink) = (from.get_ref().as_raw_fd(), to.get_ref().as_raw_fd());
+        loop {
+            match &mut self.carrier {
+                Carrier::Idle => {
+                    let pipe = pipe::take()?;
+                    match retry(|| pipe::splice(source, pipe.write_fd(), pipe.capacity())) {
+                        Ok(0) => {
+                            pipe::give(pipe);
+                            return Poll::Ready(Ok(()));
+                        }
+                        Ok(len) => self.carrier = Carrier::Pipe { pipe, len },
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                            pipe::give(pipe);
+                            ready!(from.poll_readable(cx))?;
+                        }
+                        // Not spliceable (not a socket the kernel can splice).
+                        Err(e) if e.raw_os_error() == Some(libc::EINVAL) && self.moved == 0 => {
+                            pipe::give(pipe);
+                            self.carrier = Carrier::BufferIdle;
+                        }
+                        Err(e) => {
+                            pipe::give(pipe);
+                            return Poll::Ready(Err(e));
+                        }
+                    }
+                }
+                Carrier::Pipe { pipe, len } => {
+                    match retry(|| pipe::splice(pipe.read_fd(), sink, *len)) {
+                        Ok(0) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+                        Ok(n) => {
+                            self.moved += n as u64;
+                            *len -= n;
+                            if *len == 0 {
+                                let Carrier::Pipe { pipe, .. } = std::mem::take(&mut self.carrier)
+                                else {
+                                    unreachable!("matched above")
+                                };
+                                pipe::give(pipe);
+                            }
+                        }
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                            ready!(to.poll_writable(cx))?
+                        }
+                        // The pipe still holds bytes: it is dropped, not pooled.
+                        Err(e) => return Poll::Ready(Err(e)),
+                    }
+                }
+                Carrier::BufferIdle => {
+                    let mut buffer = vec![0; CHUNK];
+                    match retry(|| from.get_ref().read(&mut buffer)) {
+                        Ok(0) => return Poll::Ready(Ok(())),
+                        Ok(end) => {
+                            self.carrier = Carrier::Buffer {
+                                buffer,
+                                start: 0,
+                                end,
+                            }
+                        }
+                        // The buffer is dropped: idle connections hold none.
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                            ready!(from.poll_readable(cx))?
+                        }
+                        Err(e) => return Poll::Ready(Err(e)),
+                    }
+                }
+                Carrier::Buffer { buffer, start, end } => {
+                    match retry(|| to.get_ref().write(&buffer[*start..*end])) {
+                        Ok(0) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+                        Ok(n) => {
+                            self.moved += n as u64;
+                            *start += n;
+                            if start == end {
+                                self.carrier = Carrier::BufferIdle;
+                            }
+                        }
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                            ready!(to.poll_writable(cx))?
+                        }
+                        Err(e) => return Poll::Ready(Err(e)),
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Runs a system call again when a signal interrupted it.
+fn retry<T>(mut call: impl FnMut() -> io::Result<T>) -> io::Result<T> {
+    loop {
+        match call() {
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(e),
-        };
-        write_all(to, &buffer[..read]).await?;
-        moved.fetch_add(read as u64, Ordering::Relaxed);
-        activity.touch();
+            other => return other,
+        }
     }
 }
 
@@ -190,44 +314,19 @@ pub async fn write_all(to: &Async<Socket>, mut data: &[u8]) -> io::Result<()> {
     Ok(())
 }
 
-/// When a byte last moved, for `--idle-timeout`.
-struct Activity {
-    start: Instant,
-    last_ms: AtomicU64,
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-impl Activity {
-    fn new() -> Activity {
-        Activity {
-            start: Instant::now(),
-            last_ms: AtomicU64::new(0),
-        }
-    }
-
-    fn touch(&self) {
-        self.last_ms
-            .store(self.start.elapsed().as_millis() as u64, Ordering::Relaxed);
-    }
-
-    /// Resolves once `span` passes with no activity.
-    async fn expire(&self, span: Duration) -> io::Result<Outcome> {
-        loop {
-            let deadline =
-                self.start + Duration::from_millis(self.last_ms.load(Ordering::Relaxed)) + span;
-            if Instant::now() >= deadline {
-                return Ok(Outcome::Idle);
-            }
-            Timer::at(deadline).await;
-        }
-    }
-}
-
-trait MapOk<T> {
-    fn map_ok<U>(self, f: impl FnOnce(T) -> U) -> impl Future<Output = io::Result<U>>;
-}
-
-impl<T, F: Future<Output = io::Result<T>>> MapOk<T> for F {
-    async fn map_ok<U>(self, f: impl FnOnce(T) -> U) -> io::Result<U> {
-        self.await.map(f)
+    /// An idle connection must cost little: the relay state is kept small.
+    #[test]
+    fn relay_state_is_small() {
+        let (a, b) = Socket::pair(socket2::Domain::UNIX, socket2::Type::STREAM, None).unwrap();
+        let relay = relay(Async::new(a).unwrap(), Async::new(b).unwrap(), None);
+        assert!(
+            std::mem::size_of_val(&relay) <= 256,
+            "{} bytes",
+            std::mem::size_of_val(&relay)
+        );
     }
 }

@@ -254,8 +254,31 @@ impl Connection {
     /// Connects to CONNECT and relays; returns whether the connect worked.
     async fn run(self, accepted: Accepted) -> bool {
         let started = Instant::now();
-        let peer = crate::peer::describe(&accepted.socket);
-        let connected = self.relay(accepted, &peer, started).await;
+        // Boxed so that the task keeps only the relay's small state while it
+        // lives, not the larger one of connecting.
+        let opened = Box::pin(self.open(accepted)).await;
+        let connected = opened.is_some();
+        if let Some((client, backend)) = opened {
+            let peer = crate::log::enabled(crate::log::Level::Debug)
+                .then(|| crate::peer::describe(client.get_ref()));
+            let (totals, outcome) = relay::relay(client, backend, self.config.idle_timeout).await;
+            if let Some(peer) = peer {
+                let how = match &outcome {
+                    Outcome::Done => "closed".to_string(),
+                    Outcome::Idle => format!(
+                        "idle for {}, closed",
+                        timespan::format(self.config.idle_timeout)
+                    ),
+                    Outcome::Failed(e) => format!("aborted ({e})"),
+                };
+                crate::debug!(
+                    "{peer}: {how} after {:.3}s: {} bytes up, {} bytes down",
+                    started.elapsed().as_secs_f64(),
+                    totals.up,
+                    totals.down
+                );
+            }
+        }
         if self.stats.active.fetch_sub(1, Ordering::Relaxed) == 1 {
             *self.stats.idle_since.lock().expect("not poisoned") = Some(Instant::now());
             let _ = self.became_idle.try_send(());
@@ -263,66 +286,55 @@ impl Connection {
         connected
     }
 
-    async fn relay(&self, accepted: Accepted, peer: &str, started: Instant) -> bool {
+    /// Admits the client, connects to CONNECT and sends the PROXY header:
+    /// the two sockets to relay between, or `None` (the client is closed).
+    async fn open(&self, accepted: Accepted) -> Option<(Async<Socket>, Async<Socket>)> {
         let config = &self.config;
+        let socket = accepted.socket;
         if accepted.tcp {
-            let _ = accepted.socket.set_tcp_nodelay(true);
+            let _ = socket.set_tcp_nodelay(true);
         }
-        if config.allow.is_active() && !self.admitted(&accepted.socket) {
-            return false;
+        if config.allow.is_active() && !self.admitted(&socket) {
+            return None;
         }
         let header = config.proxy_protocol.map(|version| {
             let address = |a: io::Result<socket2::SockAddr>| a.ok().and_then(|a| a.as_socket());
             proxy_header(
                 version,
-                address(accepted.socket.peer_addr()),
-                address(accepted.socket.local_addr()),
+                address(socket.peer_addr()),
+                address(socket.local_addr()),
             )
         });
-        let client = match Async::new(accepted.socket) {
-            Ok(client) => client,
-            Err(e) => {
-                crate::warn!("{peer}: {e}");
-                return false;
-            }
-        };
+        let peer = || crate::peer::describe(&socket);
         let backend = match crate::connector::connect(&config.connect, config.connect_timeout).await
         {
             Ok(backend) => backend,
             Err(e) => {
                 crate::warn!(
-                    "{peer}: cannot connect to {}: {e}; closing the client",
+                    "{}: cannot connect to {}: {e}; closing the client",
+                    peer(),
                     config.connect
                 );
-                return false;
+                return None;
             }
         };
         if let Some(header) = header
             && let Err(e) = relay::write_all(&backend, &header).await
         {
             crate::warn!(
-                "{peer}: cannot send the PROXY header to {}: {e}",
+                "{}: cannot send the PROXY header to {}: {e}",
+                peer(),
                 config.connect
             );
-            return true;
+            return None;
         }
-        let (totals, outcome) = relay::relay(client, backend, config.idle_timeout).await;
-        if crate::log::enabled(crate::log::Level::Debug) {
-            let how = match &outcome {
-                Outcome::Done => "closed".to_string(),
-                Outcome::Idle => {
-                    format!("idle for {}, closed", timespan::format(config.idle_timeout))
-                }
-                Outcome::Failed(e) => format!("aborted ({e})"),
-            };
-            crate::debug!(
-                "{peer}: {how} after {:.3}s: {} bytes up, {} bytes down",
-                started.elapsed().as_secs_f64(),
-                totals.up,
-                totals.down
-            );
+        match Async::new(socket) {
+            Ok(client) => Some((client, backend)),
+            Err(e) => {
+                crate::warn!("cannot register a client: {e}");
+                None
+            }
         }
-        true
     }
 
     /// Checks a Unix client against `--allow-uid`/`--allow-gid`, before
