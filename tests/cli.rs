@@ -19,9 +19,18 @@ fn help_lists_endpoints_options_and_defaults() {
         "--help should exit 0: {finished:?}"
     );
     let help = &finished.stdout;
+    // A short option must stand on its own, not only inside a long one.
+    for short in ["-c", "-q", "-v"] {
+        let bytes = help.as_bytes();
+        let alone = help.match_indices(short).any(|(i, _)| {
+            let before = if i == 0 { b' ' } else { bytes[i - 1] };
+            let after = bytes.get(i + 2).copied().unwrap_or(b' ');
+            matches!(before, b' ' | b'[' | b'\n') && !after.is_ascii_alphanumeric() && after != b'-'
+        });
+        assert!(alone, "--help should mention {short}:\n{help}");
+    }
     for option in [
         "--connections-max",
-        "-c",
         "--connect-timeout",
         "--idle-timeout",
         "--exit-idle-time",
@@ -29,8 +38,6 @@ fn help_lists_endpoints_options_and_defaults() {
         "--socket-mode",
         "--socket-group",
         "--sandbox",
-        "-q",
-        "-v",
         "--version",
     ] {
         assert!(

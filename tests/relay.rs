@@ -129,6 +129,31 @@ fn many_concurrent_connections_each_get_their_own_bytes() {
     }
 }
 
+#[test]
+fn small_writes_of_every_size_arrive_intact_and_in_order() {
+    for kind in KINDS {
+        let dir = TempDir::new();
+        let (listen, backend) = setup(kind, &dir, digest);
+        let relay = Relay::start(&[&listen, &backend.connect_arg]);
+        let data = payload(600_000, 8);
+        let mut conn = connect(relay.address());
+        // Writes of 1, 2, 3, … 1500 bytes, over and over: many small segments.
+        let (mut sent, mut size) = (0, 1);
+        while sent < data.len() {
+            let end = (sent + size).min(data.len());
+            conn.write_all(&data[sent..end]).unwrap();
+            sent = end;
+            size = size % 1500 + 1;
+        }
+        conn.shutdown_write();
+        assert_eq!(
+            read_to_end(&mut *conn),
+            digest_of(&data).into_bytes(),
+            "{kind:?}"
+        );
+    }
+}
+
 /// A backend that answers only after the client's EOF: the digest line of
 /// what it got, then `extra` bytes.
 fn reply_after_eof(extra: usize) -> impl Fn(Box<dyn Conn>) + Send + Sync {
@@ -443,11 +468,12 @@ fn a_slow_reader_slows_the_writer_and_memory_stays_bounded() {
 
 #[test]
 fn tcp_sockets_on_both_sides_use_nodelay() {
-    let backend = Backend::tcp(hold);
+    let backend = Backend::tcp(echo);
     let relay = Relay::start(&["127.0.0.1:0", &backend.connect_arg]);
     let mut client = connect(relay.address());
+    // A round trip: the relay is past connecting and is relaying.
     client.write_all(b"x").unwrap();
-    backend.wait_connections(1);
+    assert_eq!(read_exactly(&mut *client, 1), b"x");
     let sockets = match process_sockets(relay.pid()) {
         Ok(sockets) => sockets,
         Err(e) => {
@@ -467,9 +493,10 @@ fn tcp_sockets_on_both_sides_use_nodelay() {
     );
     for socket in connected {
         let local = socket.local_addr().unwrap().as_socket().unwrap();
+        let peer = socket.peer_addr().unwrap().as_socket().unwrap();
         assert!(
             socket.tcp_nodelay().unwrap(),
-            "TCP_NODELAY on the relay's socket {local}"
+            "TCP_NODELAY on the relay's socket {local} -> {peer}"
         );
     }
 }
