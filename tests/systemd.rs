@@ -84,8 +84,13 @@ impl Drop for Guard {
 }
 
 /// Runs a command to its end (killing it after [`DEADLINE`]).
-fn run(mut command: Command) -> Output {
-    command.stdin(Stdio::null());
+fn run(command: Command) -> Output {
+    run_with_stdin(command, Stdio::null())
+}
+
+/// Like [`run`], with standard input from `stdin`.
+fn run_with_stdin(mut command: Command, stdin: Stdio) -> Output {
+    command.stdin(stdin);
     command.stdout(Stdio::piped()).stderr(Stdio::piped());
     let child = command.spawn().expect("spawn");
     let pid = child.id() as i32;
@@ -637,11 +642,8 @@ fn activation_misuse_is_a_usage_error() {
         "no sockets were passed",
     );
 
-    let mut on_a_file = common::command(&["fd:0", &backend.address]);
-    on_a_file.stdin(File::open(file!()).unwrap());
-    // run() would replace stdin: spawn by hand.
-    on_a_file.stdout(Stdio::null()).stderr(Stdio::piped());
-    let output = on_a_file.spawn().unwrap().wait_with_output().unwrap();
+    let on_a_file = common::command(&["fd:0", &backend.address]);
+    let output = run_with_stdin(on_a_file, File::open(file!()).unwrap().into());
     let stderr = text(&output.stderr);
     assert_usage_error(output.status, &stderr, "fd:0", "not a socket");
 
@@ -1089,13 +1091,16 @@ fn apt_suite_and_mirror() -> Result<(String, String), String> {
         };
         let name = source.to_string_lossy();
         if name.ends_with(".list") {
-            // deb [options] URI SUITE COMPONENTS...
+            // deb [OPTION=VALUE ...] URI SUITE COMPONENTS...
             for line in content.lines() {
-                let mut words = line.split_whitespace().filter(|w| !w.starts_with('['));
-                if words.next() != Some("deb") {
+                let Some(rest) = line.trim().strip_prefix("deb ") else {
                     continue;
-                }
-                let words: Vec<&str> = words.filter(|w| !w.ends_with(']')).collect();
+                };
+                let rest = match rest.trim_start().strip_prefix('[') {
+                    Some(options) => options.split_once(']').map_or("", |(_, r)| r),
+                    None => rest,
+                };
+                let words: Vec<&str> = rest.split_whitespace().collect();
                 if words.len() >= 2 && words[1] == suite {
                     return Ok((suite, words[0].to_string()));
                 }
@@ -1127,7 +1132,9 @@ fn apt_suite_and_mirror() -> Result<(String, String), String> {
 }
 
 /// Holds an exclusive `flock` on a file while alive.
-struct FileLock(#[allow(dead_code)] File);
+struct FileLock {
+    _file: File,
+}
 
 impl FileLock {
     fn acquire(path: &str) -> Result<FileLock, String> {
@@ -1136,7 +1143,7 @@ impl FileLock {
         if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) } != 0 {
             return Err(format!("flock {path}: {}", std::io::Error::last_os_error()));
         }
-        Ok(FileLock(file))
+        Ok(FileLock { _file: file })
     }
 }
 
@@ -1590,5 +1597,18 @@ fn units_under_systemd_in_nspawn() {
     // An instance without its configuration refuses to start.
     let output = container.sh("systemctl start simpletcpunixrelay-reexpose@nothing.service");
     assert!(!output.status.success());
+
+    // Stopping foobar stops its relay (BindsTo=); the runtime directory goes.
+    container.ok("systemctl stop foobar.service");
+    assert_eq!(
+        text(
+            &container
+                .sh(&format!("systemctl is-active {expose}"))
+                .stdout
+        )
+        .trim(),
+        "inactive"
+    );
+    container.ok("test ! -e /run/foobar-unix");
     eprintln!("nspawn test took {:.1?}", started.elapsed());
 }
