@@ -136,8 +136,10 @@ pub fn assert_silent(conn: &mut dyn Conn, span: Duration, what: &str) {
 }
 
 /// Sends `data`, half-closes, and returns everything read until EOF; writes
-/// and reads run concurrently so large payloads cannot deadlock.
+/// and reads run concurrently so large payloads cannot deadlock. Panics if
+/// the EOF does not come within [`DEADLINE`] of the last byte.
 pub fn exchange(conn: Box<dyn Conn>, data: Vec<u8>) -> Vec<u8> {
+    conn.set_read_timeout(Some(DEADLINE));
     let mut writer = conn.try_clone_box();
     let sender = thread::spawn(move || {
         writer.write_all(&data).unwrap();
