@@ -227,7 +227,9 @@ fn exhaust_descriptors(limit: u64, backend: &Backend) -> bool {
 #[test]
 fn accept_errors_are_logged_sparingly_and_the_relay_recovers() {
     let backend = Backend::tcp(echo);
-    for limit in 24..30 {
+    // Consecutive limits: one of them leaves the relay with no descriptor
+    // at accept rather than one too few for CONNECT.
+    for limit in 32..40 {
         if exhaust_descriptors(limit, &backend) {
             return;
         }
@@ -254,16 +256,10 @@ fn unix_black_hole(dir: &TempDir) -> (Socket, UnixStream, String) {
 }
 
 /// The same over TCP: SYNs to a full accept queue are dropped.
-fn tcp_black_hole() -> (Socket, TcpStream, String) {
+fn tcp_black_hole(address: &str) -> (Socket, TcpStream, String) {
+    let address: std::net::SocketAddr = address.parse().unwrap();
     let listener = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
-    listener
-        .bind(
-            &"127.0.0.1:0"
-                .parse::<std::net::SocketAddr>()
-                .unwrap()
-                .into(),
-        )
-        .unwrap();
+    listener.bind(&address.into()).unwrap();
     listener.listen(0).unwrap();
     let address = listener.local_addr().unwrap().as_socket().unwrap();
     let queued = TcpStream::connect(address).unwrap();
@@ -274,7 +270,7 @@ fn tcp_black_hole() -> (Socket, TcpStream, String) {
 fn connect_timeout_gives_up_on_a_backend_that_never_answers() {
     let dir = TempDir::new();
     let (_unix, _unix_queued, unix_target) = unix_black_hole(&dir);
-    let (_tcp, _tcp_queued, tcp_target) = tcp_black_hole();
+    let (_tcp, _tcp_queued, tcp_target) = tcp_black_hole("127.0.0.1:0");
     for (target, span, duration) in [
         (unix_target, "500ms", Duration::from_millis(500)),
         (tcp_target, "1s", Duration::from_secs(1)),
@@ -299,6 +295,42 @@ fn connect_timeout_gives_up_on_a_backend_that_never_answers() {
         );
         assert!(relay.running());
     }
+}
+
+#[test]
+fn connect_timeout_covers_all_addresses_of_a_name_together() {
+    let dir = TempDir::new();
+    let (_first, _first_queued, first) = tcp_black_hole("127.0.0.1:0");
+    let port = port_of(&first);
+    let (_second, _second_queued, _) = tcp_black_hole(&format!("127.0.0.2:{port}"));
+    let hosts = dir.join("hosts");
+    std::fs::write(&hosts, "127.0.0.1 slow.test\n127.0.0.2 slow.test\n").unwrap();
+    let mut cmd = command(&[
+        "--connect-timeout",
+        "500ms",
+        "127.0.0.1:0",
+        &format!("slow.test:{port}"),
+    ]);
+    if !private_hosts(&mut cmd, &hosts) {
+        eprintln!("skipped: no private /etc/hosts (needs root and mount namespaces)");
+        return;
+    }
+    let mut relay = Relay::start_command(cmd, 1);
+    let started = Instant::now();
+    let (bytes, _) = read_until_closed(&mut *connect(relay.address()));
+    let elapsed = started.elapsed();
+    assert!(bytes.is_empty());
+    assert!(
+        elapsed + Duration::from_millis(10) >= Duration::from_millis(500),
+        "gave up after {elapsed:?}"
+    );
+    // 500 ms per address would make it a second.
+    assert!(
+        elapsed < Duration::from_millis(900),
+        "500ms for both addresses together, not each: {elapsed:?}"
+    );
+    let warning = relay.wait_for_line("cannot connect");
+    assert!(warning.contains("slow.test"), "{warning}");
 }
 
 // --- --idle-timeout --------------------------------------------------------

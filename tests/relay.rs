@@ -57,7 +57,7 @@ fn sink_and_source(
         let mut reader = conn;
         let got = read_to_end(&mut *reader);
         sender.join().unwrap();
-        report.send(got).unwrap();
+        let _ = report.send(got);
     }
 }
 
@@ -193,7 +193,7 @@ fn backend_half_close_lets_the_client_keep_sending() {
             conn.write_all(b"goodbye\n").unwrap();
             conn.shutdown_write();
             let got = read_to_end(&mut *conn);
-            report.send(got).unwrap();
+            let _ = report.send(got);
         });
         let mut relay = Relay::start(&["-v", &listen, &backend.connect_arg]);
         let mut conn = connect(relay.address());
