@@ -119,6 +119,7 @@ fn many_more_clients_than_the_limit_all_succeed() {
 
 /// What became of a client that sent `ping` to a relay short of descriptors.
 enum Fate {
+    /// The echo came back.
     Relayed,
     /// Waiting in the backlog while the relay's accept fails.
     Queued,
@@ -126,6 +127,7 @@ enum Fate {
     Closed,
 }
 
+/// Sends `ping` and finds out what becomes of the client.
 fn ping(relay: &Relay, client: &mut dyn Conn) -> Fate {
     client.write_all(b"ping").unwrap();
     client.set_read_timeout(Some(Duration::from_millis(10)));
@@ -134,6 +136,7 @@ fn ping(relay: &Relay, client: &mut dyn Conn) -> Fate {
     fate
 }
 
+/// Polls the client (its reads time out quickly) and the relay's log.
 fn wait_for_fate(relay: &Relay, client: &mut dyn Conn) -> Fate {
     let deadline = Instant::now() + DEADLINE;
     let mut got = Vec::new();

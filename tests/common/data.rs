@@ -30,6 +30,7 @@ pub struct Digest {
 }
 
 impl Digest {
+    /// The digest of the empty stream.
     pub fn new() -> Digest {
         Digest {
             len: 0,

@@ -330,6 +330,8 @@ pub fn unique_name(tag: &str) -> String {
 pub struct TempDir(pub PathBuf);
 
 impl TempDir {
+    /// Creates a directory under the system's temporary directory, named
+    /// uniquely for this process and call.
     pub fn new() -> TempDir {
         let path = std::env::temp_dir().join(unique_name("dir"));
         let _ = std::fs::remove_dir_all(&path);
@@ -337,11 +339,12 @@ impl TempDir {
         TempDir(path)
     }
 
+    /// The path of `name` inside the directory.
     pub fn join(&self, name: &str) -> PathBuf {
         self.0.join(name)
     }
 
-    /// `path` as a string argument.
+    /// The path of `name` inside the directory, as a command-line argument.
     pub fn arg(&self, name: &str) -> String {
         self.join(name).to_str().unwrap().to_string()
     }

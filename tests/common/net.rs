@@ -15,8 +15,11 @@ use super::{DEADLINE, Digest, wait_until};
 
 /// A byte stream to either kind of socket, so tests read the same for both.
 pub trait Conn: Read + Write + Send {
+    /// Ends our sending (half-close): the peer reads EOF, we can still read.
     fn shutdown_write(&self);
+    /// Bounds each read; a read that waits longer fails with `WouldBlock`.
     fn set_read_timeout(&self, timeout: Option<Duration>);
+    /// A second handle to the same socket (for a writer thread).
     fn try_clone_box(&self) -> Box<dyn Conn>;
     /// Makes the coming close a reset (`SO_LINGER` 0) on TCP; Unix sockets
     /// have no reset, their close is always an EOF.
