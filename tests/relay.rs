@@ -393,43 +393,56 @@ fn backend_down_then_up_on_a_unix_socket() {
     );
 }
 
-#[test]
-fn a_slow_reader_slows_the_writer_and_memory_stays_bounded() {
-    const BLOCK: usize = MIB;
-    const BLOCKS: usize = 256;
-    let block = Arc::new(payload(BLOCK, 6));
-    let written = Arc::new(AtomicU64::new(0));
-    let (backend_block, backend_written) = (block.clone(), written.clone());
-    // The backend writes as fast as it can: block k starts with k.
-    let backend = Backend::tcp(move |mut conn: Box<dyn Conn>| {
-        let mut data = backend_block.to_vec();
-        for k in 0..BLOCKS {
-            data[..8].copy_from_slice(&(k as u64).to_le_bytes());
-            let mut rest = &data[..];
-            while !rest.is_empty() {
-                match conn.write(rest) {
-                    Ok(n) => {
-                        rest = &rest[n..];
-                        backend_written.fetch_add(n as u64, Ordering::SeqCst);
-                    }
-                    Err(_) => return,
+const BLOCK: usize = MIB;
+const BLOCKS: usize = 256;
+
+/// Writes `BLOCKS` copies of `block` as fast as the socket takes them, each
+/// stamped with its number in its first 8 bytes; counts bytes in `written`.
+fn write_blocks(conn: &mut dyn Conn, block: &[u8], written: &AtomicU64) {
+    let mut data = block.to_vec();
+    for k in 0..BLOCKS {
+        data[..8].copy_from_slice(&(k as u64).to_le_bytes());
+        let mut rest = &data[..];
+        while !rest.is_empty() {
+            match conn.write(rest) {
+                Ok(n) => {
+                    rest = &rest[n..];
+                    written.fetch_add(n as u64, Ordering::SeqCst);
                 }
+                Err(_) => return,
             }
         }
-        conn.shutdown_write();
-    });
-    let relay = Relay::start(&["127.0.0.1:0", &backend.connect_arg]);
-    let mut client = connect(relay.address());
-    backend.wait_connections(1);
-    // The client reads nothing. Wait until the backend makes no more
-    // progress: it is blocked.
+    }
+    conn.shutdown_write();
+}
+
+/// Reads what [`write_blocks`] wrote: every block, in order, intact, then EOF.
+fn read_blocks(conn: &mut dyn Conn, block: &[u8]) -> Result<(), String> {
+    let mut buffer = vec![0u8; BLOCK];
+    for k in 0..BLOCKS {
+        conn.read_exact(&mut buffer)
+            .map_err(|e| format!("block {k}: {e}"))?;
+        let stamp = u64::from_le_bytes(buffer[..8].try_into().unwrap());
+        if stamp != k as u64 || buffer[8..] != block[8..] {
+            return Err(format!("block {k} out of order or damaged (stamp {stamp})"));
+        }
+    }
+    match conn.read(&mut buffer) {
+        Ok(0) => Ok(()),
+        other => Err(format!("expected EOF after the last block: {other:?}")),
+    }
+}
+
+/// Waits until `written` has not moved for half a second: the writer is
+/// blocked. Returns how far it got.
+fn wait_until_stalled(written: &AtomicU64) -> u64 {
     let mut last = written.load(Ordering::SeqCst);
     let mut still_since = Instant::now();
     let deadline = Instant::now() + DEADLINE;
     while still_since.elapsed() < Duration::from_millis(500) {
         assert!(
             Instant::now() < deadline,
-            "the backend never stopped writing"
+            "the writer never stopped writing"
         );
         thread::sleep(Duration::from_millis(50));
         let now = written.load(Ordering::SeqCst);
@@ -438,31 +451,64 @@ fn a_slow_reader_slows_the_writer_and_memory_stays_bounded() {
             still_since = Instant::now();
         }
     }
+    last
+}
+
+/// The writer is blocked well before the end, and the relay holds little.
+fn assert_backpressure(relay: &Relay, written: u64, who: &str) {
     let total = (BLOCK * BLOCKS) as u64;
     let rss = relay.vm_rss_kib();
-    eprintln!("backend blocked after {last} of {total} bytes; relay VmRSS {rss} KiB");
+    eprintln!("{who} blocked after {written} of {total} bytes; relay VmRSS {rss} KiB");
     assert!(
-        last < total / 4 * 3,
-        "the backend should be blocked well before the end: {last} of {total} bytes written"
+        written < total / 4 * 3,
+        "{who} should be blocked well before the end: {written} of {total} bytes written"
     );
     assert!(
         rss < 64 * 1024,
         "the relay's memory should stay bounded: VmRSS {rss} KiB"
     );
-    // Now the client reads: every block arrives, in order, intact.
-    let mut buffer = vec![0u8; BLOCK];
-    for k in 0..BLOCKS {
-        client
-            .read_exact(&mut buffer)
-            .unwrap_or_else(|e| panic!("block {k}: {e}"));
-        assert_eq!(
-            u64::from_le_bytes(buffer[..8].try_into().unwrap()),
-            k as u64,
-            "block order"
-        );
-        assert!(buffer[8..] == block[8..], "block {k} intact");
-    }
-    assert_eq!(client.read(&mut buffer).unwrap(), 0, "then EOF");
+}
+
+#[test]
+fn a_slow_client_slows_the_backend_and_memory_stays_bounded() {
+    let block = Arc::new(payload(BLOCK, 6));
+    let written = Arc::new(AtomicU64::new(0));
+    let (backend_block, backend_written) = (block.clone(), written.clone());
+    let backend = Backend::tcp(move |mut conn: Box<dyn Conn>| {
+        write_blocks(&mut *conn, &backend_block, &backend_written);
+    });
+    let relay = Relay::start(&["127.0.0.1:0", &backend.connect_arg]);
+    let mut client = connect(relay.address());
+    backend.wait_connections(1);
+    // The client reads nothing until the backend is stuck.
+    assert_backpressure(&relay, wait_until_stalled(&written), "the backend");
+    read_blocks(&mut *client, &block).unwrap();
+    assert!(relay.vm_rss_kib() < 64 * 1024);
+}
+
+#[test]
+fn a_slow_backend_slows_the_client_and_memory_stays_bounded() {
+    let dir = TempDir::new();
+    let block = Arc::new(payload(BLOCK, 7));
+    let (go, go_signal) = mpsc::channel::<()>();
+    let go_signal = std::sync::Mutex::new(go_signal);
+    let (report, reports) = mpsc::channel();
+    let backend_block = block.clone();
+    let backend = Backend::tcp(move |mut conn: Box<dyn Conn>| {
+        // Reads nothing until told to.
+        let _ = go_signal.lock().unwrap().recv();
+        let _ = report.send(read_blocks(&mut *conn, &backend_block));
+    });
+    let relay = Relay::start(&[&dir.arg("relay.sock"), &backend.connect_arg]);
+    let written = Arc::new(AtomicU64::new(0));
+    let (client_block, client_written) = (block.clone(), written.clone());
+    let mut client = connect(relay.address());
+    let writer = thread::spawn(move || write_blocks(&mut *client, &client_block, &client_written));
+    backend.wait_connections(1);
+    assert_backpressure(&relay, wait_until_stalled(&written), "the client");
+    go.send(()).unwrap();
+    reports.recv_timeout(DEADLINE).unwrap().unwrap();
+    writer.join().unwrap();
     assert!(relay.vm_rss_kib() < 64 * 1024);
 }
 
