@@ -19,10 +19,12 @@ use common::*;
 
 const MIB: usize = 1 << 20;
 
-/// A TCP address that refuses connections (nobody listens there).
-fn refusing_address() -> String {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    listener.local_addr().unwrap().to_string()
+/// A CONNECT that refuses connections: a stale socket file in `dir`
+/// (unlike a freed TCP port, nobody else can start listening there).
+fn refusing_address(dir: &TempDir) -> String {
+    let path = dir.arg("refusing.sock");
+    drop(std::os::unix::net::UnixListener::bind(&path).unwrap());
+    path
 }
 
 /// Asserts that `elapsed` is at least `span` (less a little for clock
@@ -305,6 +307,10 @@ fn connect_timeout_covers_all_addresses_of_a_name_together() {
     let dir = TempDir::new();
     let (_first, _first_queued, first) = tcp_black_hole("127.0.0.1:0");
     let port = port_of(&first);
+    if let Err(e) = TcpListener::bind(("127.0.0.2", port)) {
+        eprintln!("skipped: cannot listen on 127.0.0.2:{port}: {e}");
+        return;
+    }
     let (_second, _second_queued, _) = tcp_black_hole(&format!("127.0.0.2:{port}"));
     let hosts = dir.join("hosts");
     std::fs::write(&hosts, "127.0.0.1 slow.test\n127.0.0.2 slow.test\n").unwrap();
@@ -598,7 +604,8 @@ fn quiet_prints_only_the_listening_line() {
         exchange(connect(relay.address()), b"quiet".to_vec()),
         b"quiet"
     );
-    let mut failing = Relay::start(&["-q", "127.0.0.1:0", &refusing_address()]);
+    let dir = TempDir::new();
+    let mut failing = Relay::start(&["-q", "127.0.0.1:0", &refusing_address(&dir)]);
     let (bytes, _) = read_until_closed(&mut *connect(failing.address()));
     assert!(bytes.is_empty());
     for relay in [&mut relay, &mut failing] {
@@ -637,7 +644,8 @@ fn by_default_warnings_and_shutdown_are_logged_but_no_line_per_connection() {
     );
     assert!(!log.contains("bytes"), "no per-connection line:\n{log}");
 
-    let refusing = refusing_address();
+    let dir = TempDir::new();
+    let refusing = refusing_address(&dir);
     let mut failing = Relay::start(&["127.0.0.1:0", &refusing]);
     let _ = read_until_closed(&mut *connect(failing.address()));
     let warning = failing.wait_for_line("cannot connect");
@@ -682,7 +690,8 @@ fn verbose_logs_one_line_per_connection_with_the_exact_byte_counts() {
 
 #[test]
 fn when_stderr_is_the_journal_lines_carry_priorities_instead_of_timestamps() {
-    let refusing = refusing_address();
+    let dir = TempDir::new();
+    let refusing = refusing_address(&dir);
     let mut relay = Relay::start_journal(command(&["127.0.0.1:0", &refusing]), 1);
     let _ = read_until_closed(&mut *connect(relay.address()));
     let warning = relay.wait_for_line("cannot connect");
