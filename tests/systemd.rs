@@ -1597,6 +1597,14 @@ fn units_under_systemd_in_nspawn() {
     if kernel_has_landlock() {
         assert!(journal.contains("fully enforced"), "{journal}");
     }
+    // The system call filter still lets the relay raise its descriptor
+    // limit to the hard one (glibc's setrlimit is prlimit64, not in
+    // @resources).
+    let limits = container.ok(&format!(
+        "grep 'Max open files' /proc/$(systemctl show -p MainPID --value {expose})/limits"
+    ));
+    let limits: Vec<&str> = limits.split_whitespace().collect();
+    assert_eq!(limits[3], limits[4], "soft and hard limit: {limits:?}");
     // A restart of foobar takes the relay along, into the new namespace.
     container.ok("systemctl restart foobar.service");
     container.wait_for_output(&format!("systemctl is-active {expose}"), "active");
