@@ -18,9 +18,11 @@
 //! is broken (the relay or the direct baseline could not be measured).
 //!
 //! Options (after `--`): `--quick`, `--no-docs`, `--peers a,b` (names as
-//! printed, `direct` and `simpletcpunixrelay` are always included). For
+//! printed; `direct`, `simpletcpunixrelay` and a candidate are always included). For
 //! profiling one workload against a relay started by hand: `--backend-child`
-//! and `--drive` (see `drive.rs`).
+//! and `--drive` (see `drive.rs`). To measure a change beside the current
+//! relay in the same run: `BENCH_CANDIDATE=path/to/other/binary` and/or
+//! `BENCH_CANDIDATE_ENV='NAME=VALUE ...'` add a `candidate` row.
 
 mod backend;
 mod client;
@@ -662,11 +664,14 @@ fn run(settings: &Settings, only: Option<Vec<String>>) -> io::Result<Results> {
     };
     let mut kinds = Vec::new();
     for kind in Kind::ALL {
-        let wanted = matches!(kind, Kind::Direct | Kind::Relay)
+        let wanted = matches!(kind, Kind::Direct | Kind::Relay | Kind::Candidate)
             || only
                 .as_ref()
                 .is_none_or(|names| names.iter().any(|n| n == kind.name()));
         if !wanted {
+            continue;
+        }
+        if kind == Kind::Candidate && !tools.has(kind) {
             continue;
         }
         if !tools.has(kind) {

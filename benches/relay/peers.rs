@@ -29,12 +29,17 @@ pub enum Kind {
     Socat,
     Haproxy,
     SocketProxyd,
+    /// Another build of the relay, or the same one with other environment
+    /// variables, to compare a change in the same run (`BENCH_CANDIDATE`,
+    /// `BENCH_CANDIDATE_ENV`).
+    Candidate,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 5] = [
+    pub const ALL: [Kind; 6] = [
         Kind::Direct,
         Kind::Relay,
+        Kind::Candidate,
         Kind::Socat,
         Kind::Haproxy,
         Kind::SocketProxyd,
@@ -47,6 +52,7 @@ impl Kind {
             Kind::Socat => "socat",
             Kind::Haproxy => "haproxy",
             Kind::SocketProxyd => "systemd-socket-proxyd",
+            Kind::Candidate => "candidate",
         }
     }
 
@@ -58,6 +64,7 @@ impl Kind {
             Kind::SocketProxyd => {
                 "ships with systemd (apt-get install systemd; needs systemd-socket-activate too)"
             }
+            Kind::Candidate => "set BENCH_CANDIDATE=PATH and/or BENCH_CANDIDATE_ENV='K=V ...'",
             Kind::Direct | Kind::Relay => "",
         }
     }
@@ -93,6 +100,8 @@ impl Route {
 /// Where the programs are.
 pub struct Tools {
     pub relay: PathBuf,
+    /// The candidate's binary and extra environment, if one was asked for.
+    candidate: Option<(PathBuf, Vec<(String, String)>)>,
     socat: Option<PathBuf>,
     haproxy: Option<PathBuf>,
     proxyd: Option<PathBuf>,
@@ -109,8 +118,18 @@ fn find_in_path(name: &str) -> Option<PathBuf> {
 
 impl Tools {
     pub fn find(relay: PathBuf) -> Tools {
+        let binary = std::env::var_os("BENCH_CANDIDATE").map(PathBuf::from);
+        let env: Vec<(String, String)> = std::env::var("BENCH_CANDIDATE_ENV")
+            .unwrap_or_default()
+            .split_whitespace()
+            .filter_map(|pair| pair.split_once('='))
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let candidate = (binary.is_some() || !env.is_empty())
+            .then(|| (binary.unwrap_or_else(|| relay.clone()), env));
         Tools {
             relay,
+            candidate,
             socat: find_in_path("socat"),
             haproxy: find_in_path("haproxy"),
             proxyd: [
@@ -128,6 +147,7 @@ impl Tools {
     pub fn has(&self, kind: Kind) -> bool {
         match kind {
             Kind::Direct | Kind::Relay => true,
+            Kind::Candidate => self.candidate.is_some(),
             Kind::Socat => self.socat.is_some(),
             Kind::Haproxy => self.haproxy.is_some(),
             Kind::SocketProxyd => self.proxyd.is_some() && self.activate.is_some(),
@@ -139,6 +159,15 @@ impl Tools {
         let (program, flag) = match kind {
             Kind::Direct => return String::new(),
             Kind::Relay => (Some(&self.relay), "--version"),
+            Kind::Candidate => {
+                let Some((binary, env)) = &self.candidate else {
+                    return String::new();
+                };
+                let env: Vec<String> = env.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                return format!("{} {}", env.join(" "), binary.display())
+                    .trim()
+                    .to_string();
+            }
             Kind::Socat => (self.socat.as_ref(), "-V"),
             Kind::Haproxy => (self.haproxy.as_ref(), "-v"),
             Kind::SocketProxyd => (self.proxyd.as_ref(), "--version"),
@@ -253,7 +282,8 @@ pub fn start(
     cpu: Option<usize>,
 ) -> io::Result<Instance> {
     let unix_listen = dir.join(format!("{tag}.sock"));
-    let tcp_port = if route == Route::TcpToUnix && kind != Kind::Relay {
+    let ours = matches!(kind, Kind::Relay | Kind::Candidate);
+    let tcp_port = if route == Route::TcpToUnix && !ours {
         free_port()?
     } else {
         0
@@ -265,8 +295,16 @@ pub fn start(
     let missing = || io::Error::other(format!("{} is not installed", kind.name()));
     let mut command = match kind {
         Kind::Direct => return Err(io::Error::other("direct has no process")),
-        Kind::Relay => {
-            let mut command = Command::new(&tools.relay);
+        Kind::Relay | Kind::Candidate => {
+            let mut command = match (kind, &tools.candidate) {
+                (Kind::Candidate, Some((binary, env))) => {
+                    let mut command = Command::new(binary);
+                    command.envs(env.iter().map(|(k, v)| (k, v)));
+                    command
+                }
+                (Kind::Candidate, None) => return Err(missing()),
+                _ => Command::new(&tools.relay),
+            };
             let listen_arg = match &listen {
                 Addr::Tcp(_) => "127.0.0.1:0".to_string(),
                 Addr::Unix(path) => format!("unix:{}", path.display()),
@@ -364,7 +402,7 @@ pub fn start(
         child,
         log,
     };
-    if kind == Kind::Relay {
+    if ours {
         let address = listening
             .recv_timeout(Duration::from_secs(10))
             .map_err(|_| {

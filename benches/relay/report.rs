@@ -489,7 +489,7 @@ fn targets(results: &Results, s: &Settings) -> Vec<(String, String, Option<bool>
         .kinds
         .iter()
         .copied()
-        .filter(|k| !matches!(k, Kind::Direct | Kind::Relay))
+        .filter(|k| !matches!(k, Kind::Direct | Kind::Relay | Kind::Candidate))
         .collect();
     let all = |values: &[Option<f64>], ok: &dyn Fn(f64) -> bool| {
         if values.iter().any(Option::is_none) {
@@ -880,6 +880,7 @@ fn color(kind: Kind) -> &'static str {
         Kind::Socat => "#ff7f0e",
         Kind::Haproxy => "#2ca02c",
         Kind::SocketProxyd => "#9467bd",
+        Kind::Candidate => "#17becf",
     }
 }
 
