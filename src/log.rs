@@ -41,6 +41,16 @@ pub fn write(level: Level, always: bool, message: std::fmt::Arguments<'_>) {
         Level::Warning => "warning: ",
         _ => "",
     };
+    emit(level, tag, message);
+}
+
+/// Prints the line that says why the relay exits with a failure status
+/// (`simpletcpunixrelay: usage error: …`), at error priority in the journal.
+pub fn fatal(message: std::fmt::Arguments<'_>) {
+    emit(Level::Error, "", message);
+}
+
+fn emit(level: Level, tag: &str, message: std::fmt::Arguments<'_>) {
     let line = if JOURNAL.load(Ordering::Relaxed) {
         let priority = match level {
             Level::Error => 3,

@@ -2,7 +2,7 @@
 
 use std::process::ExitCode;
 
-use simpletcpunixrelay::{Failure, cli};
+use simpletcpunixrelay::{Failure, cli, log};
 
 fn main() -> ExitCode {
     let mut args = std::env::args();
@@ -13,6 +13,8 @@ fn main() -> ExitCode {
         .unwrap_or("simpletcpunixrelay")
         .to_string();
     let args: Vec<String> = args.collect();
+    // Before parsing, so that even a usage error is logged the journal's way.
+    log::init(log::Level::Info);
     let result = match cli::parse(&program, &args) {
         Ok(cli::Command::Print(text)) => {
             print!("{text}");
@@ -28,7 +30,7 @@ fn main() -> ExitCode {
                 Failure::Usage(_) => "usage error",
                 Failure::Startup(_) => "error",
             };
-            eprintln!("{program}: {kind}: {}", failure.message());
+            log::fatal(format_args!("{program}: {kind}: {}", failure.message()));
             ExitCode::from(failure.exit_code())
         }
     }

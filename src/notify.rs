@@ -53,7 +53,9 @@ pub async fn report_status(endpoints: String, stats: &Stats) {
     if !enabled() {
         return futures_lite::future::pending().await;
     }
-    let mut last = (stats.active(), stats.total());
+    // What READY=1 reported: a connection counted before this task first
+    // runs (the one that triggered socket activation, say) is news.
+    let mut last = (0, 0);
     loop {
         Timer::after(STATUS_INTERVAL).await;
         let now = (stats.active(), stats.total());

@@ -81,6 +81,12 @@ pub async fn serve(
     let (alive, all_done) = async_channel::bounded::<()>(1);
     let (became_idle, idle_events) = async_channel::bounded::<()>(1);
 
+    let listen = listeners
+        .iter()
+        .map(|l| l.address.as_str())
+        .collect::<Vec<_>>()
+        .join(", ");
+    let endpoints = format!("{listen} -> {}", config.connect);
     let mut files: Vec<SocketFile> = Vec::new();
     let mut streams: Vec<Pin<Box<dyn Stream<Item = io::Result<Accepted>> + Send>>> = Vec::new();
     for listener in listeners {
@@ -111,7 +117,6 @@ pub async fn serve(
         .into_iter()
         .reduce(|a, b| Box::pin(futures_lite::stream::race(a, b)))
         .expect("at least one listener");
-    let endpoints = format!("{} -> {}", config.listen, config.connect);
     crate::notify::ready(&crate::notify::status_text(&endpoints, &stats));
     crate::info!(
         "ready: relaying {endpoints}, at most {} connections at once",
