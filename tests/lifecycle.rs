@@ -344,9 +344,25 @@ fn connect_timeout_covers_all_addresses_of_a_name_together() {
 
 // --- --idle-timeout --------------------------------------------------------
 
+/// A backend for the idle tests: after a first byte `e` it echoes; after
+/// `o` it only reads, and answers how many bytes it got once the client is
+/// done.
+fn echo_or_count(mut conn: Box<dyn Conn>) {
+    let mut mode = [0u8; 1];
+    if conn.read_exact(&mut mode).is_err() {
+        return;
+    }
+    if &mode == b"e" {
+        echo(conn);
+    } else {
+        let got = Digest::of_stream(&mut *conn);
+        let _ = conn.write_all(format!("{}\n", got.len).as_bytes());
+    }
+}
+
 #[test]
 fn idle_timeout_closes_silent_connections_but_not_active_ones() {
-    let backend = Backend::tcp(echo);
+    let backend = Backend::tcp(echo_or_count);
     let mut relay = Relay::start(&[
         "-v",
         "--idle-timeout",
@@ -356,16 +372,32 @@ fn idle_timeout_closes_silent_connections_but_not_active_ones() {
     ]);
     let started = Instant::now();
     let mut silent = connect(relay.address());
-    let mut active = connect(relay.address());
-    let talker = thread::spawn(move || {
-        // Small pieces every 100 ms for 1.2 s: four idle timeouts' worth.
+    // Small pieces every 100 ms for 1.2 s (four idle timeouts' worth), both
+    // ways on one connection, one way only on the other.
+    let mut both_ways = connect(relay.address());
+    let echoing = thread::spawn(move || {
+        both_ways.write_all(b"e").unwrap();
         for i in 0..12u8 {
-            active.write_all(&[i]).unwrap();
-            assert_eq!(read_exactly(&mut *active, 1), [i], "round trip {i}");
+            both_ways.write_all(&[i]).unwrap();
+            assert_eq!(read_exactly(&mut *both_ways, 1), [i], "round trip {i}");
             thread::sleep(Duration::from_millis(100));
         }
-        active.shutdown_write();
-        assert_eq!(read_to_end(&mut *active), b"");
+        both_ways.shutdown_write();
+        assert_eq!(read_to_end(&mut *both_ways), b"");
+    });
+    let mut one_way = connect(relay.address());
+    let sending = thread::spawn(move || {
+        one_way.write_all(b"o").unwrap();
+        for i in 0..12u8 {
+            one_way.write_all(&[i]).unwrap();
+            thread::sleep(Duration::from_millis(100));
+        }
+        one_way.shutdown_write();
+        assert_eq!(
+            read_to_end(&mut *one_way),
+            b"12\n",
+            "the backend got every byte"
+        );
     });
     let (bytes, eof) = read_until_closed(&mut *silent);
     assert!(
@@ -378,7 +410,12 @@ fn idle_timeout_closes_silent_connections_but_not_active_ones() {
         "idle timeout",
     );
     relay.wait_for_line("idle for");
-    talker.join().expect("the active connection stays open");
+    echoing
+        .join()
+        .expect("the connection active both ways stays open");
+    sending
+        .join()
+        .expect("the connection active one way stays open");
     assert_eq!(relay.count_lines("idle for"), 1, "{}", relay.log());
 }
 

@@ -377,7 +377,13 @@ fn backend_down_then_up_on_a_unix_socket() {
     let backend_path = dir.join("backend.sock");
     // A stale socket file: connecting to it is refused.
     drop(std::os::unix::net::UnixListener::bind(&backend_path).unwrap());
-    let mut relay = Relay::start(&[&dir.arg("relay.sock"), backend_path.to_str().unwrap()]);
+    // With -c 1, a connection that never reached CONNECT must free its slot.
+    let mut relay = Relay::start(&[
+        "-c",
+        "1",
+        &dir.arg("relay.sock"),
+        backend_path.to_str().unwrap(),
+    ]);
     for _ in 0..3 {
         let (bytes, _) = read_until_closed(&mut *connect(relay.address()));
         assert!(bytes.is_empty(), "{bytes:?}");
@@ -510,6 +516,80 @@ fn a_slow_backend_slows_the_client_and_memory_stays_bounded() {
     reports.recv_timeout(DEADLINE).unwrap().unwrap();
     writer.join().unwrap();
     assert!(relay.vm_rss_kib() < 64 * 1024);
+}
+
+#[test]
+fn a_client_reset_unblocks_a_backend_stuck_writing() {
+    let block = Arc::new(payload(BLOCK, 10));
+    let written = Arc::new(AtomicU64::new(0));
+    let (ended, ends) = mpsc::channel();
+    let (backend_block, backend_written) = (block.clone(), written.clone());
+    let backend = Backend::tcp(move |mut conn: Box<dyn Conn>| {
+        write_blocks(&mut *conn, &backend_block, &backend_written);
+        let _ = ended.send(Instant::now());
+    });
+    let relay = Relay::start(&["127.0.0.1:0", &backend.connect_arg]);
+    let client = connect(relay.address());
+    backend.wait_connections(1);
+    let stalled_at = wait_until_stalled(&written);
+    client.abort();
+    let reset_at = Instant::now();
+    drop(client);
+    let ended_at = ends
+        .recv_timeout(DEADLINE)
+        .expect("the backend's writes fail");
+    let delay = ended_at.saturating_duration_since(reset_at);
+    assert!(
+        delay < Duration::from_secs(2),
+        "the backend was unblocked after {delay:?}"
+    );
+    let total = (BLOCK * BLOCKS) as u64;
+    assert!(
+        written.load(Ordering::SeqCst) < total,
+        "stopped by an error, not done (stalled at {stalled_at})"
+    );
+    // The relay goes on: a new client gets the backend's first block.
+    let mut again = connect(relay.address());
+    let first = read_exactly(&mut *again, BLOCK);
+    assert!(
+        first[..8] == [0; 8] && first[8..] == block[8..],
+        "a new client is served"
+    );
+}
+
+#[test]
+fn a_backend_reset_unblocks_a_client_stuck_writing() {
+    let dir = TempDir::new();
+    let (go, go_signal) = mpsc::channel::<()>();
+    let go_signal = std::sync::Mutex::new(go_signal);
+    let backend = Backend::tcp(move |conn: Box<dyn Conn>| {
+        // Reads nothing, then resets.
+        let _ = go_signal.lock().unwrap().recv();
+        conn.abort();
+    });
+    let relay = Relay::start(&[&dir.arg("relay.sock"), &backend.connect_arg]);
+    let block = payload(BLOCK, 11);
+    let written = Arc::new(AtomicU64::new(0));
+    let client_written = written.clone();
+    let mut client = connect(relay.address());
+    let (ended, ends) = mpsc::channel();
+    thread::spawn(move || {
+        write_blocks(&mut *client, &block, &client_written);
+        let _ = ended.send(Instant::now());
+    });
+    backend.wait_connections(1);
+    wait_until_stalled(&written);
+    let reset_at = Instant::now();
+    go.send(()).unwrap();
+    let ended_at = ends
+        .recv_timeout(DEADLINE)
+        .expect("the client's writes fail");
+    let delay = ended_at.saturating_duration_since(reset_at);
+    assert!(
+        delay < Duration::from_secs(2),
+        "the client was unblocked after {delay:?}"
+    );
+    assert!(written.load(Ordering::SeqCst) < (BLOCK * BLOCKS) as u64);
 }
 
 #[test]
