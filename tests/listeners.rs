@@ -559,3 +559,17 @@ fn sd_listen_name_serves_only_the_matching_sockets() {
     accepted.read_exact(&mut got).unwrap();
     assert_eq!(&got, b"still here");
 }
+
+#[test]
+fn an_abstract_name_in_use_is_a_startup_failure() {
+    let name = unique_name("taken");
+    let _other = Backend::abstract_name(&name, answer("other process\n"));
+    let (status, stderr) = run_to_exit(&[&format!("@{name}"), "127.0.0.1:9"]);
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("in use"), "{stderr}");
+    let reply = exchange(connect(&format!("@{name}")), b"?".to_vec());
+    assert_eq!(
+        reply, b"other process\n",
+        "the other process still serves it"
+    );
+}

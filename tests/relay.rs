@@ -218,6 +218,35 @@ fn backend_half_close_lets_the_client_keep_sending() {
     }
 }
 
+#[test]
+fn bytes_and_eof_sent_while_the_relay_is_still_connecting_are_delivered() {
+    use socket2::{Domain, SockAddr, Socket, Type};
+    use std::os::unix::net::UnixStream;
+    let dir = TempDir::new();
+    let path = dir.join("backend.sock");
+    // A backend whose accept queue is full (backlog 0, one connection
+    // waiting): the relay's connect has to wait until there is room.
+    let listener = Socket::new(Domain::UNIX, Type::STREAM, None).unwrap();
+    listener.bind(&SockAddr::unix(&path).unwrap()).unwrap();
+    listener.listen(0).unwrap();
+    let queued = UnixStream::connect(&path).unwrap();
+    let relay = Relay::start(&["127.0.0.1:0", path.to_str().unwrap()]);
+    let mut client = connect(relay.address());
+    let data = payload(100_000, 12);
+    client.write_all(&data).unwrap();
+    client.shutdown_write();
+    // Give the relay time to be stuck connecting (not a readiness wait:
+    // the point is that the client is done before the backend answers).
+    thread::sleep(Duration::from_millis(200));
+    // Accepting the waiting connection makes room for the relay's.
+    drop(listener.accept().unwrap());
+    drop(queued);
+    let (backend_side, _) = listener.accept().unwrap();
+    let backend_side: UnixStream = std::os::fd::OwnedFd::from(backend_side).into();
+    thread::spawn(move || digest(Box::new(backend_side)));
+    assert_eq!(read_to_end(&mut *client), digest_of(&data).into_bytes());
+}
+
 /// A backend that echoes and reports when its side of a connection ended
 /// (by EOF or error) after it had seen `hello`.
 fn echo_reporting_end(
