@@ -513,6 +513,32 @@ fn shutdown_timeout_bounds_connections_that_never_end() {
     assert!(bytes.is_empty());
 }
 
+#[test]
+fn shutdown_timeout_infinity_waits_for_every_connection() {
+    let backend = Backend::tcp(echo);
+    let mut relay = Relay::start(&[
+        "--shutdown-timeout",
+        "infinity",
+        "127.0.0.1:0",
+        &backend.connect_arg,
+    ]);
+    let mut conn = connect(relay.address());
+    conn.write_all(b"x").unwrap();
+    assert_eq!(read_exactly(&mut *conn, 1), b"x");
+    relay.signal(libc::SIGTERM);
+    relay.wait_for_line("stopping");
+    assert!(
+        relay.wait_exit_within(Duration::from_secs(1)).is_none(),
+        "still waiting for the connection"
+    );
+    conn.write_all(b"y").unwrap();
+    assert_eq!(read_exactly(&mut *conn, 1), b"y");
+    conn.shutdown_write();
+    assert_eq!(read_to_end(&mut *conn), b"");
+    let status = relay.wait_exit();
+    assert!(status.success(), "{status:?}");
+}
+
 /// A digest backend that also counts the bytes it has read so far.
 fn counting_digest(count: Arc<AtomicU64>) -> impl Fn(Box<dyn Conn>) + Send + Sync {
     move |mut conn: Box<dyn Conn>| {
