@@ -80,8 +80,22 @@ async fn resolve(host: &Host, port: u16) -> io::Result<Vec<SocketAddr>> {
     }
 }
 
+/// A non-blocking socket. Out of descriptors (EMFILE, ENFILE), the client
+/// waits, as clients do in the backlog, rather than being dropped: the
+/// caller's deadline bounds the wait.
+async fn new_socket(domain: Domain) -> io::Result<Socket> {
+    loop {
+        match Socket::new(domain, Type::STREAM.cloexec().nonblocking(), None) {
+            Err(e) if matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE)) => {
+                Timer::after(Duration::from_millis(50)).await;
+            }
+            other => return other,
+        }
+    }
+}
+
 async fn connect_to(domain: Domain, address: &SockAddr) -> io::Result<Async<Socket>> {
-    let socket = Socket::new(domain, Type::STREAM.cloexec().nonblocking(), None)?;
+    let socket = new_socket(domain).await?;
     let mut pause = Duration::from_millis(1);
     loop {
         match socket.connect(address) {
