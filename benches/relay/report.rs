@@ -66,6 +66,19 @@ fn throughput_ratio(results: &Results, kind: Kind, cell: (Route, Dir)) -> Option
     )
 }
 
+/// Throughput as a ratio to the slower direct path (TCP or Unix) in the
+/// same direction.
+fn slower_ratio(results: &Results, kind: Kind, cell: (Route, Dir)) -> Option<f64> {
+    let slower = Route::ALL
+        .iter()
+        .filter_map(|route| throughput(results, Kind::Direct, (*route, cell.1))?.median())
+        .reduce(f64::min);
+    ratio(
+        throughput(results, kind, cell).and_then(Series::median),
+        slower,
+    )
+}
+
 fn cpu_per_gb(results: &Results, kind: Kind, cell: (Route, Dir)) -> Option<f64> {
     throughput(results, kind, cell).and_then(Series::cpu_per_gb)
 }
@@ -274,6 +287,25 @@ fn markdown(results: &Results, s: &Settings) -> String {
         let _ = writeln!(md, "{row}");
     }
 
+    let _ = writeln!(
+        md,
+        "\nThe same throughput against the *slower* of the two direct paths (TCP or Unix, same direction): a relayed \
+         connection has one leg of each kind, so this is the tighter bound.\n"
+    );
+    let _ = writeln!(md, "| peer | TCP→Unix up / down | Unix→TCP up / down |");
+    let _ = writeln!(md, "|---|---|---|");
+    for &kind in &peers_only {
+        let r = |cell: (Route, Dir)| num(slower_ratio(results, kind, cell), 2);
+        let _ = writeln!(
+            md,
+            "| {} | {} / {} | {} / {} |",
+            kind.name(),
+            r(CELLS[0]),
+            r(CELLS[1]),
+            r(CELLS[2]),
+            r(CELLS[3])
+        );
+    }
     let _ = writeln!(md, "\n## Scaling (Unix→TCP)\n");
     let _ = writeln!(
         md,
@@ -724,6 +756,10 @@ fn json(results: &Results, s: &Settings) -> Json {
                 fields.push((
                     "ratio_to_direct".into(),
                     Json::opt(throughput_ratio(results, *kind, (*route, *dir))),
+                ));
+                fields.push((
+                    "ratio_to_slower_direct".into(),
+                    Json::opt(slower_ratio(results, *kind, (*route, *dir))),
                 ));
             }
             throughput.extend(entry);
