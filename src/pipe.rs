@@ -21,7 +21,7 @@ static POOL: Mutex<Vec<Pipe>> = Mutex::new(Vec::new());
 pub struct Pipe {
     read: OwnedFd,
     write: OwnedFd,
-    capacity: usize,
+    capacity: u32,
 }
 
 impl Pipe {
@@ -42,7 +42,7 @@ impl Pipe {
             );
             libc::fcntl(write.as_raw_fd(), libc::F_GETPIPE_SZ)
         };
-        let capacity = usize::try_from(capacity).unwrap_or(0).max(4096);
+        let capacity = u32::try_from(capacity).unwrap_or(0).max(4096);
         Ok(Pipe {
             read,
             write,
@@ -62,7 +62,7 @@ impl Pipe {
 
     /// How many bytes fit.
     pub fn capacity(&self) -> usize {
-        self.capacity
+        self.capacity as usize
     }
 }
 

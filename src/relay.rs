@@ -62,10 +62,12 @@ pub fn relay(
         backend,
         up: Direction::default(),
         down: Direction::default(),
-        idle: idle_timeout.map(|span| Idle {
-            span,
-            last: Instant::now(),
-            timer: Timer::after(span),
+        idle: idle_timeout.map(|span| {
+            Box::new(Idle {
+                span,
+                last: Instant::now(),
+                timer: Timer::after(span),
+            })
         }),
     }
 }
@@ -78,7 +80,9 @@ pub struct Relay {
     up: Direction,
     /// Backend → client.
     down: Direction,
-    idle: Option<Idle>,
+    /// Boxed: most relays have no idle timeout, and every byte of this
+    /// struct is paid for each held connection.
+    idle: Option<Box<Idle>>,
 }
 
 /// `--idle-timeout`: when a byte last moved, and a timer for the deadline.
@@ -106,12 +110,12 @@ enum Carrier {
     #[default]
     Idle,
     /// `len` bytes sit in this pipe.
-    Pipe { pipe: Pipe, len: usize },
+    Pipe { pipe: Pipe, len: u32 },
     /// Splice does not apply to these sockets: a buffer, `start..end` unsent.
     Buffer {
-        buffer: Vec<u8>,
-        start: usize,
-        end: usize,
+        buffer: Box<[u8]>,
+        start: u32,
+        end: u32,
     },
     /// Splice does not apply and nothing is in flight.
     BufferIdle,
@@ -216,7 +220,12 @@ impl Direction {
                             pipe::give(pipe);
                             return Poll::Ready(Ok(()));
                         }
-                        Ok(len) => self.carrier = Carrier::Pipe { pipe, len },
+                        Ok(len) => {
+                            self.carrier = Carrier::Pipe {
+                                pipe,
+                                len: len as u32,
+                            }
+                        }
                         Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                             pipe::give(pipe);
                             ready!(from.poll_readable(cx))?;
@@ -233,11 +242,11 @@ impl Direction {
                     }
                 }
                 Carrier::Pipe { pipe, len } => {
-                    match retry(|| pipe::splice(pipe.read_fd(), sink, *len)) {
+                    match retry(|| pipe::splice(pipe.read_fd(), sink, *len as usize)) {
                         Ok(0) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
                         Ok(n) => {
                             self.moved += n as u64;
-                            *len -= n;
+                            *len -= n as u32;
                             if *len == 0 {
                                 let Carrier::Pipe { pipe, .. } = std::mem::take(&mut self.carrier)
                                 else {
@@ -254,14 +263,14 @@ impl Direction {
                     }
                 }
                 Carrier::BufferIdle => {
-                    let mut buffer = vec![0; CHUNK];
+                    let mut buffer = vec![0; CHUNK].into_boxed_slice();
                     match retry(|| from.get_ref().read(&mut buffer)) {
                         Ok(0) => return Poll::Ready(Ok(())),
                         Ok(end) => {
                             self.carrier = Carrier::Buffer {
                                 buffer,
                                 start: 0,
-                                end,
+                                end: end as u32,
                             }
                         }
                         // The buffer is dropped: idle connections hold none.
@@ -272,11 +281,11 @@ impl Direction {
                     }
                 }
                 Carrier::Buffer { buffer, start, end } => {
-                    match retry(|| to.get_ref().write(&buffer[*start..*end])) {
+                    match retry(|| to.get_ref().write(&buffer[*start as usize..*end as usize])) {
                         Ok(0) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
                         Ok(n) => {
                             self.moved += n as u64;
-                            *start += n;
+                            *start += n as u32;
                             if start == end {
                                 self.carrier = Carrier::BufferIdle;
                             }

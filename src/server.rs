@@ -33,11 +33,43 @@ const ACCEPT_ERROR_LOG_INTERVAL: Duration = Duration::from_secs(10);
 pub struct Stats {
     active: AtomicUsize,
     total: AtomicU64,
+    /// Most connections open at once since the last time none was.
+    peak: AtomicUsize,
     /// When the last connection ended (or the relay started).
     idle_since: Mutex<Option<Instant>>,
 }
 
+/// Below this many connections at once, freed memory is left to the
+/// allocator; above, it is handed back to the system once all have ended.
+const TRIM_AFTER_PEAK: usize = 64;
+
 impl Stats {
+    /// Counts a new connection.
+    fn connection_started(&self) {
+        let active = self.active.fetch_add(1, Ordering::Relaxed) + 1;
+        self.total.fetch_add(1, Ordering::Relaxed);
+        self.peak.fetch_max(active, Ordering::Relaxed);
+    }
+
+    /// Counts a connection that ended; when none is left, notes the time
+    /// (for --exit-idle-time) and returns memory after a busy spell.
+    fn connection_ended(&self, became_idle: &async_channel::Sender<()>) {
+        if self.active.fetch_sub(1, Ordering::Relaxed) != 1 {
+            return;
+        }
+        *self.idle_since.lock().expect("not poisoned") = Some(Instant::now());
+        let _ = became_idle.try_send(());
+        if self.peak.swap(0, Ordering::Relaxed) >= TRIM_AFTER_PEAK {
+            // Thousands of closed connections leave their memory in malloc's
+            // free lists; give it back.
+            #[cfg(target_env = "gnu")]
+            // SAFETY: malloc_trim only releases free memory.
+            unsafe {
+                libc::malloc_trim(0);
+            }
+        }
+    }
+
     /// Connections open now.
     pub fn active(&self) -> usize {
         self.active.load(Ordering::Relaxed)
@@ -161,8 +193,7 @@ pub async fn serve(
         .await;
         match next {
             Ok(Some((token, accepted))) => {
-                stats.active.fetch_add(1, Ordering::Relaxed);
-                stats.total.fetch_add(1, Ordering::Relaxed);
+                stats.connection_started();
                 let connection = Connection {
                     config: config.clone(),
                     stats: stats.clone(),
@@ -225,8 +256,7 @@ pub async fn serve_one(
                 .unwrap_or_default()
         ),
     );
-    stats.active.fetch_add(1, Ordering::Relaxed);
-    stats.total.fetch_add(1, Ordering::Relaxed);
+    stats.connection_started();
     crate::notify::ready(&format!(
         "relaying one inherited connection to {}",
         config.connect
@@ -258,16 +288,18 @@ pub async fn serve_one(
 impl Connection {
     /// Connects to CONNECT and relays; returns whether the connect worked.
     async fn run(self, accepted: Accepted) -> bool {
-        let started = Instant::now();
+        // For the -v line only; boxed, as every byte of this future is paid
+        // for each held connection.
+        let debug = crate::log::enabled(crate::log::Level::Debug)
+            .then(|| Box::new((Instant::now(), crate::peer::describe(&accepted.socket))));
         // Boxed so that the task keeps only the relay's small state while it
         // lives, not the larger one of connecting.
         let opened = Box::pin(self.open(accepted)).await;
         let connected = opened.is_some();
         if let Some((client, backend)) = opened {
-            let peer = crate::log::enabled(crate::log::Level::Debug)
-                .then(|| crate::peer::describe(client.get_ref()));
             let (totals, outcome) = relay::relay(client, backend, self.config.idle_timeout).await;
-            if let Some(peer) = peer {
+            if let Some(debug) = debug {
+                let (started, peer) = *debug;
                 let how = match &outcome {
                     Outcome::Done => "closed".to_string(),
                     Outcome::Idle => format!(
@@ -284,10 +316,7 @@ impl Connection {
                 );
             }
         }
-        if self.stats.active.fetch_sub(1, Ordering::Relaxed) == 1 {
-            *self.stats.idle_since.lock().expect("not poisoned") = Some(Instant::now());
-            let _ = self.became_idle.try_send(());
-        }
+        self.stats.connection_ended(&self.became_idle);
         connected
     }
 
@@ -467,5 +496,38 @@ fn rate_limited_accept_warning() -> impl FnMut(&io::Error) {
         );
         last = Some(Instant::now());
         suppressed = 0;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Each held connection pays for its task's state: keep it small.
+    #[test]
+    fn connection_task_is_small() {
+        let args: Vec<String> = ["127.0.0.1:0", "127.0.0.1:9"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        let Ok(crate::cli::Command::Run(config)) = crate::cli::parse("relay", &args) else {
+            panic!("arguments")
+        };
+        let (alive, _all_done) = async_channel::bounded::<()>(1);
+        let (became_idle, _idle_events) = async_channel::bounded::<()>(1);
+        let connection = Connection {
+            config: Arc::new(config),
+            stats: Arc::new(Stats::default()),
+            _alive: alive,
+            became_idle,
+        };
+        let (socket, _peer) =
+            Socket::pair(socket2::Domain::UNIX, socket2::Type::STREAM, None).unwrap();
+        let task = connection.run(Accepted { socket, tcp: false });
+        assert!(
+            std::mem::size_of_val(&task) <= 320,
+            "{} bytes",
+            std::mem::size_of_val(&task)
+        );
     }
 }
