@@ -11,8 +11,10 @@
 //! | `connrate` | SECONDS [THREADS] | connection churn from THREADS (8) threads |
 //! | `streams` | up/down N BYTES | N parallel streams moving BYTES together |
 //! | `idle` | COUNT SECONDS | opens COUNT idle connections, holds them SECONDS |
+//! | `pipes` | (ADDR is a PID) | counts that process's pipes by capacity |
 
 use std::io;
+use std::os::unix::fs::OpenOptionsExt;
 use std::time::{Duration, Instant};
 
 use crate::client::{self, Addr, Dir};
@@ -41,6 +43,9 @@ pub fn main(args: &[String]) -> io::Result<()> {
             "usage: --drive up|down|pingpong|connrate|streams|idle ADDR ...",
         ));
     };
+    if workload == "pipes" {
+        return pipes(addr);
+    }
     let addr = if addr.contains('/') {
         Addr::Unix(addr.into())
     } else {
@@ -120,5 +125,38 @@ pub fn main(args: &[String]) -> io::Result<()> {
         }
         other => return Err(io::Error::other(format!("unknown workload {other}"))),
     }
+    Ok(())
+}
+
+/// Prints how many pipes process `pid` holds, by capacity (`F_GETPIPE_SZ`
+/// through `/proc/PID/fd`): shows when the kernel refused to grow them.
+fn pipes(pid: &str) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let mut seen = std::collections::BTreeSet::new();
+    let mut by_size = std::collections::BTreeMap::<i32, usize>::new();
+    for entry in std::fs::read_dir(format!("/proc/{pid}/fd"))?.flatten() {
+        let Ok(target) = std::fs::read_link(entry.path()) else {
+            continue;
+        };
+        let target = target.to_string_lossy().into_owned();
+        if !target.starts_with("pipe:") || !seen.insert(target) {
+            continue;
+        }
+        let Ok(file) = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(entry.path())
+        else {
+            continue;
+        };
+        // SAFETY: fcntl with an integer command on a descriptor we own.
+        let size = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_GETPIPE_SZ) };
+        *by_size.entry(size).or_default() += 1;
+    }
+    let list: Vec<String> = by_size
+        .iter()
+        .map(|(size, count)| format!("{count} × {} KiB", size / 1024))
+        .collect();
+    println!("pipes of {pid}: {}", list.join(", "));
     Ok(())
 }
