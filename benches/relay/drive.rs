@@ -14,7 +14,6 @@
 //! | `pipes` | (ADDR is a PID) | counts that process's pipes by capacity |
 
 use std::io;
-use std::os::unix::fs::OpenOptionsExt;
 use std::time::{Duration, Instant};
 
 use crate::client::{self, Addr, Dir};
@@ -128,35 +127,15 @@ pub fn main(args: &[String]) -> io::Result<()> {
     Ok(())
 }
 
-/// Prints how many pipes process `pid` holds, by capacity (`F_GETPIPE_SZ`
-/// through `/proc/PID/fd`): shows when the kernel refused to grow them.
+/// Prints how many pipes process `pid` holds, by capacity: shows when the
+/// kernel refused to grow them.
 fn pipes(pid: &str) -> io::Result<()> {
-    use std::os::fd::AsRawFd;
-    let mut seen = std::collections::BTreeSet::new();
-    let mut by_size = std::collections::BTreeMap::<i32, usize>::new();
-    for entry in std::fs::read_dir(format!("/proc/{pid}/fd"))?.flatten() {
-        let Ok(target) = std::fs::read_link(entry.path()) else {
-            continue;
-        };
-        let target = target.to_string_lossy().into_owned();
-        if !target.starts_with("pipe:") || !seen.insert(target) {
-            continue;
-        }
-        let Ok(file) = std::fs::OpenOptions::new()
-            .read(true)
-            .custom_flags(libc::O_NONBLOCK)
-            .open(entry.path())
-        else {
-            continue;
-        };
-        // SAFETY: fcntl with an integer command on a descriptor we own.
-        let size = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_GETPIPE_SZ) };
-        *by_size.entry(size).or_default() += 1;
-    }
-    let list: Vec<String> = by_size
-        .iter()
-        .map(|(size, count)| format!("{count} × {} KiB", size / 1024))
-        .collect();
-    println!("pipes of {pid}: {}", list.join(", "));
+    let pid: u32 = pid
+        .parse()
+        .map_err(|_| io::Error::other(format!("not a process id: {pid}")))?;
+    println!(
+        "pipes of {pid}: {}",
+        crate::procfs::describe_pipes(&crate::procfs::pipes(pid))
+    );
     Ok(())
 }

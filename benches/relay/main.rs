@@ -185,6 +185,8 @@ pub struct PeerResult {
     pub rtt_free: BTreeMap<Route, Series>,
     /// Aggregate bytes per second of N parallel streams (Unix→TCP).
     pub streams: BTreeMap<(Dir, usize), Series>,
+    /// The relay's pipes by capacity after the parallel-stream runs.
+    pub pipes_after_streams: Option<String>,
     /// Connections per second with N idle connections open (Unix→TCP).
     pub conn_rate_open: BTreeMap<usize, Series>,
     pub idle: Option<Idle>,
@@ -416,6 +418,15 @@ fn measure_scaling(lineup: &Lineup, kinds: &[Kind], s: &Settings, results: &mut 
                     }
                 }
             }
+        }
+    }
+    for &kind in kinds {
+        if matches!(kind, Kind::Relay | Kind::Candidate)
+            && let Some(pid) = lineup.pid(kind, route)
+        {
+            let pipes = procfs::describe_pipes(&procfs::pipes(pid));
+            println!("  {} pipes after the stream runs: {pipes}", kind.name());
+            results.peer(kind).pipes_after_streams = Some(pipes);
         }
     }
     for open in s.open_before {

@@ -3,8 +3,10 @@
 //! forks a process per connection; its exited children's CPU time is found
 //! in the parent's `cutime`/`cstime` once it has reaped them.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fs;
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::OpenOptionsExt;
 
 /// The fields of `/proc/PID/stat` the benchmark uses.
 struct Stat {
@@ -113,4 +115,47 @@ pub fn load_average() -> String {
     fs::read_to_string("/proc/loadavg")
         .map(|t| t.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
         .unwrap_or_default()
+}
+
+/// The pipes process `pid` holds, counted by capacity in bytes
+/// (`F_GETPIPE_SZ` through `/proc/PID/fd`).
+pub fn pipes(pid: u32) -> BTreeMap<i64, usize> {
+    let mut seen = BTreeSet::new();
+    let mut by_size = BTreeMap::new();
+    let Ok(entries) = fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return by_size;
+    };
+    for entry in entries.flatten() {
+        let Ok(target) = fs::read_link(entry.path()) else {
+            continue;
+        };
+        let target = target.to_string_lossy().into_owned();
+        if !target.starts_with("pipe:") || !seen.insert(target) {
+            continue;
+        }
+        let Ok(file) = fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(entry.path())
+        else {
+            continue;
+        };
+        // SAFETY: fcntl with an integer command on a descriptor we own.
+        let size = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_GETPIPE_SZ) };
+        *by_size.entry(i64::from(size)).or_default() += 1;
+    }
+    by_size
+}
+
+/// "13 × 1024 KiB, 19 × 8 KiB".
+pub fn describe_pipes(pipes: &BTreeMap<i64, usize>) -> String {
+    if pipes.is_empty() {
+        return "none".into();
+    }
+    pipes
+        .iter()
+        .rev()
+        .map(|(size, count)| format!("{count} × {} KiB", size / 1024))
+        .collect::<Vec<_>>()
+        .join(", ")
 }

@@ -364,6 +364,19 @@ fn markdown(results: &Results, s: &Settings) -> String {
         );
     }
 
+    for &kind in kinds {
+        if let Some(pipes) = results
+            .peers
+            .get(&kind)
+            .and_then(|p| p.pipes_after_streams.as_ref())
+        {
+            let _ = writeln!(
+                md,
+                "\n{}'s pipes after these runs (its pipe pool, plus its standard error; capacity from `F_GETPIPE_SZ`): {pipes}.",
+                kind.name()
+            );
+        }
+    }
     let _ = writeln!(md, "\n## Latency\n");
     let _ = writeln!(
         md,
@@ -832,6 +845,12 @@ fn json(results: &Results, s: &Settings) -> Json {
                     .map(|((dir, n), series)| (format!("{}/{n}", dir.key()), series_json(series)))
                     .collect(),
             ),
+        ));
+        fields.push((
+            "pipes_after_streams".into(),
+            peer.pipes_after_streams
+                .clone()
+                .map_or(Json::Null, Json::Str),
         ));
         fields.push((
             "connections_per_second_with_open_unix_tcp".into(),
