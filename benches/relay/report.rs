@@ -126,7 +126,7 @@ fn bytes(value: Option<f64>) -> String {
     match value {
         Some(v) if v.abs() >= 1024.0 * 1024.0 => format!("{:.1} MiB", v / 1048576.0),
         Some(v) if v.abs() >= 10.0 * 1024.0 => format!("{:.0} KiB", v / 1024.0),
-        Some(v) if v.abs() >= 1024.0 => format!("{:.1} KiB", v / 1024.0),
+        Some(v) if v.abs() >= 1024.0 => format!("{:.2} KiB", v / 1024.0),
         Some(v) if v.is_finite() => format!("{v:.0} B"),
         _ => "–".into(),
     }
