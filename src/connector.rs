@@ -69,11 +69,12 @@ async fn resolve(host: &Host, port: u16) -> io::Result<Vec<SocketAddr>> {
         Host::Name(name) => {
             let query = (name.clone(), port);
             // getaddrinfo blocks; async-std runs it on its blocking pool.
-            let found = async_std::task::spawn_blocking(move || {
-                std::net::ToSocketAddrs::to_socket_addrs(&query)
-            })
-            .await
-            .map_err(|e| io::Error::new(e.kind(), format!("cannot resolve '{name}': {e}")))?;
+            let found =
+                crate::runtime::unblock(move || std::net::ToSocketAddrs::to_socket_addrs(&query))
+                    .await
+                    .map_err(|e| {
+                        io::Error::new(e.kind(), format!("cannot resolve '{name}': {e}"))
+                    })?;
             Ok(found.collect())
         }
         Host::Any => unreachable!("rejected as CONNECT when parsing"),
@@ -101,8 +102,12 @@ async fn connect_to(domain: Domain, address: &SockAddr) -> io::Result<Async<Sock
         match socket.connect(address) {
             Ok(()) => break,
             Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {
-                let socket = Async::new(socket)?;
-                socket.writable().await?;
+                // Created non-blocking: no need to set it again.
+                let socket = Async::new_nonblocking(socket)?;
+                // poll_writable, not writable(): it uses the direction's one
+                // waker slot instead of growing a waker list that would stay
+                // allocated for the connection's life.
+                futures_lite::future::poll_fn(|cx| socket.poll_writable(cx)).await?;
                 return match socket.get_ref().take_error()? {
                     None => Ok(socket),
                     Some(e) => Err(e),
@@ -117,5 +122,5 @@ async fn connect_to(domain: Domain, address: &SockAddr) -> io::Result<Async<Sock
             Err(e) => return Err(e),
         }
     }
-    Async::new(socket)
+    Async::new_nonblocking(socket)
 }

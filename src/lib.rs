@@ -15,6 +15,7 @@ pub mod notify;
 pub mod peer;
 pub mod pipe;
 pub mod relay;
+pub mod runtime;
 pub mod sandbox;
 pub mod server;
 pub mod shutdown;
@@ -84,7 +85,7 @@ pub fn run(config: Config) -> Result<(), Failure> {
     let signals = signals
         .into_async()
         .map_err(|e| Failure::Startup(e.to_string()))?;
-    async_std::task::block_on(async move {
+    runtime::block_on(async move {
         match opened {
             Opened::Listeners(listeners) => server::serve(listeners, config, signals)
                 .await

@@ -116,9 +116,13 @@ enum Carrier {
         buffer: Box<[u8]>,
         start: u32,
         end: u32,
+        /// Whether to stay with buffers afterwards (splice does not apply).
+        again: bool,
     },
     /// Splice does not apply and nothing is in flight.
     BufferIdle,
+    /// No pipe could be had: one read through a buffer, then splice again.
+    BufferOnce,
 }
 
 impl Future for Relay {
@@ -214,7 +218,11 @@ impl Direction {
         loop {
             match &mut self.carrier {
                 Carrier::Idle => {
-                    let pipe = pipe::take()?;
+                    let Some(pipe) = pipe::take()? else {
+                        // No pipe worth splicing through: a buffer, this once.
+                        self.carrier = Carrier::BufferOnce;
+                        continue;
+                    };
                     match retry(|| pipe::splice(source, pipe.write_fd(), pipe.capacity())) {
                         Ok(0) => {
                             pipe::give(pipe);
@@ -262,7 +270,7 @@ impl Direction {
                         Err(e) => return Poll::Ready(Err(e)),
                     }
                 }
-                Carrier::BufferIdle => {
+                Carrier::BufferIdle | Carrier::BufferOnce => {
                     let mut buffer = vec![0; CHUNK].into_boxed_slice();
                     match retry(|| from.get_ref().read(&mut buffer)) {
                         Ok(0) => return Poll::Ready(Ok(())),
@@ -271,6 +279,7 @@ impl Direction {
                                 buffer,
                                 start: 0,
                                 end: end as u32,
+                                again: matches!(self.carrier, Carrier::BufferIdle),
                             }
                         }
                         // The buffer is dropped: idle connections hold none.
@@ -280,22 +289,29 @@ impl Direction {
                         Err(e) => return Poll::Ready(Err(e)),
                     }
                 }
-                Carrier::Buffer { buffer, start, end } => {
-                    match retry(|| to.get_ref().write(&buffer[*start as usize..*end as usize])) {
-                        Ok(0) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
-                        Ok(n) => {
-                            self.moved += n as u64;
-                            *start += n as u32;
-                            if start == end {
-                                self.carrier = Carrier::BufferIdle;
-                            }
+                Carrier::Buffer {
+                    buffer,
+                    start,
+                    end,
+                    again,
+                } => match retry(|| to.get_ref().write(&buffer[*start as usize..*end as usize])) {
+                    Ok(0) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+                    Ok(n) => {
+                        self.moved += n as u64;
+                        *start += n as u32;
+                        if start == end {
+                            self.carrier = if *again {
+                                Carrier::BufferIdle
+                            } else {
+                                Carrier::Idle
+                            };
                         }
-                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                            ready!(to.poll_writable(cx))?
-                        }
-                        Err(e) => return Poll::Ready(Err(e)),
                     }
-                }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                        ready!(to.poll_writable(cx))?
+                    }
+                    Err(e) => return Poll::Ready(Err(e)),
+                },
             }
         }
     }

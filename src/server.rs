@@ -138,7 +138,7 @@ pub async fn serve(
             socket,
             move |socket| async move {
                 let accepted = socket
-                    .read_with(|s| s.accept())
+                    .read_with(|s| s.accept4(libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC))
                     .await
                     .map(|(socket, _)| Accepted { socket, tcp });
                 Some((accepted, socket))
@@ -154,9 +154,9 @@ pub async fn serve(
         "ready: relaying {endpoints}, at most {} connections at once",
         config.connections_max
     );
-    async_std::task::spawn(crate::notify::keep_watchdog_happy());
+    crate::runtime::spawn(crate::notify::keep_watchdog_happy());
     let status_stats = stats.clone();
-    async_std::task::spawn(
+    crate::runtime::spawn(
         async move { crate::notify::report_status(endpoints, &status_stats).await },
     );
     let mut incoming = merged
@@ -200,7 +200,7 @@ pub async fn serve(
                     _alive: alive.clone(),
                     became_idle: became_idle.clone(),
                 };
-                async_std::task::spawn(async move {
+                crate::runtime::spawn(async move {
                     connection.run(accepted).await;
                     drop(token);
                 });
@@ -241,6 +241,7 @@ pub async fn serve_one(
     let stats = Arc::new(Stats::default());
     let (alive, all_done) = async_channel::bounded::<()>(1);
     let (became_idle, _idle_events) = async_channel::bounded::<()>(1);
+    socket.set_nonblocking(true)?;
     let tcp = socket
         .local_addr()
         .map(|a| a.as_socket().is_some())
@@ -261,15 +262,14 @@ pub async fn serve_one(
         "relaying one inherited connection to {}",
         config.connect
     ));
-    async_std::task::spawn(crate::notify::keep_watchdog_happy());
+    crate::runtime::spawn(crate::notify::keep_watchdog_happy());
     let connection = Connection {
         config: config.clone(),
         stats: stats.clone(),
         _alive: alive,
         became_idle,
     };
-    let task =
-        async_std::task::spawn(async move { connection.run(Accepted { socket, tcp }).await });
+    let task = crate::runtime::spawn(async move { connection.run(Accepted { socket, tcp }).await });
     let connected = future::or(async { Some(task.await) }, async {
         signals.next().await;
         None
@@ -362,7 +362,9 @@ impl Connection {
             );
             return None;
         }
-        match Async::new(socket) {
+        // Accepted non-blocking (accept4), or made so by serve_one: no
+        // system call to set it again.
+        match Async::new_nonblocking(socket) {
             Ok(client) => Some((client, backend)),
             Err(e) => {
                 crate::warn!("cannot register a client: {e}");

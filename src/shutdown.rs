@@ -24,31 +24,37 @@ impl Signals {
         Ok(Signals { read })
     }
 
-    /// Registers the pipe with the reactor (starts the runtime's threads).
+    /// Registers the pipe with the reactor and forwards each signal from a
+    /// task of its own, so that waiting for a signal costs the accept loop
+    /// no system call when it wakes for other reasons.
     pub fn into_async(self) -> io::Result<AsyncSignals> {
-        Ok(AsyncSignals {
-            read: Async::new(self.read)?,
-        })
+        let read = Async::new(self.read)?;
+        let (sender, receiver) = async_channel::unbounded();
+        crate::runtime::spawn(async move {
+            let mut bytes = [0u8; 16];
+            // Each signal writes one byte; the pipe never ends.
+            while let Ok(n) = read.read_with(|mut s| s.read(&mut bytes)).await {
+                for _ in 0..n {
+                    if sender.send(()).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        });
+        Ok(AsyncSignals { receiver })
     }
 }
 
 /// Signals, awaitable.
 pub struct AsyncSignals {
-    read: Async<UnixStream>,
+    receiver: async_channel::Receiver<()>,
 }
 
 impl AsyncSignals {
     /// Waits for the next SIGTERM or SIGINT.
     pub async fn next(&self) {
-        let mut byte = [0u8; 1];
-        // Each signal writes one byte; an error here would mean the pipe is
-        // gone, and then waiting forever is the right answer.
-        while self
-            .read
-            .read_with(|mut s| s.read(&mut byte))
-            .await
-            .is_err()
-        {
+        if self.receiver.recv().await.is_err() {
+            // The forwarding task is gone (the pipe failed): no more signals.
             futures_lite::future::pending::<()>().await;
         }
     }

@@ -1,0 +1,28 @@
+//! Everything that depends on the async runtime (async-std), in one place.
+//!
+//! The relay runs on a single thread: the accept loop and every connection
+//! are tasks of the thread that called [`block_on`], so readiness events are
+//! handled where the task runs. With async-std's multi-threaded executor,
+//! each message woke another thread (5.5 context switches per 64-byte round
+//! trip instead of 2, 40 % more CPU per connection; docs/bench-profile.md).
+//! The reactor underneath is async-io, which the data path uses directly.
+
+use std::future::Future;
+
+/// Runs `future` to completion on this thread, with the tasks it spawns.
+pub fn block_on<T>(future: impl Future<Output = T>) -> T {
+    async_std::task::block_on(future)
+}
+
+/// Runs `future` as a task of the [`block_on`] thread; it keeps running
+/// when the returned handle is dropped.
+pub fn spawn<T: 'static>(
+    future: impl Future<Output = T> + 'static,
+) -> async_std::task::JoinHandle<T> {
+    async_std::task::spawn_local(future)
+}
+
+/// Runs a blocking call (name resolution) on a helper thread.
+pub async fn unblock<T: Send + 'static>(call: impl FnOnce() -> T + Send + 'static) -> T {
+    async_std::task::spawn_blocking(call).await
+}
