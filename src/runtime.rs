@@ -10,8 +10,12 @@
 use std::future::Future;
 
 /// Runs `future` to completion on this thread, with the tasks it spawns.
-pub fn block_on<T>(future: impl Future<Output = T>) -> T {
-    async_std::task::block_on(future)
+/// It runs as a task of its own: the executor polls its main future on
+/// every wake-up of the thread, and the accept loop should be polled only
+/// when it is woken, not for every relayed message (+12-16 µs per round
+/// trip otherwise).
+pub fn block_on<T: 'static>(future: impl Future<Output = T> + 'static) -> T {
+    async_std::task::block_on(spawn(future))
 }
 
 /// Runs `future` as a task of the [`block_on`] thread; it keeps running
