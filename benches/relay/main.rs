@@ -741,11 +741,13 @@ fn run(settings: &Settings, only: Option<Vec<String>>) -> io::Result<Results> {
         measure_rtt(&pinned, &pinned_kinds, settings, Some(cpu), &mut results);
     }
 
+    // Before the idle phase, whose thousands of socat processes (exiting
+    // together at the end) would dominate the figure.
+    results.load_after = procfs::load_average();
     measure_idle(&tools, &backend, dir, &kinds, settings, &mut results);
     drop(backend);
 
     results.kinds = kinds;
-    results.load_after = procfs::load_average();
     results.seconds = started.elapsed().as_secs_f64();
     Ok(results)
 }
