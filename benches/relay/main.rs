@@ -46,6 +46,9 @@ pub struct Settings {
     pub quick: bool,
     /// Repetitions of each cheap measurement (the median is reported).
     pub reps: usize,
+    /// Repetitions of a latency measurement: more, as they are cheap and
+    /// other work on the machine disturbs them most.
+    pub rtt_reps: usize,
     /// Bytes per bulk transfer.
     pub bulk: u64,
     /// Ping-pongs per latency measurement, and their size.
@@ -72,6 +75,7 @@ impl Settings {
             Settings {
                 quick,
                 reps: 1,
+                rtt_reps: 1,
                 bulk: 8 << 20,
                 rtt_messages: 300,
                 rtt_size: 64,
@@ -88,6 +92,7 @@ impl Settings {
             Settings {
                 quick,
                 reps: 3,
+                rtt_reps: 5,
                 bulk: 1 << 30,
                 rtt_messages: 20_000,
                 rtt_size: 64,
@@ -487,7 +492,7 @@ fn measure_rtt(
                 }
                 for route in Route::ALL {
                     println!("round trip {label} {}", route.label());
-                    for _ in 0..s.reps {
+                    for _ in 0..s.rtt_reps {
                         for &kind in kinds {
                             let Some(addr) = lineup.addr(kind, route) else {
                                 continue;

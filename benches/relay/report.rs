@@ -380,8 +380,8 @@ fn markdown(results: &Results, s: &Settings) -> String {
     let _ = writeln!(md, "\n## Latency\n");
     let _ = writeln!(
         md,
-        "Median round trip of a {}-byte ping-pong (µs) over {} messages, pinned to CPU {} (p99 in brackets) and unpinned.\n",
-        s.rtt_size, s.rtt_messages, results.pinned_cpu
+        "Round trip of a {}-byte ping-pong (µs): median over {} messages, median of {} runs; pinned to CPU {} (p99 in brackets) and unpinned.\n",
+        s.rtt_size, s.rtt_messages, s.rtt_reps, results.pinned_cpu
     );
     let _ = writeln!(
         md,
@@ -910,6 +910,7 @@ fn json(results: &Results, s: &Settings) -> Json {
                 ("repetitions", Json::Num(s.reps as f64)),
                 ("bulk_bytes", Json::Num(s.bulk as f64)),
                 ("rtt_messages", Json::Num(s.rtt_messages as f64)),
+                ("rtt_repetitions", Json::Num(s.rtt_reps as f64)),
                 ("rtt_message_bytes", Json::Num(s.rtt_size as f64)),
                 ("conn_rate_threads", Json::Num(s.conn_threads as f64)),
                 (
