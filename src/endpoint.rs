@@ -56,6 +56,14 @@ pub enum Role {
 impl Endpoint {
     /// Parses an endpoint for the given role. The error is a reason, without
     /// the argument; the caller names the argument.
+    ///
+    /// ```
+    /// use simpletcpunixrelay::endpoint::{Endpoint, Role, UnixAddr};
+    ///
+    /// let socket = Endpoint::parse("/run/foobar-unix/socket", Role::Listen).unwrap();
+    /// assert_eq!(socket, Endpoint::Unix(UnixAddr::Path("/run/foobar-unix/socket".into())));
+    /// assert!(Endpoint::parse("sd-listen", Role::Connect).is_err());
+    /// ```
     pub fn parse(text: &str, role: Role) -> Result<Endpoint, String> {
         let endpoint = parse_any(text)?;
         match (&endpoint, role) {

@@ -35,6 +35,16 @@ const UNITS: &[(&str, f64)] = &[
 ];
 
 /// Parses a systemd time span. Errors name what was wrong, for the usage line.
+///
+/// ```
+/// use std::time::Duration;
+/// use simpletcpunixrelay::timespan::parse;
+///
+/// assert_eq!(parse("5min 20s"), Ok(Some(Duration::from_secs(320))));
+/// assert_eq!(parse("500ms"), Ok(Some(Duration::from_millis(500))));
+/// assert_eq!(parse("infinity"), Ok(None));
+/// assert!(parse("soon").is_err());
+/// ```
 pub fn parse(text: &str) -> Result<Span, String> {
     let trimmed = text.trim();
     if trimmed == "infinity" {
