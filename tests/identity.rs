@@ -24,6 +24,17 @@ fn tcp_round_trip(relay_address: &str, data: &[u8]) -> (Vec<u8>, SocketAddr) {
     (out, source)
 }
 
+/// A relay from `listen` to `backend` that sends a PROXY header of `version`.
+fn proxy_relay(version: &str, listen: &str, backend: &Backend) -> Relay {
+    Relay::start(&["--proxy-protocol", version, listen, &backend.connect_arg])
+}
+
+/// Whether this machine has an IPv6 loopback (tests skip their IPv6 part
+/// with a printed reason where it does not).
+fn has_ipv6() -> bool {
+    std::net::TcpListener::bind("[::1]:0").is_ok()
+}
+
 fn v2_signature() -> Vec<u8> {
     b"\r\n\r\n\0\r\nQUIT\n".to_vec()
 }
@@ -31,12 +42,7 @@ fn v2_signature() -> Vec<u8> {
 #[test]
 fn v1_header_for_ipv4_client_comes_before_its_bytes() {
     let backend = Backend::tcp(echo);
-    let relay = Relay::start(&[
-        "--proxy-protocol",
-        "v1",
-        "127.0.0.1:0",
-        &backend.connect_arg,
-    ]);
+    let relay = proxy_relay("v1", "127.0.0.1:0", &backend);
     let (out, source) = tcp_round_trip(relay.address(), b"hello");
     let want = format!(
         "PROXY TCP4 127.0.0.1 127.0.0.1 {} {}\r\nhello",
@@ -48,12 +54,12 @@ fn v1_header_for_ipv4_client_comes_before_its_bytes() {
 
 #[test]
 fn v1_header_for_ipv6_client() {
-    if std::net::TcpListener::bind("[::1]:0").is_err() {
+    if !has_ipv6() {
         eprintln!("skipped: no IPv6 loopback on this machine");
         return;
     }
     let backend = Backend::tcp(echo);
-    let relay = Relay::start(&["--proxy-protocol", "v1", "[::1]:0", &backend.connect_arg]);
+    let relay = proxy_relay("v1", "[::1]:0", &backend);
     let (out, source) = tcp_round_trip(relay.address(), b"six");
     let want = format!(
         "PROXY TCP6 ::1 ::1 {} {}\r\nsix",
@@ -66,12 +72,7 @@ fn v1_header_for_ipv6_client() {
 #[test]
 fn v2_header_for_ipv4_and_ipv6_clients() {
     let backend = Backend::tcp(echo);
-    let relay = Relay::start(&[
-        "--proxy-protocol",
-        "v2",
-        "127.0.0.1:0",
-        &backend.connect_arg,
-    ]);
+    let relay = proxy_relay("v2", "127.0.0.1:0", &backend);
     let (out, source) = tcp_round_trip(relay.address(), b"payload");
     let mut want = v2_signature();
     want.extend_from_slice(&[0x21, 0x11, 0, 12, 127, 0, 0, 1, 127, 0, 0, 1]);
@@ -80,11 +81,11 @@ fn v2_header_for_ipv4_and_ipv6_clients() {
     want.extend_from_slice(b"payload");
     assert_eq!(out, want);
 
-    if std::net::TcpListener::bind("[::1]:0").is_err() {
+    if !has_ipv6() {
         eprintln!("skipped the IPv6 part: no IPv6 loopback on this machine");
         return;
     }
-    let relay6 = Relay::start(&["--proxy-protocol", "v2", "[::1]:0", &backend.connect_arg]);
+    let relay6 = proxy_relay("v2", "[::1]:0", &backend);
     let (out, source) = tcp_round_trip(relay6.address(), b"x");
     let mut want = v2_signature();
     want.extend_from_slice(&[0x21, 0x21, 0, 36]);
@@ -120,12 +121,7 @@ fn unix_clients_get_unknown_and_local() {
 #[test]
 fn header_is_sent_even_when_the_client_sends_nothing() {
     let backend = Backend::tcp(echo);
-    let relay = Relay::start(&[
-        "--proxy-protocol",
-        "v1",
-        "127.0.0.1:0",
-        &backend.connect_arg,
-    ]);
+    let relay = proxy_relay("v1", "127.0.0.1:0", &backend);
     let (out, source) = tcp_round_trip(relay.address(), b"");
     assert_eq!(
         String::from_utf8_lossy(&out),
@@ -140,12 +136,7 @@ fn header_is_sent_even_when_the_client_sends_nothing() {
 #[test]
 fn large_payload_after_header_is_byte_exact() {
     let backend = Backend::tcp(digest);
-    let relay = Relay::start(&[
-        "--proxy-protocol",
-        "v2",
-        "127.0.0.1:0",
-        &backend.connect_arg,
-    ]);
+    let relay = proxy_relay("v2", "127.0.0.1:0", &backend);
     let data = payload(8 << 20, 77);
     let stream = TcpStream::connect(relay.address()).unwrap();
     let source = stream.local_addr().unwrap();
@@ -220,7 +211,7 @@ fn haproxy_sees_the_real_client_address() {
     };
     for version in ["v1", "v2"] {
         for listen in ["127.0.0.1:0", "[::1]:0"] {
-            if listen.starts_with('[') && std::net::TcpListener::bind("[::1]:0").is_err() {
+            if listen.starts_with('[') && !has_ipv6() {
                 eprintln!("skipped {listen}: no IPv6 loopback");
                 continue;
             }
