@@ -291,7 +291,8 @@ fn parse_mode(text: &str) -> Result<u32, String> {
     }
 }
 
-fn lookup_group(text: &str) -> Result<libc::gid_t, String> {
+/// A group id from a number or a group name.
+pub fn lookup_group(text: &str) -> Result<libc::gid_t, String> {
     if let Ok(gid) = text.parse::<libc::gid_t>() {
         return Ok(gid);
     }
@@ -317,7 +318,8 @@ fn lookup_group(text: &str) -> Result<libc::gid_t, String> {
     Ok(unsafe { group.assume_init() }.gr_gid)
 }
 
-fn lookup_user(text: &str) -> Result<libc::uid_t, String> {
+/// A user id from a number or a user name.
+pub fn lookup_user(text: &str) -> Result<libc::uid_t, String> {
     if let Ok(uid) = text.parse::<libc::uid_t>() {
         return Ok(uid);
     }

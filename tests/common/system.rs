@@ -175,24 +175,10 @@ pub fn socket_activated(args: &[&str], fds: &[RawFd], names: &[&str]) -> Command
     command
 }
 
-/// The id of the group called `name`, if there is one.
+/// The id of the group called `name`, if there is one (the relay's own
+/// look-up, as `--socket-group` uses it).
 pub fn group_id(name: &str) -> Option<u32> {
-    let name = CString::new(name).ok()?;
-    let mut group = std::mem::MaybeUninit::<libc::group>::uninit();
-    let mut buffer = vec![0 as libc::c_char; 16384];
-    let mut result: *mut libc::group = std::ptr::null_mut();
-    // SAFETY: every pointer is valid for the call, the buffer length is passed.
-    let rc = unsafe {
-        libc::getgrnam_r(
-            name.as_ptr(),
-            group.as_mut_ptr(),
-            buffer.as_mut_ptr(),
-            buffer.len(),
-            &mut result,
-        )
-    };
-    // SAFETY: on success with a result, `group` was filled.
-    (rc == 0 && !result.is_null()).then(|| unsafe { group.assume_init() }.gr_gid)
+    simpletcpunixrelay::cli::lookup_group(name).ok()
 }
 
 /// Copies of every socket descriptor the process `pid` holds (`pidfd_getfd`,
