@@ -108,15 +108,10 @@ fn stderr_is_journal() -> bool {
     stat.st_dev == dev && stat.st_ino == ino
 }
 
-/// UTC time as `2026-11-21T05:40:01.123Z`, without a date crate.
-fn timestamp() -> String {
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default();
-    let secs = now.as_secs();
-    let (days, rem) = (secs / 86400, secs % 86400);
-    // Howard Hinnant's civil-from-days algorithm.
-    let z = days as i64 + 719_468;
+/// The UTC calendar date `(year, month, day)` of a day count since
+/// 1970-01-01 (Howard Hinnant's civil-from-days), without a date crate.
+pub fn civil_date(days: i64) -> (i64, i64, i64) {
+    let z = days + 719_468;
     let era = z.div_euclid(146_097);
     let doe = z.rem_euclid(146_097);
     let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146_096) / 365;
@@ -124,7 +119,17 @@ fn timestamp() -> String {
     let mp = (5 * doy + 2) / 153;
     let day = doy - (153 * mp + 2) / 5 + 1;
     let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
+    (yoe + era * 400 + i64::from(month <= 2), month, day)
+}
+
+/// UTC time as `2026-11-21T05:40:01.123Z`.
+fn timestamp() -> String {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
+    let secs = now.as_secs();
+    let (year, month, day) = civil_date((secs / 86400) as i64);
+    let rem = secs % 86400;
     format!(
         "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
         rem / 3600,
@@ -136,6 +141,13 @@ fn timestamp() -> String {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn civil_dates() {
+        assert_eq!(super::civil_date(0), (1970, 1, 1));
+        assert_eq!(super::civil_date(11_016), (2000, 2, 29));
+        assert_eq!(super::civil_date(20_778), (2026, 11, 21));
+    }
+
     #[test]
     fn timestamp_shape() {
         let t = super::timestamp();

@@ -171,16 +171,7 @@ fn today() -> String {
     let days = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs() / 86_400) as i64;
-    // Howard Hinnant's civil_from_days.
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
+    let (year, month, day) = simpletcpunixrelay::log::civil_date(days);
     format!("{year:04}-{month:02}-{day:02}")
 }
 
@@ -952,6 +943,24 @@ fn escape(text: &str) -> String {
 /// One bar per peer: its value, if measured.
 type Bars = Vec<(Kind, Option<f64>)>;
 
+/// One labelled group of bars per item, one bar per peer.
+fn bar_groups<T: Copy>(
+    items: &[T],
+    label: impl Fn(T) -> String,
+    peers: &[Kind],
+    value: impl Fn(Kind, T) -> Option<f64>,
+) -> Vec<(String, Bars)> {
+    items
+        .iter()
+        .map(|item| {
+            (
+                label(*item),
+                peers.iter().map(|k| (*k, value(*k, *item))).collect(),
+            )
+        })
+        .collect()
+}
+
 /// One panel of horizontal bars: groups of one bar per peer.
 struct Panel {
     title: String,
@@ -1065,36 +1074,18 @@ fn svg(results: &Results) -> String {
     let mut panels = vec![
         Panel {
             title: "Throughput, ratio to a direct connection (higher is better)".into(),
-            groups: CELLS
-                .iter()
-                .map(|cell| {
-                    (
-                        cell_label(*cell),
-                        peers
-                            .iter()
-                            .map(|k| (*k, throughput_ratio(results, *k, *cell)))
-                            .collect(),
-                    )
-                })
-                .collect(),
+            groups: bar_groups(&CELLS, cell_label, &peers, |k, cell| {
+                throughput_ratio(results, k, cell)
+            }),
             lines: vec![(1.0, "direct".into()), (0.6, "0.6".into())],
             format: |v| format!("{v:.2}"),
             log: false,
         },
         Panel {
             title: "Relay CPU seconds per GB relayed (lower is better)".into(),
-            groups: CELLS
-                .iter()
-                .map(|cell| {
-                    (
-                        cell_label(*cell),
-                        peers
-                            .iter()
-                            .map(|k| (*k, cpu_per_gb(results, *k, *cell)))
-                            .collect(),
-                    )
-                })
-                .collect(),
+            groups: bar_groups(&CELLS, cell_label, &peers, |k, cell| {
+                cpu_per_gb(results, k, cell)
+            }),
             lines: vec![(0.25, "0.25".into())],
             format: |v| format!("{v:.2} s"),
             log: false,
@@ -1102,36 +1093,24 @@ fn svg(results: &Results) -> String {
         Panel {
             title: "Added round trip, 64-byte ping-pong, all pinned to one CPU (lower is better)"
                 .into(),
-            groups: Route::ALL
-                .iter()
-                .map(|route| {
-                    (
-                        route.label().to_string(),
-                        peers
-                            .iter()
-                            .map(|k| (*k, added_rtt(results, *k, *route)))
-                            .collect(),
-                    )
-                })
-                .collect(),
+            groups: bar_groups(
+                &Route::ALL,
+                |route| route.label().to_string(),
+                &peers,
+                |k, route| added_rtt(results, k, route),
+            ),
             lines: vec![],
             format: |v| format!("{v:.1} µs"),
             log: false,
         },
         Panel {
             title: "Connections per second, ratio to direct (higher is better)".into(),
-            groups: Route::ALL
-                .iter()
-                .map(|route| {
-                    (
-                        route.label().to_string(),
-                        peers
-                            .iter()
-                            .map(|k| (*k, conn_ratio(results, *k, *route)))
-                            .collect(),
-                    )
-                })
-                .collect(),
+            groups: bar_groups(
+                &Route::ALL,
+                |route| route.label().to_string(),
+                &peers,
+                |k, route| conn_ratio(results, k, route),
+            ),
             lines: vec![(1.0, "direct".into()), (0.75, "0.75".into())],
             format: |v| format!("{v:.2}"),
             log: false,
