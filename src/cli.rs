@@ -2,14 +2,15 @@
 //! into a [`Config`]. Anything wrong is a [`Failure::Usage`] (exit status 2)
 //! naming the argument, found before the relay touches the system.
 
-use std::ffi::CString;
+use std::ffi::{CString, OsStr, OsString};
+use std::os::unix::ffi::OsStrExt;
 use std::str::FromStr;
 use std::time::Duration;
 
 use argh::FromArgs;
 
 use crate::Failure;
-use crate::endpoint::{Endpoint, Role, UnixAddr};
+use crate::endpoint::{Endpoint, Role, UnixAddr, parse_number};
 use crate::identity::{Allowlist, ProxyVersion};
 use crate::log::Level;
 use crate::timespan::{self, Span};
@@ -54,8 +55,42 @@ struct SpanArg(Span);
 impl FromStr for SpanArg {
     type Err = String;
     fn from_str(text: &str) -> Result<Self, String> {
+        if is_placeholder(text) {
+            return Err(NOT_UTF8.into());
+        }
         timespan::parse(text).map(SpanArg)
     }
+}
+
+/// A count written with digits only, as systemd reads numbers (`+5`, ` 5`
+/// and `5x` are refused).
+#[derive(Debug, Clone, Copy)]
+struct CountArg(usize);
+
+impl FromStr for CountArg {
+    type Err = String;
+    fn from_str(text: &str) -> Result<Self, String> {
+        if is_placeholder(text) {
+            return Err(NOT_UTF8.into());
+        }
+        parse_number(text)
+            .map(CountArg)
+            .ok_or_else(|| format!("'{text}' is not a number"))
+    }
+}
+
+/// What a value that is not UTF-8 is told.
+const NOT_UTF8: &str = "the value is not valid UTF-8";
+
+/// argh parses `&str`: an argument that is not UTF-8 stands in for it as
+/// `\0N\0` (N its index), which no real argument can contain, and is put
+/// back where a path is allowed (LISTEN, CONNECT).
+fn placeholder(index: usize) -> String {
+    format!("\0{index}\0")
+}
+
+fn is_placeholder(text: &str) -> bool {
+    text.starts_with('\0')
 }
 
 const SECONDS_10: SpanArg = SpanArg(Some(Duration::from_secs(10)));
@@ -98,8 +133,8 @@ struct Args {
     connect: String,
 
     /// most connections relayed at once; more clients wait in the listen backlog (default 256)
-    #[argh(option, short = 'c', arg_name = "N", default = "256")]
-    connections_max: usize,
+    #[argh(option, short = 'c', arg_name = "N", default = "CountArg(256)")]
+    connections_max: CountArg,
 
     /// give up connecting to CONNECT after SPAN, all addresses together (default 10s)
     #[argh(option, arg_name = "SPAN", default = "SECONDS_10")]
@@ -163,8 +198,8 @@ pub enum Command {
     Run(Config),
 }
 
-/// Parses the arguments after the program name.
-pub fn parse(program: &str, args: &[String]) -> Result<Command, Failure> {
+/// Parses the arguments after the program name, as the bytes Linux passed.
+pub fn parse(program: &str, args: &[OsString]) -> Result<Command, Failure> {
     let before_dashdash = args.iter().take_while(|a| *a != "--");
     if before_dashdash.clone().any(|a| a == "--version") {
         return Ok(Command::Print(format!(
@@ -172,27 +207,79 @@ pub fn parse(program: &str, args: &[String]) -> Result<Command, Failure> {
             env!("CARGO_PKG_VERSION")
         )));
     }
-    let strs: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut texts: Vec<String> = Vec::with_capacity(args.len());
+    for (index, arg) in args.iter().enumerate() {
+        match arg.to_str() {
+            Some(text) => texts.push(text.to_owned()),
+            None if arg.as_bytes().starts_with(b"-") => {
+                return Err(Failure::Usage(format!(
+                    "'{}': unrecognized option, and not valid UTF-8 (see --help)",
+                    arg.to_string_lossy()
+                )));
+            }
+            None => texts.push(placeholder(index)),
+        }
+    }
+    // The placeholders, written back as the user sees them, for messages.
+    let shown = |text: &str| {
+        let mut text = text.to_owned();
+        for (index, arg) in args.iter().enumerate() {
+            text = text.replace(&placeholder(index), &arg.to_string_lossy());
+        }
+        text
+    };
+    let strs: Vec<&str> = texts.iter().map(String::as_str).collect();
     let parsed = match Args::from_args(&[program], &strs) {
         Ok(parsed) => parsed,
         Err(exit) if exit.status.is_ok() => return Ok(Command::Print(exit.output)),
         Err(exit) => {
             let reason = exit.output.split_whitespace().collect::<Vec<_>>().join(" ");
-            return Err(Failure::Usage(format!("{reason} (see --help)")));
+            return Err(Failure::Usage(format!("{} (see --help)", shown(&reason))));
         }
     };
-    parsed.validate().map(Command::Run)
+    // The original bytes of an endpoint argument.
+    let original = |text: &str| -> OsString {
+        args.iter()
+            .enumerate()
+            .find(|(index, _)| placeholder(*index) == text)
+            .map_or_else(|| OsString::from(text), |(_, arg)| arg.clone())
+    };
+    let listen = original(&parsed.listen);
+    let connect = original(&parsed.connect);
+    parsed.validate(&listen, &connect).map(Command::Run)
+}
+
+/// The value of a string option, which must be UTF-8.
+fn text<'a>(option: &str, value: &'a str) -> Result<&'a str, Failure> {
+    if is_placeholder(value) {
+        Err(Failure::Usage(format!("{option}: {NOT_UTF8}")))
+    } else {
+        Ok(value)
+    }
+}
+
+/// A timeout of 0 means no timeout, as it does for systemd's own
+/// (`TimeoutStopSec=0`, `TimeoutIdleSec=0`).
+fn zero_is_infinity(span: Span) -> Span {
+    span.filter(|d| !d.is_zero())
 }
 
 impl Args {
-    fn validate(self) -> Result<Config, Failure> {
+    fn validate(self, listen_arg: &OsStr, connect_arg: &OsStr) -> Result<Config, Failure> {
         let usage = |what: &str, reason: String| Failure::Usage(format!("{what}: {reason}"));
-        let listen = Endpoint::parse(&self.listen, Role::Listen)
-            .map_err(|r| usage(&format!("LISTEN '{}'", self.listen), r))?;
-        let connect = Endpoint::parse(&self.connect, Role::Connect)
-            .map_err(|r| usage(&format!("CONNECT '{}'", self.connect), r))?;
-        if self.connections_max == 0 {
+        let listen = Endpoint::parse_os(listen_arg, Role::Listen)
+            .map_err(|r| usage(&format!("LISTEN '{}'", listen_arg.to_string_lossy()), r))?;
+        let connect = Endpoint::parse_os(connect_arg, Role::Connect)
+            .map_err(|r| usage(&format!("CONNECT '{}'", connect_arg.to_string_lossy()), r))?;
+        let connections_max = self.connections_max.0;
+        if connections_max == 0 {
             return Err(usage("--connections-max", "must be at least 1".into()));
+        }
+        if self.exit_idle_time.0 == Some(Duration::ZERO) {
+            return Err(usage(
+                "--exit-idle-time",
+                "0 would exit before serving anyone; give a span such as 30s, or infinity".into(),
+            ));
         }
         let creates_socket_file = matches!(listen, Endpoint::Unix(UnixAddr::Path(_)));
         let socket_mode = match &self.socket_mode {
@@ -203,7 +290,9 @@ impl Args {
                     "LISTEN is not a Unix socket path".into(),
                 ));
             }
-            Some(text) => Some(parse_mode(text).map_err(|r| usage("--socket-mode", r))?),
+            Some(value) => Some(
+                parse_mode(text("--socket-mode", value)?).map_err(|r| usage("--socket-mode", r))?,
+            ),
         };
         let socket_group = match &self.socket_group {
             None => None,
@@ -213,9 +302,12 @@ impl Args {
                     "LISTEN is not a Unix socket path".into(),
                 ));
             }
-            Some(text) => Some(lookup_group(text).map_err(|r| usage("--socket-group", r))?),
+            Some(value) => Some(
+                lookup_group(text("--socket-group", value)?)
+                    .map_err(|r| usage("--socket-group", r))?,
+            ),
         };
-        let sandbox = match self.sandbox.as_str() {
+        let sandbox = match text("--sandbox", &self.sandbox)? {
             "best-effort" => SandboxMode::BestEffort,
             "strict" => SandboxMode::Strict,
             "off" => SandboxMode::Off,
@@ -226,7 +318,12 @@ impl Args {
                 ));
             }
         };
-        let proxy_protocol = match self.proxy_protocol.as_deref() {
+        let proxy_protocol = match self
+            .proxy_protocol
+            .as_deref()
+            .map(|v| text("--proxy-protocol", v))
+            .transpose()?
+        {
             None => None,
             Some("v1") => Some(ProxyVersion::V1),
             Some("v2") => Some(ProxyVersion::V2),
@@ -241,12 +338,12 @@ impl Args {
             uids: self
                 .allow_uid
                 .iter()
-                .map(|u| lookup_user(u).map_err(|r| usage("--allow-uid", r)))
+                .map(|u| lookup_user(text("--allow-uid", u)?).map_err(|r| usage("--allow-uid", r)))
                 .collect::<Result<_, _>>()?,
             gids: self
                 .allow_gid
                 .iter()
-                .map(|g| lookup_group(g).map_err(|r| usage("--allow-gid", r)))
+                .map(|g| lookup_group(text("--allow-gid", g)?).map_err(|r| usage("--allow-gid", r)))
                 .collect::<Result<_, _>>()?,
         };
         if allow.is_active() && matches!(listen, Endpoint::Tcp { .. }) {
@@ -269,11 +366,11 @@ impl Args {
         Ok(Config {
             listen,
             connect,
-            connections_max: self.connections_max,
-            connect_timeout: self.connect_timeout.0,
-            idle_timeout: self.idle_timeout.0,
+            connections_max,
+            connect_timeout: zero_is_infinity(self.connect_timeout.0),
+            idle_timeout: zero_is_infinity(self.idle_timeout.0),
             exit_idle_time: self.exit_idle_time.0,
-            shutdown_timeout: self.shutdown_timeout.0,
+            shutdown_timeout: zero_is_infinity(self.shutdown_timeout.0),
             socket_mode,
             socket_group,
             sandbox,
@@ -284,64 +381,90 @@ impl Args {
     }
 }
 
+/// A file mode as systemd reads one (`SocketMode=`): one to four octal
+/// digits, nothing else.
 fn parse_mode(text: &str) -> Result<u32, String> {
+    let octal =
+        !text.is_empty() && text.len() <= 4 && text.bytes().all(|b| (b'0'..=b'7').contains(&b));
     match u32::from_str_radix(text, 8) {
-        Ok(mode) if mode <= 0o7777 && !text.is_empty() => Ok(mode),
+        Ok(mode) if octal => Ok(mode),
         _ => Err(format!("'{text}' is not an octal file mode (e.g. 0660)")),
+    }
+}
+
+/// A user or group id as systemd accepts one: digits only, and not one of
+/// the ids that mean "invalid" (65535 and 4294967295, -1 in 16 and 32 bits).
+fn parse_id(text: &str) -> Option<Result<u32, String>> {
+    let id = parse_number::<u64>(text)?;
+    Some(match u32::try_from(id) {
+        Ok(id) if id != 65535 && id != u32::MAX => Ok(id),
+        _ => Err(format!("'{text}' is not a valid user or group id")),
+    })
+}
+
+/// Calls a `get*nam_r` function with a buffer that grows on ERANGE until
+/// the record fits: a group with thousands of members (LDAP, say) is
+/// still found. `Ok(None)`: no such entry.
+fn lookup_record<T>(
+    name: &CString,
+    call: impl Fn(*const libc::c_char, *mut T, *mut libc::c_char, usize, *mut *mut T) -> libc::c_int,
+) -> Result<Option<T>, std::io::Error> {
+    let mut size = 16 << 10;
+    loop {
+        let mut record = std::mem::MaybeUninit::<T>::uninit();
+        let mut buffer = vec![0 as libc::c_char; size];
+        let mut result: *mut T = std::ptr::null_mut();
+        let rc = call(
+            name.as_ptr(),
+            record.as_mut_ptr(),
+            buffer.as_mut_ptr(),
+            buffer.len(),
+            &mut result,
+        );
+        match rc {
+            0 if result.is_null() => return Ok(None),
+            // SAFETY: the call succeeded and filled `record`; only its id
+            // field is read, which does not point into the buffer.
+            0 => return Ok(Some(unsafe { record.assume_init() })),
+            libc::ERANGE if size < 64 << 20 => size *= 4,
+            rc => return Err(std::io::Error::from_raw_os_error(rc)),
+        }
     }
 }
 
 /// A group id from a number or a group name.
 pub fn lookup_group(text: &str) -> Result<libc::gid_t, String> {
-    if let Ok(gid) = text.parse::<libc::gid_t>() {
-        return Ok(gid);
+    if let Some(id) = parse_id(text) {
+        return id;
     }
     let name = CString::new(text).map_err(|_| format!("'{text}' is not a group name"))?;
-    let mut group = std::mem::MaybeUninit::<libc::group>::uninit();
-    let mut buffer = vec![0 as libc::c_char; 16384];
-    let mut result: *mut libc::group = std::ptr::null_mut();
     // SAFETY: every pointer is valid for the duration of the call and the
     // buffer length is passed; the result points into `group` or is null.
-    let rc = unsafe {
-        libc::getgrnam_r(
-            name.as_ptr(),
-            group.as_mut_ptr(),
-            buffer.as_mut_ptr(),
-            buffer.len(),
-            &mut result,
-        )
-    };
-    if rc != 0 || result.is_null() {
-        return Err(format!("no group named '{text}'"));
+    let found = lookup_record(&name, |n, g, b, l, r| unsafe {
+        libc::getgrnam_r(n, g, b, l, r)
+    });
+    match found {
+        Ok(Some(group)) => Ok(group.gr_gid),
+        Ok(None) => Err(format!("no group named '{text}'")),
+        Err(e) => Err(format!("cannot look up group '{text}': {e}")),
     }
-    // SAFETY: getgrnam_r succeeded and filled `group`.
-    Ok(unsafe { group.assume_init() }.gr_gid)
 }
 
 /// A user id from a number or a user name.
 pub fn lookup_user(text: &str) -> Result<libc::uid_t, String> {
-    if let Ok(uid) = text.parse::<libc::uid_t>() {
-        return Ok(uid);
+    if let Some(id) = parse_id(text) {
+        return id;
     }
     let name = CString::new(text).map_err(|_| format!("'{text}' is not a user name"))?;
-    let mut user = std::mem::MaybeUninit::<libc::passwd>::uninit();
-    let mut buffer = vec![0 as libc::c_char; 16384];
-    let mut result: *mut libc::passwd = std::ptr::null_mut();
     // SAFETY: as in lookup_group.
-    let rc = unsafe {
-        libc::getpwnam_r(
-            name.as_ptr(),
-            user.as_mut_ptr(),
-            buffer.as_mut_ptr(),
-            buffer.len(),
-            &mut result,
-        )
-    };
-    if rc != 0 || result.is_null() {
-        return Err(format!("no user named '{text}'"));
+    let found = lookup_record(&name, |n, u, b, l, r| unsafe {
+        libc::getpwnam_r(n, u, b, l, r)
+    });
+    match found {
+        Ok(Some(user)) => Ok(user.pw_uid),
+        Ok(None) => Err(format!("no user named '{text}'")),
+        Err(e) => Err(format!("cannot look up user '{text}': {e}")),
     }
-    // SAFETY: getpwnam_r succeeded and filled `user`.
-    Ok(unsafe { user.assume_init() }.pw_uid)
 }
 
 #[cfg(test)]
@@ -349,7 +472,7 @@ mod tests {
     use super::*;
 
     fn run(args: &[&str]) -> Result<Config, String> {
-        let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+        let args: Vec<OsString> = args.iter().map(OsString::from).collect();
         match parse("simpletcpunixrelay", &args) {
             Ok(Command::Run(config)) => Ok(config),
             Ok(Command::Print(text)) => Err(format!("printed {text}")),
@@ -419,6 +542,12 @@ mod tests {
         assert_eq!(parse_mode("2770"), Ok(0o2770));
         assert!(parse_mode("0668").is_err());
         assert!(parse_mode("").is_err());
+        for bad in ["+660", "-660", " 660", "0660 ", "0x1b0", "10000", "00660"] {
+            assert!(parse_mode(bad).is_err(), "{bad:?}");
+        }
+        assert_eq!(lookup_group("+0").map_err(|_| ()), Err(()));
+        assert!(lookup_user("65535").is_err());
+        assert!(lookup_user("4294967295").is_err());
         assert_eq!(lookup_group("0"), Ok(0));
         assert_eq!(lookup_group("root"), Ok(0));
     }

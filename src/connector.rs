@@ -1,8 +1,18 @@
 //! Opening CONNECT for each accepted client: non-blocking connects driven by
 //! the reactor, every resolved address tried in order, one deadline for all.
+//!
+//! Each accepted client comes with a reserved descriptor (see the accept
+//! loop), given back just before its socket towards CONNECT is created, so
+//! that clients the relay accepted are never starved of descriptors by the
+//! ones it accepts next. When the system is short of descriptors or memory
+//! all the same (ENFILE, ENOBUFS, ENOMEM, or EMFILE from elsewhere in the
+//! process), the client waits, as clients do in the backlog, within the
+//! connect timeout, and the warning names the shortage.
 
+use std::cell::{Cell, RefCell};
 use std::io;
 use std::net::SocketAddr;
+use std::os::fd::OwnedFd;
 use std::time::Duration;
 
 use async_io::{Async, Timer};
@@ -11,35 +21,66 @@ use socket2::{Domain, SockAddr, Socket, Type};
 use crate::endpoint::{Endpoint, Host, UnixAddr};
 use crate::timespan::Span;
 
-/// Connects to `target`, giving up after `timeout` for all addresses together.
-pub async fn connect(target: &Endpoint, timeout: Span) -> io::Result<Async<Socket>> {
-    let attempt = connect_any(target);
+/// How long a client waits before the relay tries again to create its
+/// socket when the system is short of descriptors or memory.
+const SHORTAGE_PAUSE: Duration = Duration::from_millis(50);
+
+thread_local! {
+    /// Shortage warnings, at most one per interval for the whole relay.
+    static SHORTAGE_WARNINGS: RefCell<crate::log::Throttle> =
+        const { RefCell::new(crate::log::Throttle::new(Duration::from_secs(10))) };
+}
+
+/// How one attempt to reach CONNECT is going.
+struct Attempt {
+    /// The descriptor held for this client since it was accepted.
+    reserve: Cell<Option<OwnedFd>>,
+    /// The last shortage met creating a socket, to name in a timeout.
+    shortage: RefCell<Option<io::Error>>,
+}
+
+/// Connects to `target`, giving up after `timeout` for all addresses
+/// together. `reserve` is closed just before the socket is created.
+pub async fn connect(
+    target: &Endpoint,
+    timeout: Span,
+    reserve: Option<OwnedFd>,
+) -> io::Result<Async<Socket>> {
+    let state = Attempt {
+        reserve: Cell::new(reserve),
+        shortage: RefCell::new(None),
+    };
+    let attempt = connect_any(target, &state);
     match timeout {
         None => attempt.await,
         Some(limit) => {
             futures_lite::future::or(attempt, async {
                 Timer::after(limit).await;
-                Err(io::Error::new(
-                    io::ErrorKind::TimedOut,
-                    format!(
-                        "no connection within {}",
-                        crate::timespan::format(Some(limit))
+                let within = crate::timespan::format(Some(limit));
+                Err(match state.shortage.borrow_mut().take() {
+                    Some(e) => io::Error::new(
+                        e.kind(),
+                        format!("no socket could be created within {within}: {e}"),
                     ),
-                ))
+                    None => io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        format!("no connection within {within}"),
+                    ),
+                })
             })
             .await
         }
     }
 }
 
-async fn connect_any(target: &Endpoint) -> io::Result<Async<Socket>> {
+async fn connect_any(target: &Endpoint, state: &Attempt) -> io::Result<Async<Socket>> {
     match target {
         Endpoint::Tcp { host, port } => {
             let addresses = resolve(host, *port).await?;
             let mut last_error =
                 io::Error::new(io::ErrorKind::NotFound, "the name resolved to no address");
             for address in addresses {
-                match connect_to(Domain::for_address(address), &address.into()).await {
+                match connect_to(Domain::for_address(address), &address.into(), state).await {
                     Ok(socket) => {
                         socket.get_ref().set_tcp_nodelay(true)?;
                         return Ok(socket);
@@ -50,10 +91,10 @@ async fn connect_any(target: &Endpoint) -> io::Result<Async<Socket>> {
             Err(last_error)
         }
         Endpoint::Unix(UnixAddr::Path(path)) => {
-            connect_to(Domain::UNIX, &SockAddr::unix(path)?).await
+            connect_to(Domain::UNIX, &SockAddr::unix(path)?, state).await
         }
         Endpoint::Unix(UnixAddr::Abstract(name)) => {
-            connect_to(Domain::UNIX, &crate::listener::abstract_addr(name)?).await
+            connect_to(Domain::UNIX, &crate::listener::abstract_addr(name)?, state).await
         }
         Endpoint::SdListen(_) | Endpoint::Fd(_) => {
             unreachable!("rejected as CONNECT when parsing")
@@ -81,22 +122,47 @@ async fn resolve(host: &Host, port: u16) -> io::Result<Vec<SocketAddr>> {
     }
 }
 
-/// A non-blocking socket. Out of descriptors (EMFILE, ENFILE), the client
-/// waits, as clients do in the backlog, rather than being dropped: the
-/// caller's deadline bounds the wait.
-async fn new_socket(domain: Domain) -> io::Result<Socket> {
+/// Whether an error means the system is short of descriptors or memory,
+/// which passes, rather than that CONNECT cannot be reached.
+pub fn is_shortage(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
+    )
+}
+
+/// A non-blocking socket, in the place of the client's reserved descriptor.
+/// Short of descriptors or memory, the client waits rather than being
+/// dropped: the caller's deadline bounds the wait.
+async fn new_socket(domain: Domain, state: &Attempt) -> io::Result<Socket> {
+    drop(state.reserve.take());
     loop {
         match Socket::new(domain, Type::STREAM.cloexec().nonblocking(), None) {
-            Err(e) if matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE)) => {
-                Timer::after(Duration::from_millis(50)).await;
+            Err(e) if is_shortage(&e) => {
+                if let Some(held_back) = SHORTAGE_WARNINGS.with(|t| t.borrow_mut().allow()) {
+                    crate::warn!(
+                        "cannot create a socket to reach CONNECT: {e}; clients wait, within the connect timeout{}",
+                        crate::log::held_back(held_back)
+                    );
+                }
+                crate::pipe::release_pool();
+                *state.shortage.borrow_mut() = Some(e);
+                Timer::after(SHORTAGE_PAUSE).await;
             }
-            other => return other,
+            other => {
+                *state.shortage.borrow_mut() = None;
+                return other;
+            }
         }
     }
 }
 
-async fn connect_to(domain: Domain, address: &SockAddr) -> io::Result<Async<Socket>> {
-    let socket = new_socket(domain).await?;
+async fn connect_to(
+    domain: Domain,
+    address: &SockAddr,
+    state: &Attempt,
+) -> io::Result<Async<Socket>> {
+    let socket = new_socket(domain, state).await?;
     let mut pause = Duration::from_millis(1);
     loop {
         match socket.connect(address) {

@@ -93,10 +93,64 @@ impl Endpoint {
         }
     }
 
-    /// Whether this endpoint is a Unix socket (path or abstract).
-    pub fn is_unix(&self) -> bool {
-        matches!(self, Endpoint::Unix(_))
+    /// Parses an endpoint given as bytes, as Linux passes arguments. Only a
+    /// Unix socket path or abstract name may be other than UTF-8: a path is
+    /// a path, whatever its bytes.
+    pub fn parse_os(text: &OsStr, role: Role) -> Result<Endpoint, String> {
+        if let Some(text) = text.to_str() {
+            return Endpoint::parse(text, role);
+        }
+        let bytes = text.as_bytes();
+        let (bytes, prefixed) = match bytes.strip_prefix(b"unix:") {
+            Some(rest) => (rest, true),
+            None => (bytes, false),
+        };
+        if let Some(name) = bytes.strip_prefix(b"@") {
+            if name.len() > UNIX_PATH_MAX {
+                return Err(format!(
+                    "abstract socket name is {} bytes, longer than the kernel allows ({UNIX_PATH_MAX})",
+                    name.len()
+                ));
+            }
+            return Ok(Endpoint::Unix(UnixAddr::Abstract(name.to_vec())));
+        }
+        if !prefixed && !bytes.contains(&b'/') {
+            return Err(
+                "is not valid UTF-8; only a Unix socket path (containing '/') or @NAME may be"
+                    .into(),
+            );
+        }
+        check_path(bytes)?;
+        Ok(Endpoint::Unix(UnixAddr::Path(PathBuf::from(
+            OsStr::from_bytes(bytes),
+        ))))
     }
+}
+
+/// The kernel's limits on a socket path.
+fn check_path(bytes: &[u8]) -> Result<(), String> {
+    if bytes.is_empty() {
+        return Err("empty socket path".into());
+    }
+    if bytes.len() > UNIX_PATH_MAX {
+        return Err(format!(
+            "socket path is {} bytes, longer than the kernel allows ({UNIX_PATH_MAX})",
+            bytes.len()
+        ));
+    }
+    if bytes.contains(&0) {
+        return Err("socket path contains a NUL byte".into());
+    }
+    Ok(())
+}
+
+/// A decimal number written with digits only (no sign, no space), as
+/// systemd reads numbers.
+pub fn parse_number<T: std::str::FromStr>(text: &str) -> Option<T> {
+    if text.is_empty() || !text.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    text.parse().ok()
 }
 
 fn parse_any(text: &str) -> Result<Endpoint, String> {
@@ -125,9 +179,9 @@ fn parse_any(text: &str) -> Result<Endpoint, String> {
         return Ok(Endpoint::SdListen(Some(name.into())));
     }
     if let Some(number) = text.strip_prefix("fd:") {
-        return match number.parse::<RawFd>() {
-            Ok(fd) if fd >= 0 => Ok(Endpoint::Fd(fd)),
-            _ => Err(format!("'{number}' is not a file descriptor number")),
+        return match parse_number::<RawFd>(number) {
+            Some(fd) => Ok(Endpoint::Fd(fd)),
+            None => Err(format!("'{number}' is not a file descriptor number")),
         };
     }
     if text.starts_with('@') || text.contains('/') {
@@ -149,18 +203,7 @@ fn parse_unix(text: &str) -> Result<Endpoint, String> {
         }
         return Ok(Endpoint::Unix(UnixAddr::Abstract(name.as_bytes().to_vec())));
     }
-    if text.is_empty() {
-        return Err("empty socket path".into());
-    }
-    if text.len() > UNIX_PATH_MAX {
-        return Err(format!(
-            "socket path is {} bytes, longer than the kernel allows ({UNIX_PATH_MAX})",
-            text.len()
-        ));
-    }
-    if text.as_bytes().contains(&0) {
-        return Err("socket path contains a NUL byte".into());
-    }
+    check_path(text.as_bytes())?;
     Ok(Endpoint::Unix(UnixAddr::Path(PathBuf::from(
         OsStr::from_bytes(text.as_bytes()),
     ))))
@@ -202,9 +245,8 @@ fn parse_tcp(text: &str) -> Result<Endpoint, String> {
     if port.is_empty() {
         return Err(format!("no port; {hint}"));
     }
-    let port = port
-        .parse::<u16>()
-        .map_err(|_| format!("'{port}' is not a port number (0-65535)"))?;
+    let port = parse_number::<u16>(port)
+        .ok_or_else(|| format!("'{port}' is not a port number (0-65535)"))?;
     Ok(Endpoint::Tcp { host, port })
 }
 
@@ -337,6 +379,8 @@ mod tests {
             "@",
             "fd:x",
             "fd:-1",
+            "fd:+3",
+            "127.0.0.1:+80",
             "sd-listen:",
             "bad host:80",
         ] {

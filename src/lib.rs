@@ -6,6 +6,7 @@
 //! last.
 
 pub mod cli;
+mod connections;
 pub mod connector;
 pub mod endpoint;
 pub mod identity;
@@ -21,7 +22,7 @@ pub mod server;
 pub mod shutdown;
 pub mod timespan;
 
-use std::sync::Arc;
+use std::rc::Rc;
 
 use cli::Config;
 use listener::{FileOptions, Opened};
@@ -78,33 +79,31 @@ pub fn run(config: Config) -> Result<(), Failure> {
     // 2. Signals are queued from here on, so a stop is always graceful.
     let signals = shutdown::Signals::install()
         .map_err(|e| Failure::Startup(format!("cannot install signal handlers: {e}")))?;
-    // 3. Confine the process while it has a single thread.
+    // 3. The notification socket is connected before the sandbox, which
+    //    would refuse an abstract one.
+    notify::connect();
+    // 4. Confine the process while it has a single thread.
     confine(&config)?;
-    // 4. Only now start the runtime's threads.
-    let config = Arc::new(config);
+    // 5. Only now start the runtime's threads.
+    let config = Rc::new(config);
     let signals = signals
         .into_async()
         .map_err(|e| Failure::Startup(e.to_string()))?;
     runtime::block_on(async move {
-        match opened {
-            Opened::Listeners(listeners) => server::serve(listeners, config, signals)
-                .await
-                .map_err(|e| Failure::Startup(e.to_string())),
-            Opened::Connection(socket) => match server::serve_one(socket, config, signals).await {
-                Ok(true) => Ok(()),
-                Ok(false) => Err(Failure::Startup(
-                    "the inherited connection could not be relayed".into(),
-                )),
-                Err(e) => Err(Failure::Startup(e.to_string())),
-            },
+        notify::start();
+        match server::serve(opened, config, signals).await {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(Failure::Startup(
+                "the inherited connection could not be relayed".into(),
+            )),
+            Err(e) => Err(Failure::Startup(e.to_string())),
         }
     })
 }
 
 /// Applies the self-sandbox and logs what was enforced.
 fn confine(config: &Config) -> Result<(), Failure> {
-    let notify_socket = std::env::var_os("NOTIFY_SOCKET").map(std::path::PathBuf::from);
-    let policy = sandbox::Policy::derive(config, notify_socket.as_deref());
+    let policy = sandbox::Policy::derive(config);
     sandbox::check_strict(&policy).map_err(Failure::Startup)?;
     if !policy.read_files.is_empty() {
         warm_up_resolver(&config.connect);
@@ -140,20 +139,21 @@ fn warm_up_resolver(connect: &endpoint::Endpoint) {
 /// two descriptors, and the default soft limit (1024) caps the relay at a few
 /// hundred connections.
 fn raise_fd_limit() {
-    let mut limit = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
+    use rustix::process::{Resource, getrlimit, setrlimit};
+    let limit = getrlimit(Resource::Nofile);
+    let (Some(current), Some(maximum)) = (limit.current, limit.maximum) else {
+        return;
     };
-    // SAFETY: getrlimit/setrlimit read and write one `rlimit` struct.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 || limit.rlim_cur >= limit.rlim_max
-        {
-            return;
-        }
-        let before = limit.rlim_cur;
-        limit.rlim_cur = limit.rlim_max;
-        if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) == 0 {
-            debug!("open file limit raised from {before} to {}", limit.rlim_max);
-        }
+    if current < maximum
+        && setrlimit(
+            Resource::Nofile,
+            rustix::process::Rlimit {
+                current: Some(maximum),
+                maximum: Some(maximum),
+            },
+        )
+        .is_ok()
+    {
+        debug!("open file limit raised from {current} to {maximum}");
     }
 }

@@ -87,6 +87,46 @@ macro_rules! debug {
     ($($arg:tt)*) => { $crate::log::write($crate::log::Level::Debug, false, format_args!($($arg)*)) };
 }
 
+/// Lets a repeated warning through at most once per interval, counting the
+/// ones held back, so that a fault that fails every call (EMFILE at each
+/// accept) is reported without flooding the log.
+pub struct Throttle {
+    interval: std::time::Duration,
+    last: Option<std::time::Instant>,
+    held_back: u64,
+}
+
+impl Throttle {
+    /// A throttle letting one report through per `interval`.
+    pub const fn new(interval: std::time::Duration) -> Throttle {
+        Throttle {
+            interval,
+            last: None,
+            held_back: 0,
+        }
+    }
+
+    /// `Some(n)` if a report may be made now, `n` being how many were held
+    /// back since the last one; `None` to hold this one back.
+    pub fn allow(&mut self) -> Option<u64> {
+        if self.last.is_some_and(|t| t.elapsed() < self.interval) {
+            self.held_back += 1;
+            return None;
+        }
+        self.last = Some(std::time::Instant::now());
+        Some(std::mem::take(&mut self.held_back))
+    }
+}
+
+/// ` (N more since the last report)`, or nothing.
+pub fn held_back(count: u64) -> String {
+    if count == 0 {
+        String::new()
+    } else {
+        format!(" ({count} more since the last report)")
+    }
+}
+
 fn stderr_is_journal() -> bool {
     let Ok(value) = std::env::var("JOURNAL_STREAM") else {
         return false;

@@ -5,14 +5,18 @@ use std::process::ExitCode;
 use simpletcpunixrelay::{Failure, cli, log};
 
 fn main() -> ExitCode {
-    let mut args = std::env::args();
-    let program = args.next().unwrap_or_else(|| "simpletcpunixrelay".into());
+    // Arguments as bytes: a path need not be UTF-8.
+    let mut args = std::env::args_os();
+    let program = args
+        .next()
+        .map(|p| p.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "simpletcpunixrelay".into());
     let program = program
         .rsplit('/')
         .next()
         .unwrap_or("simpletcpunixrelay")
         .to_string();
-    let args: Vec<String> = args.collect();
+    let args: Vec<std::ffi::OsString> = args.collect();
     // Before parsing, so that even a usage error is logged the journal's way.
     log::init(log::Level::Info);
     let result = match cli::parse(&program, &args) {

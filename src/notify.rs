@@ -2,30 +2,102 @@
 //! every listener accepts and the sandbox is in place, `STATUS=` with the
 //! connection counts, `STOPPING=1`, and watchdog keep-alives. Without
 //! `NOTIFY_SOCKET` every call does nothing.
+//!
+//! The socket is connected once, before the sandbox ([`connect`]):
+//! `NOTIFY_SOCKET` may be a path or an abstract name (`@…`), and Landlock's
+//! abstract-socket scoping checks `connect()`, not a datagram socket that was
+//! connected before the restriction. Messages are sent by one task, in
+//! order, without blocking: when systemd is slow to read, the task waits for
+//! room instead of stalling the relay.
 
+use std::io;
+use std::os::unix::ffi::OsStrExt;
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use async_io::Timer;
+use async_io::{Async, Timer};
 use sd_notify::NotifyState;
-
-use crate::server::Stats;
+use socket2::{Domain, SockAddr, Socket, Type};
 
 /// How often `STATUS=` may change (systemd shows it in `systemctl status`).
 const STATUS_INTERVAL: Duration = Duration::from_secs(1);
 
+/// The connected notification socket, until the sending task takes it.
+static SOCKET: OnceLock<std::sync::Mutex<Option<Socket>>> = OnceLock::new();
+/// Messages for the sending task.
+static QUEUE: OnceLock<async_channel::Sender<String>> = OnceLock::new();
+
+/// Connects to `NOTIFY_SOCKET`, if set. Called before the sandbox; a
+/// failure is a warning (the relay still serves).
+pub fn connect() {
+    let Some(target) = std::env::var_os("NOTIFY_SOCKET") else {
+        return;
+    };
+    let connected = (|| {
+        let bytes = target.as_bytes();
+        let address = match bytes.strip_prefix(b"@") {
+            Some(name) => crate::listener::abstract_addr(name)?,
+            None => SockAddr::unix(&target)?,
+        };
+        let socket = Socket::new(Domain::UNIX, Type::DGRAM.cloexec().nonblocking(), None)?;
+        socket.connect(&address)?;
+        Ok::<_, io::Error>(socket)
+    })();
+    match connected {
+        Ok(socket) => {
+            let _ = SOCKET.set(std::sync::Mutex::new(Some(socket)));
+        }
+        Err(e) => crate::warn!(
+            "cannot connect to NOTIFY_SOCKET {}: {e}; systemd will not hear from the relay",
+            target.to_string_lossy()
+        ),
+    }
+}
+
+/// Starts the task that sends the messages; from then on the functions
+/// below queue them. Call on the runtime's thread.
+pub fn start() {
+    let Some(socket) = SOCKET
+        .get()
+        .and_then(|s| s.lock().expect("not poisoned").take())
+    else {
+        return;
+    };
+    let socket = match Async::new_nonblocking(socket) {
+        Ok(socket) => socket,
+        Err(e) => {
+            crate::warn!("cannot notify systemd: {e}");
+            return;
+        }
+    };
+    let (sender, receiver) = async_channel::unbounded::<String>();
+    let _ = QUEUE.set(sender);
+    crate::runtime::spawn(async move {
+        while let Ok(message) = receiver.recv().await {
+            let sent = socket
+                .write_with(|s| s.send_with_flags(message.as_bytes(), libc::MSG_NOSIGNAL))
+                .await;
+            if let Err(e) = sent {
+                crate::warn!("cannot notify systemd: {e}");
+            }
+        }
+    });
+}
+
 fn enabled() -> bool {
-    static ENABLED: OnceLock<bool> = OnceLock::new();
-    *ENABLED.get_or_init(|| std::env::var_os("NOTIFY_SOCKET").is_some())
+    QUEUE.get().is_some()
 }
 
 fn send(states: &[NotifyState<'_>]) {
-    if !enabled() {
+    let Some(queue) = QUEUE.get() else {
         return;
-    }
-    if let Err(e) = sd_notify::notify(states) {
-        crate::warn!("cannot notify systemd: {e}");
-    }
+    };
+    let message = states
+        .iter()
+        .map(|s| s.to_string())
+        .collect::<Vec<_>>()
+        .join("\n");
+    let _ = queue.try_send(message + "\n");
 }
 
 /// `READY=1` with a first status.
@@ -39,17 +111,14 @@ pub fn stopping(status: &str) {
 }
 
 /// The status line: endpoints and connection counts.
-pub fn status_text(endpoints: &str, stats: &Stats) -> String {
-    format!(
-        "{endpoints}: {} active, {} total connections",
-        stats.active(),
-        stats.total()
-    )
+pub fn status_text(endpoints: &str, active: usize, total: u64) -> String {
+    format!("{endpoints}: {active} active, {total} total connections")
 }
 
 /// Keeps `STATUS=` current, at most once per [`STATUS_INTERVAL`] and only
-/// when the counts changed. Runs until dropped.
-pub async fn report_status(endpoints: String, stats: &Stats) {
+/// when the counts changed. `counts` reads (active, total). Runs until
+/// dropped.
+pub async fn report_status(endpoints: String, counts: impl Fn() -> (usize, u64)) {
     if !enabled() {
         return futures_lite::future::pending().await;
     }
@@ -58,9 +127,9 @@ pub async fn report_status(endpoints: String, stats: &Stats) {
     let mut last = (0, 0);
     loop {
         Timer::after(STATUS_INTERVAL).await;
-        let now = (stats.active(), stats.total());
+        let now = counts();
         if now != last {
-            send(&[NotifyState::Status(&status_text(&endpoints, stats))]);
+            send(&[NotifyState::Status(&status_text(&endpoints, now.0, now.1))]);
             last = now;
         }
     }
@@ -69,7 +138,7 @@ pub async fn report_status(endpoints: String, stats: &Stats) {
 /// Sends `WATCHDOG=1` at half the interval systemd asked for
 /// (`WATCHDOG_USEC`, for this process per `WATCHDOG_PID`). Runs until dropped.
 pub async fn keep_watchdog_happy() {
-    let Some(interval) = sd_notify::watchdog_enabled() else {
+    let Some(interval) = sd_notify::watchdog_enabled().filter(|_| enabled()) else {
         return futures_lite::future::pending().await;
     };
     loop {

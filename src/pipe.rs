@@ -4,8 +4,10 @@
 //! not pay `pipe2` + `fcntl` per message.
 
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, OwnedFd};
 use std::sync::Mutex;
+
+use rustix::pipe::{PipeFlags, SpliceFlags};
 
 /// Pipe capacity asked for. Bigger pipes mean fewer system calls per byte,
 /// but an unprivileged user may own only 64 MiB of pipes in all
@@ -31,38 +33,25 @@ pub struct Pipe {
 
 impl Pipe {
     fn new() -> io::Result<Pipe> {
-        let mut fds = [0 as RawFd; 2];
-        // SAFETY: pipe2 writes two descriptors into the array on success.
-        if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_NONBLOCK | libc::O_CLOEXEC) } != 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: both descriptors are fresh and owned by nobody else.
-        let (read, write) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
-        // SAFETY: fcntl on a descriptor we own, integer arguments only.
-        let capacity = unsafe {
-            libc::fcntl(
-                write.as_raw_fd(),
-                libc::F_SETPIPE_SZ,
-                WANTED_CAPACITY as libc::c_int,
-            );
-            libc::fcntl(write.as_raw_fd(), libc::F_GETPIPE_SZ)
-        };
-        let capacity = u32::try_from(capacity).unwrap_or(0).max(4096);
+        let (read, write) = rustix::pipe::pipe_with(PipeFlags::NONBLOCK | PipeFlags::CLOEXEC)?;
+        // Refused past the user's pipe budget: the pipe keeps its default size.
+        let _ = rustix::pipe::fcntl_setpipe_size(&write, WANTED_CAPACITY);
+        let capacity = rustix::pipe::fcntl_getpipe_size(&write).unwrap_or(4096);
         Ok(Pipe {
             read,
             write,
-            capacity,
+            capacity: u32::try_from(capacity).unwrap_or(u32::MAX),
         })
     }
 
     /// The end `splice` reads from.
-    pub fn read_fd(&self) -> RawFd {
-        self.read.as_raw_fd()
+    pub fn read_end(&self) -> impl AsFd + '_ {
+        &self.read
     }
 
     /// The end `splice` writes into.
-    pub fn write_fd(&self) -> RawFd {
-        self.write.as_raw_fd()
+    pub fn write_end(&self) -> impl AsFd + '_ {
+        &self.write
     }
 
     /// How many bytes fit.
@@ -71,14 +60,24 @@ impl Pipe {
     }
 }
 
-/// An empty pipe from the pool, or a new one; `None` if the kernel would
-/// only give a small one (the per-user pipe budget is spent).
-pub fn take() -> io::Result<Option<Pipe>> {
+/// An empty pipe from the pool, or a new one; `None` if none can be had
+/// (descriptors or memory are short: EMFILE, ENFILE, ENOMEM) or the kernel
+/// would only give a small one (the per-user pipe budget is spent). The
+/// caller then copies through a buffer: a connection never fails for want
+/// of a pipe.
+pub fn take() -> Option<Pipe> {
     if let Some(pipe) = POOL.lock().expect("pipe pool").pop() {
-        return Ok(Some(pipe));
+        return Some(pipe);
     }
-    let pipe = Pipe::new()?;
-    Ok((pipe.capacity() >= USEFUL_CAPACITY).then_some(pipe))
+    Pipe::new()
+        .ok()
+        .filter(|pipe| pipe.capacity() >= USEFUL_CAPACITY)
+}
+
+/// Closes the pooled pipes, giving their descriptors back (when the relay
+/// is out of descriptors, clients come first).
+pub fn release_pool() {
+    POOL.lock().expect("pipe pool").clear();
 }
 
 /// Returns an empty pipe to the pool.
@@ -90,21 +89,13 @@ pub fn give(pipe: Pipe) {
 }
 
 /// One non-blocking `splice(2)` of at most `len` bytes.
-pub fn splice(from: RawFd, to: RawFd, len: usize) -> io::Result<usize> {
-    // SAFETY: plain descriptors and null offsets (both are sockets or pipes).
-    let n = unsafe {
-        libc::splice(
-            from,
-            std::ptr::null_mut(),
-            to,
-            std::ptr::null_mut(),
-            len,
-            libc::SPLICE_F_MOVE | libc::SPLICE_F_NONBLOCK,
-        )
-    };
-    if n < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(n as usize)
-    }
+pub fn splice(from: impl AsFd, to: impl AsFd, len: usize) -> io::Result<usize> {
+    Ok(rustix::pipe::splice(
+        from,
+        None,
+        to,
+        None,
+        len,
+        SpliceFlags::MOVE | SpliceFlags::NONBLOCK,
+    )?)
 }

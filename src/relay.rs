@@ -17,7 +17,6 @@
 use std::future::Future;
 use std::io::{self, Read, Write};
 use std::net::Shutdown;
-use std::os::fd::AsRawFd;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 use std::time::{Duration, Instant};
@@ -214,16 +213,17 @@ impl Direction {
         to: &Async<Socket>,
         cx: &mut Context<'_>,
     ) -> Poll<io::Result<()>> {
-        let (source, sink) = (from.get_ref().as_raw_fd(), to.get_ref().as_raw_fd());
+        let (source, sink) = (from.get_ref(), to.get_ref());
         loop {
             match &mut self.carrier {
                 Carrier::Idle => {
-                    let Some(pipe) = pipe::take()? else {
-                        // No pipe worth splicing through: a buffer, this once.
+                    let Some(pipe) = pipe::take() else {
+                        // No pipe to splice through (none worth having, or
+                        // descriptors are short): a buffer, this once.
                         self.carrier = Carrier::BufferOnce;
                         continue;
                     };
-                    match retry(|| pipe::splice(source, pipe.write_fd(), pipe.capacity())) {
+                    match retry(|| pipe::splice(source, pipe.write_end(), pipe.capacity())) {
                         Ok(0) => {
                             pipe::give(pipe);
                             return Poll::Ready(Ok(()));
@@ -250,7 +250,7 @@ impl Direction {
                     }
                 }
                 Carrier::Pipe { pipe, len } => {
-                    match retry(|| pipe::splice(pipe.read_fd(), sink, *len as usize)) {
+                    match retry(|| pipe::splice(pipe.read_end(), sink, *len as usize)) {
                         Ok(0) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
                         Ok(n) => {
                             self.moved += n as u64;

@@ -44,7 +44,7 @@ pub struct Policy {
     /// Files that may be read: the resolver's, when CONNECT is a host name.
     pub read_files: Vec<PathBuf>,
     /// Directories whose Unix sockets may be connected to (Landlock ABI 9
-    /// restricts that): CONNECT's and `NOTIFY_SOCKET`'s.
+    /// restricts that): CONNECT's.
     pub unix_connect_beneath: Vec<PathBuf>,
     /// TCP ports `connect()` may reach; empty means none.
     pub tcp_connect_ports: Vec<u16>,
@@ -55,9 +55,10 @@ pub struct Policy {
 }
 
 impl Policy {
-    /// Derives the policy from the configuration and the notification socket
-    /// (`NOTIFY_SOCKET`), without touching the system.
-    pub fn derive(config: &Config, notify_socket: Option<&Path>) -> Policy {
+    /// Derives the policy from the configuration, without touching the
+    /// system. (The notification socket needs no rule: it is connected
+    /// before the sandbox.)
+    pub fn derive(config: &Config) -> Policy {
         let remove_beneath = match &config.listen {
             Endpoint::Unix(UnixAddr::Path(path)) => Some(parent(path)),
             _ => None,
@@ -78,9 +79,6 @@ impl Policy {
             }
             Endpoint::Unix(UnixAddr::Path(path)) => unix_connect_beneath.push(parent(path)),
             _ => {}
-        }
-        if let Some(path) = notify_socket.filter(|p| p.is_absolute()) {
-            unix_connect_beneath.push(parent(path));
         }
         Policy {
             mode: config.sandbox,
@@ -409,11 +407,11 @@ mod tests {
     use super::*;
 
     fn policy(args: &[&str]) -> Policy {
-        let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+        let args: Vec<std::ffi::OsString> = args.iter().map(|s| s.into()).collect();
         let Ok(crate::cli::Command::Run(config)) = crate::cli::parse("relay", &args) else {
             panic!("bad test arguments {args:?}")
         };
-        Policy::derive(&config, None)
+        Policy::derive(&config)
     }
 
     #[test]

@@ -2,12 +2,20 @@
 //! async-listen (errors such as EMFILE logged and retried after a pause; at
 //! `--connections-max`, backpressure stops accepting so clients wait in the
 //! kernel backlog), one task per connection, `--exit-idle-time`, and the
-//! graceful shutdown on SIGTERM/SIGINT.
+//! graceful shutdown on SIGTERM/SIGINT. An inherited connected socket is the
+//! same server over a stream of one connection.
+//!
+//! Who a client is comes from what `accept` returned: a TCP client whose
+//! address cannot be known is closed, never announced to CONNECT as
+//! `UNKNOWN`. Each accepted client holds a reserved descriptor until its
+//! socket towards CONNECT exists, so the loop never accepts clients that
+//! could not be served.
 
 use std::io;
+use std::net::SocketAddr;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use async_io::{Async, Timer};
@@ -16,8 +24,9 @@ use futures_lite::{Stream, StreamExt, future};
 use socket2::Socket;
 
 use crate::cli::Config;
+use crate::connections::{Connections, Entry};
 use crate::identity::proxy_header;
-use crate::listener::{Listener, SocketFile};
+use crate::listener::{Listener, Opened};
 use crate::relay::{self, Outcome};
 use crate::shutdown::AsyncSignals;
 use crate::timespan;
@@ -28,161 +37,114 @@ const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
 /// Accept errors are logged at most this often.
 const ACCEPT_ERROR_LOG_INTERVAL: Duration = Duration::from_secs(10);
 
-/// Counters shared by the accept loop and the connection tasks.
-#[derive(Default)]
-pub struct Stats {
-    active: AtomicUsize,
-    total: AtomicU64,
-    /// Most connections open at once since the last time none was.
-    peak: AtomicUsize,
-    /// When the last connection ended (or the relay started).
-    idle_since: Mutex<Option<Instant>>,
-}
-
-/// Below this many connections at once, freed memory is left to the
-/// allocator; above, it is handed back to the system once all have ended.
-const TRIM_AFTER_PEAK: usize = 64;
-
-impl Stats {
-    /// Counts a new connection.
-    fn connection_started(&self) {
-        let active = self.active.fetch_add(1, Ordering::Relaxed) + 1;
-        self.total.fetch_add(1, Ordering::Relaxed);
-        self.peak.fetch_max(active, Ordering::Relaxed);
-    }
-
-    /// Counts a connection that ended; when none is left, notes the time
-    /// (for --exit-idle-time) and returns memory after a busy spell.
-    fn connection_ended(&self, became_idle: &async_channel::Sender<()>) {
-        if self.active.fetch_sub(1, Ordering::Relaxed) != 1 {
-            return;
-        }
-        *self.idle_since.lock().expect("not poisoned") = Some(Instant::now());
-        let _ = became_idle.try_send(());
-        if self.peak.swap(0, Ordering::Relaxed) >= TRIM_AFTER_PEAK {
-            // Thousands of closed connections leave their memory in malloc's
-            // free lists; give it back.
-            #[cfg(target_env = "gnu")]
-            // SAFETY: malloc_trim only releases free memory.
-            unsafe {
-                libc::malloc_trim(0);
-            }
-        }
-    }
-
-    /// Connections open now.
-    pub fn active(&self) -> usize {
-        self.active.load(Ordering::Relaxed)
-    }
-    /// Connections accepted since start.
-    pub fn total(&self) -> u64 {
-        self.total.load(Ordering::Relaxed)
-    }
-}
-
-/// Everything one connection task needs.
-struct Connection {
-    config: Arc<Config>,
-    stats: Arc<Stats>,
-    /// Dropped when the task ends; the shutdown waits for all of them.
-    _alive: async_channel::Sender<()>,
-    became_idle: async_channel::Sender<()>,
-}
-
-/// A connection accepted on some listener.
+/// A connection accepted on some listener (or inherited).
 struct Accepted {
     socket: Socket,
+    /// The client's IP address as `accept` returned it (Unix clients are
+    /// known by their credentials instead).
+    peer: Option<SocketAddr>,
     tcp: bool,
+    /// A descriptor held for the client's socket towards CONNECT.
+    reserve: Option<OwnedFd>,
 }
+
+type Incoming = Pin<Box<dyn Stream<Item = io::Result<Accepted>>>>;
 
 /// Why the accept loop stopped.
 enum Stop {
     Signal,
     Idle,
+    /// The one inherited connection was taken.
+    Exhausted,
 }
 
-/// Serves the listeners until a signal or `--exit-idle-time`; returns once
-/// the relay may exit (always a clean stop: exit status 0).
-pub async fn serve(
-    listeners: Vec<Listener>,
-    config: Arc<Config>,
-    signals: AsyncSignals,
-) -> io::Result<()> {
-    let stats = Arc::new(Stats::default());
-    *stats.idle_since.lock().expect("not poisoned") = Some(Instant::now());
-    let (alive, all_done) = async_channel::bounded::<()>(1);
-    let (became_idle, idle_events) = async_channel::bounded::<()>(1);
-
-    let listen = listeners
-        .iter()
-        .map(|l| l.address.as_str())
-        .collect::<Vec<_>>()
-        .join(", ");
-    let endpoints = format!("{listen} -> {}", config.connect);
-    let mut files: Vec<SocketFile> = Vec::new();
-    let mut streams: Vec<Pin<Box<dyn Stream<Item = io::Result<Accepted>> + Send>>> = Vec::new();
-    for listener in listeners {
-        let (socket, address, file) = listener.into_parts();
-        let tcp = socket
-            .local_addr()
-            .map(|a| a.as_socket().is_some())
-            .unwrap_or(false);
-        files.extend(file);
-        let socket = Arc::new(Async::new(socket)?);
-        crate::log::write(
-            crate::log::Level::Info,
-            true,
-            format_args!("listening on {address}"),
+/// Serves what LISTEN opened until a signal, `--exit-idle-time`, or (for one
+/// inherited connection) its end. Returns whether every connection reached
+/// CONNECT (an inherited connection that could not is a failure).
+pub async fn serve(opened: Opened, config: Rc<Config>, signals: AsyncSignals) -> io::Result<bool> {
+    let connections = Connections::new();
+    let mut files = Vec::new();
+    let (incoming, endpoints, ready, single): (Incoming, String, String, bool) = match opened {
+        Opened::Listeners(listeners) => {
+            let addresses = listeners
+                .iter()
+                .map(|l| l.address.clone())
+                .collect::<Vec<_>>();
+            let mut streams = Vec::new();
+            for listener in listeners {
+                let (stream, file) = accept_stream(listener)?;
+                files.extend(file);
+                streams.push(stream);
+            }
+            let endpoints = format!("{} -> {}", addresses.join(", "), config.connect);
+            let merged = streams
+                .into_iter()
+                .reduce(|a, b| Box::pin(futures_lite::stream::race(a, b)))
+                .expect("at least one listener");
+            let status = crate::notify::status_text(&endpoints, 0, 0);
+            (merged, endpoints, status, false)
+        }
+        Opened::Connection(socket) => {
+            socket.set_nonblocking(true)?;
+            let local = socket.local_addr();
+            let tcp = local.as_ref().is_ok_and(|a| a.as_socket().is_some());
+            crate::log::write(
+                crate::log::Level::Info,
+                true,
+                format_args!(
+                    "listening on {} (one inherited connection)",
+                    local
+                        .map(|a| crate::listener::display_addr(&a))
+                        .unwrap_or_default()
+                ),
+            );
+            let accepted = Accepted {
+                peer: socket.peer_addr().ok().and_then(|a| a.as_socket()),
+                socket,
+                tcp,
+                reserve: None,
+            };
+            let endpoints = format!("one inherited connection -> {}", config.connect);
+            let status = format!("relaying one inherited connection to {}", config.connect);
+            (
+                Box::pin(futures_lite::stream::once(Ok(accepted))),
+                endpoints,
+                status,
+                true,
+            )
+        }
+    };
+    crate::notify::ready(&ready);
+    if !single {
+        crate::info!(
+            "ready: relaying {endpoints}, at most {} connections at once",
+            config.connections_max
         );
-        streams.push(Box::pin(futures_lite::stream::unfold(
-            socket,
-            move |socket| async move {
-                let accepted = socket
-                    .read_with(|s| s.accept4(libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC))
-                    .await
-                    .map(|(socket, _)| Accepted { socket, tcp });
-                Some((accepted, socket))
-            },
-        )));
     }
-    let merged = streams
-        .into_iter()
-        .reduce(|a, b| Box::pin(futures_lite::stream::race(a, b)))
-        .expect("at least one listener");
-    crate::notify::ready(&crate::notify::status_text(&endpoints, &stats));
-    crate::info!(
-        "ready: relaying {endpoints}, at most {} connections at once",
-        config.connections_max
-    );
     crate::runtime::spawn(crate::notify::keep_watchdog_happy());
-    let status_stats = stats.clone();
-    crate::runtime::spawn(
-        async move { crate::notify::report_status(endpoints, &status_stats).await },
-    );
-    let mut incoming = merged
+    let counts = connections.clone();
+    crate::runtime::spawn(crate::notify::report_status(endpoints, move || {
+        (counts.active(), counts.total())
+    }));
+    let mut incoming = incoming
         .log_warnings(rate_limited_accept_warning())
         .handle_errors(ACCEPT_ERROR_PAUSE)
         .backpressure(config.connections_max);
 
     let stop = async {
+        let signal = async {
+            signals.next().await;
+            Stop::Signal
+        };
         match config.exit_idle_time {
-            None => {
-                signals.next().await;
-                Stop::Signal
-            }
-            Some(span) => {
-                future::or(
-                    async {
-                        signals.next().await;
-                        Stop::Signal
-                    },
-                    async {
-                        wait_idle(&stats, &idle_events, span).await;
-                        Stop::Idle
-                    },
-                )
+            Some(span) if !single => {
+                future::or(signal, async {
+                    connections.idle_for(span).await;
+                    Stop::Idle
+                })
                 .await
             }
+            _ => signal.await,
         }
     };
     futures_lite::pin!(stop);
@@ -193,19 +155,16 @@ pub async fn serve(
         .await;
         match next {
             Ok(Some((token, accepted))) => {
-                stats.connection_started();
                 let connection = Connection {
+                    entry: connections.open(accepted.socket.as_raw_fd()),
                     config: config.clone(),
-                    stats: stats.clone(),
-                    _alive: alive.clone(),
-                    became_idle: became_idle.clone(),
                 };
                 crate::runtime::spawn(async move {
                     connection.run(accepted).await;
                     drop(token);
                 });
             }
-            Ok(None) => unreachable!("accept streams never end"),
+            Ok(None) => break Stop::Exhausted,
             Err(reason) => break reason,
         }
     };
@@ -213,7 +172,6 @@ pub async fn serve(
     // a restarted relay can bind at once while this one drains.
     drop(incoming);
     drop(files);
-    drop(alive);
     match reason {
         Stop::Idle => {
             crate::notify::stopping("no connections: exiting");
@@ -221,149 +179,200 @@ pub async fn serve(
                 "no connection for {}: exiting",
                 timespan::format(config.exit_idle_time)
             );
-            Ok(())
+        }
+        Stop::Exhausted => {
+            let ended = future::or(
+                async {
+                    connections.none_left().await;
+                    true
+                },
+                async {
+                    signals.next().await;
+                    false
+                },
+            )
+            .await;
+            if !ended {
+                crate::notify::stopping("stopping");
+                drain(&connections, config.shutdown_timeout, &signals).await;
+            }
         }
         Stop::Signal => {
-            crate::notify::stopping(&format!("stopping: {} connections open", stats.active()));
-            drain(&stats, &all_done, config.shutdown_timeout, &signals).await;
-            Ok(())
+            crate::notify::stopping(&format!(
+                "stopping: {} connections open",
+                connections.active()
+            ));
+            drain(&connections, config.shutdown_timeout, &signals).await;
         }
     }
+    Ok(!single || connections.unreached() == 0)
 }
 
-/// Relays one already-accepted connection (`fd:N`, `Accept=yes`) and returns
-/// whether connecting to CONNECT worked.
-pub async fn serve_one(
-    socket: Socket,
-    config: Arc<Config>,
-    signals: AsyncSignals,
-) -> io::Result<bool> {
-    let stats = Arc::new(Stats::default());
-    let (alive, all_done) = async_channel::bounded::<()>(1);
-    let (became_idle, _idle_events) = async_channel::bounded::<()>(1);
-    socket.set_nonblocking(true)?;
+/// A listener as a stream of accepted clients, and the socket file to
+/// remove when the stream is dropped.
+fn accept_stream(
+    listener: Listener,
+) -> io::Result<(Incoming, Option<crate::listener::SocketFile>)> {
+    let (socket, address, file) = listener.into_parts();
     let tcp = socket
         .local_addr()
         .map(|a| a.as_socket().is_some())
         .unwrap_or(false);
+    let socket = Async::new(socket)?;
     crate::log::write(
         crate::log::Level::Info,
         true,
-        format_args!(
-            "listening on {} (one inherited connection)",
-            socket
-                .local_addr()
-                .map(|a| crate::listener::display_addr(&a))
-                .unwrap_or_default()
-        ),
+        format_args!("listening on {address}"),
     );
-    stats.connection_started();
-    crate::notify::ready(&format!(
-        "relaying one inherited connection to {}",
-        config.connect
-    ));
-    crate::runtime::spawn(crate::notify::keep_watchdog_happy());
-    let connection = Connection {
-        config: config.clone(),
-        stats: stats.clone(),
-        _alive: alive,
-        became_idle,
-    };
-    let task = crate::runtime::spawn(async move { connection.run(Accepted { socket, tcp }).await });
-    let connected = future::or(async { Some(task.await) }, async {
-        signals.next().await;
-        None
-    })
-    .await;
-    match connected {
-        Some(connected) => Ok(connected),
-        None => {
-            crate::notify::stopping("stopping");
-            drain(&stats, &all_done, config.shutdown_timeout, &signals).await;
-            Ok(true)
+    let stream = futures_lite::stream::unfold(
+        (socket, None::<OwnedFd>),
+        move |(socket, mut reserve)| async move {
+            let accepted = accept(&socket, &mut reserve, tcp).await;
+            Some((accepted, (socket, reserve)))
+        },
+    );
+    Ok((Box::pin(stream), file))
+}
+
+/// Accepts one client once a descriptor is reserved for its socket towards
+/// CONNECT; without one, the client stays in the backlog.
+async fn accept(
+    socket: &Async<Socket>,
+    reserve: &mut Option<OwnedFd>,
+    tcp: bool,
+) -> io::Result<Accepted> {
+    if reserve.is_none() {
+        match socket.get_ref().as_fd().try_clone_to_owned() {
+            Ok(fd) => *reserve = Some(fd),
+            Err(e) => {
+                // Pooled pipes are a luxury next to a waiting client.
+                crate::pipe::release_pool();
+                return Err(io::Error::new(
+                    e.kind(),
+                    format!(
+                        "no descriptor to spare for another client ({e}): clients wait in the backlog until a connection ends"
+                    ),
+                ));
+            }
         }
     }
+    let (client, peer) = socket
+        .read_with(|s| s.accept4(libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC))
+        .await?;
+    Ok(Accepted {
+        socket: client,
+        peer: peer.as_socket(),
+        tcp,
+        reserve: reserve.take(),
+    })
+}
+
+/// One connection's task.
+struct Connection {
+    config: Rc<Config>,
+    entry: Entry,
 }
 
 impl Connection {
-    /// Connects to CONNECT and relays; returns whether the connect worked.
-    async fn run(self, accepted: Accepted) -> bool {
+    /// Connects to CONNECT and relays.
+    async fn run(self, accepted: Accepted) {
         // For the -v line only; boxed, as every byte of this future is paid
         // for each held connection.
-        let debug = crate::log::enabled(crate::log::Level::Debug)
-            .then(|| Box::new((Instant::now(), crate::peer::describe(&accepted.socket))));
+        let debug = crate::log::enabled(crate::log::Level::Debug).then(|| {
+            Box::new((
+                Instant::now(),
+                crate::peer::describe(&accepted.socket, accepted.peer),
+            ))
+        });
         // Boxed so that the task keeps only the relay's small state while it
         // lives, not the larger one of connecting.
         let opened = Box::pin(self.open(accepted)).await;
-        let connected = opened.is_some();
-        if let Some((client, backend)) = opened {
-            let (totals, outcome) = relay::relay(client, backend, self.config.idle_timeout).await;
-            if let Some(debug) = debug {
-                let (started, peer) = *debug;
-                let how = match &outcome {
-                    Outcome::Done => "closed".to_string(),
-                    Outcome::Idle => format!(
-                        "idle for {}, closed",
-                        timespan::format(self.config.idle_timeout)
-                    ),
-                    Outcome::Failed(e) => format!("aborted ({e})"),
-                };
-                crate::debug!(
-                    "{peer}: {how} after {:.3}s: {} bytes up, {} bytes down",
-                    started.elapsed().as_secs_f64(),
-                    totals.up,
-                    totals.down
-                );
-            }
+        let Some((client, backend)) = opened else {
+            self.entry.unreached();
+            self.entry.forget_sockets();
+            return;
+        };
+        let (totals, outcome) = relay::relay(client, backend, self.config.idle_timeout).await;
+        self.entry.forget_sockets();
+        if let Some(debug) = debug {
+            let (started, peer) = *debug;
+            let how = match &outcome {
+                Outcome::Done => "closed".to_string(),
+                Outcome::Idle => format!(
+                    "idle for {}, closed",
+                    timespan::format(self.config.idle_timeout)
+                ),
+                Outcome::Failed(e) => format!("aborted ({e})"),
+            };
+            crate::debug!(
+                "{peer}: {how} after {:.3}s: {} bytes up, {} bytes down",
+                started.elapsed().as_secs_f64(),
+                totals.up,
+                totals.down
+            );
         }
-        self.stats.connection_ended(&self.became_idle);
-        connected
     }
 
     /// Admits the client, connects to CONNECT and sends the PROXY header:
     /// the two sockets to relay between, or `None` (the client is closed).
     async fn open(&self, accepted: Accepted) -> Option<(Async<Socket>, Async<Socket>)> {
         let config = &self.config;
-        let socket = accepted.socket;
-        if accepted.tcp {
+        let Accepted {
+            socket,
+            peer,
+            tcp,
+            reserve,
+        } = accepted;
+        let who = || crate::peer::describe(&socket, peer);
+        if tcp {
             let _ = socket.set_tcp_nodelay(true);
         }
         if config.allow.is_active() && !self.admitted(&socket) {
             return None;
         }
-        let header = config.proxy_protocol.map(|version| {
-            let address = |a: io::Result<socket2::SockAddr>| a.ok().and_then(|a| a.as_socket());
-            proxy_header(
-                version,
-                address(socket.peer_addr()),
-                address(socket.local_addr()),
-            )
-        });
-        let peer = || crate::peer::describe(&socket);
-        let backend = match crate::connector::connect(&config.connect, config.connect_timeout).await
-        {
-            Ok(backend) => backend,
-            Err(e) => {
-                crate::warn!(
-                    "{}: cannot connect to {}: {e}; closing the client",
-                    peer(),
-                    config.connect
-                );
-                return None;
+        let header = match config.proxy_protocol {
+            None => None,
+            Some(version) if tcp => {
+                let source = peer;
+                let destination = socket.local_addr().ok().and_then(|a| a.as_socket());
+                let (Some(source), Some(destination)) = (source, destination) else {
+                    crate::warn!(
+                        "a TCP client whose address cannot be known: closed without contacting {}",
+                        config.connect
+                    );
+                    return None;
+                };
+                Some(proxy_header(version, Some(source), Some(destination)))
             }
+            // A Unix client has no IP address: UNKNOWN (v1) or LOCAL (v2).
+            Some(version) => Some(proxy_header(version, None, None)),
         };
+        let backend =
+            match crate::connector::connect(&config.connect, config.connect_timeout, reserve).await
+            {
+                Ok(backend) => backend,
+                Err(e) => {
+                    crate::warn!(
+                        "{}: cannot connect to {}: {e}; closing the client",
+                        who(),
+                        config.connect
+                    );
+                    return None;
+                }
+            };
+        self.entry.set_backend(backend.get_ref().as_raw_fd());
         if let Some(header) = header
             && let Err(e) = relay::write_all(&backend, &header).await
         {
             crate::warn!(
                 "{}: cannot send the PROXY header to {}: {e}",
-                peer(),
+                who(),
                 config.connect
             );
             return None;
         }
-        // Accepted non-blocking (accept4), or made so by serve_one: no
-        // system call to set it again.
+        // Accepted non-blocking (accept4), or made so for an inherited
+        // connection: no system call to set it again.
         match Async::new_nonblocking(socket) {
             Ok(client) => Some((client, backend)),
             Err(e) => {
@@ -374,65 +383,45 @@ impl Connection {
     }
 
     /// Checks a Unix client against `--allow-uid`/`--allow-gid`, before
-    /// CONNECT is contacted.
+    /// CONNECT is contacted, by its uid, its primary group and every
+    /// supplementary group the kernel reports. A client that cannot be
+    /// judged is refused.
     fn admitted(&self, socket: &Socket) -> bool {
-        let Some(credentials) = crate::peer::credentials(socket) else {
-            crate::warn!("refused a client whose credentials cannot be read");
-            return false;
-        };
-        let allowed = self
-            .config
-            .allow
-            .allows(&credentials, &crate::peer::groups(socket));
-        if !allowed {
-            crate::warn!(
-                "refused client pid {} uid {} gid {}: not allowed by --allow-uid/--allow-gid",
-                credentials.pid,
-                credentials.uid,
-                credentials.gid
-            );
-        }
-        allowed
-    }
-}
-
-/// Resolves once no connection has been open for `span`.
-async fn wait_idle(stats: &Stats, idle_events: &async_channel::Receiver<()>, span: Duration) {
-    loop {
-        if stats.active() == 0 {
-            let since = stats
-                .idle_since
-                .lock()
-                .expect("not poisoned")
-                .unwrap_or_else(Instant::now);
-            let deadline = since + span;
-            if Instant::now() >= deadline {
-                return;
+        let allow = &self.config.allow;
+        let credentials = match crate::peer::credentials(socket) {
+            Ok(credentials) => credentials,
+            Err(e) => {
+                crate::warn!("refused a client whose credentials cannot be read: {e}");
+                return false;
             }
-            future::or(
-                async {
-                    Timer::at(deadline).await;
-                },
-                async {
-                    let _ = idle_events.recv().await;
-                },
-            )
-            .await;
-        } else {
-            let _ = idle_events.recv().await;
+        };
+        let who = format!(
+            "client pid {} uid {} gid {}",
+            credentials.pid, credentials.uid, credentials.gid
+        );
+        if allow.allows(&credentials, &[]) {
+            return true;
         }
+        if !allow.gids.is_empty() {
+            match crate::peer::groups(socket) {
+                Ok(groups) if allow.allows(&credentials, &groups) => return true,
+                Ok(_) => {}
+                Err(e) => {
+                    crate::warn!("refused {who}: its supplementary groups cannot be read: {e}");
+                    return false;
+                }
+            }
+        }
+        crate::warn!("refused {who}: not allowed by --allow-uid/--allow-gid");
+        false
     }
 }
 
 /// After a stop signal: lets open connections finish within `timeout`; a
-/// second signal ends the wait at once.
-async fn drain(
-    stats: &Stats,
-    all_done: &async_channel::Receiver<()>,
-    timeout: Option<Duration>,
-    signals: &AsyncSignals,
-) {
-    let open = stats.active();
+/// second signal ends the wait at once. Connections still open then are
+/// cut with a reset.
+async fn drain(connections: &Connections, timeout: Option<Duration>, signals: &AsyncSignals) {
+    let open = connections.active();
     if open == 0 {
         crate::info!("stopping: no open connections");
         return;
@@ -443,8 +432,7 @@ async fn drain(
         if open == 1 { "" } else { "s" }
     );
     let finished = async {
-        // Errs once every connection task has dropped its sender.
-        let _ = all_done.recv().await;
+        connections.none_left().await;
         "all connections finished"
     };
     let expired = async {
@@ -461,12 +449,13 @@ async fn drain(
         "second signal"
     };
     let why = future::or(finished, future::or(expired, again)).await;
-    let left = stats.active();
+    let left = connections.active();
     if left == 0 {
         crate::info!("stopped: {why}");
     } else {
+        connections.abort_all();
         crate::warn!(
-            "stopped: {why}; closing {left} open connection{}",
+            "stopped: {why}; cutting {left} open connection{} (TCP peers get a reset)",
             if left == 1 { "" } else { "s" }
         );
     }
@@ -475,29 +464,21 @@ async fn drain(
 /// Logs accept errors that are not transient, at most once per interval,
 /// with the count of those not logged.
 fn rate_limited_accept_warning() -> impl FnMut(&io::Error) {
-    let mut last: Option<Instant> = None;
-    let mut suppressed = 0u64;
+    let mut throttle = crate::log::Throttle::new(ACCEPT_ERROR_LOG_INTERVAL);
     move |error| {
-        if last.is_some_and(|t| t.elapsed() < ACCEPT_ERROR_LOG_INTERVAL) {
-            suppressed += 1;
+        let Some(held_back) = throttle.allow() else {
             return;
-        }
-        let hint = async_listen::error_hint(error);
-        let more = if suppressed > 0 {
-            format!(" ({suppressed} more since the last report)")
-        } else {
-            String::new()
         };
+        let hint = async_listen::error_hint(error);
         crate::warn!(
-            "accept failed: {error}{}{more}; retrying",
+            "accept failed: {error}{}{}; retrying",
             if hint.is_empty() {
                 String::new()
             } else {
                 format!(". {hint}")
-            }
+            },
+            crate::log::held_back(held_back)
         );
-        last = Some(Instant::now());
-        suppressed = 0;
     }
 }
 
@@ -508,24 +489,26 @@ mod tests {
     /// Each held connection pays for its task's state: keep it small.
     #[test]
     fn connection_task_is_small() {
-        let args: Vec<String> = ["127.0.0.1:0", "127.0.0.1:9"]
+        let args: Vec<std::ffi::OsString> = ["127.0.0.1:0", "127.0.0.1:9"]
             .iter()
-            .map(|s| s.to_string())
+            .map(|s| s.into())
             .collect();
         let Ok(crate::cli::Command::Run(config)) = crate::cli::parse("relay", &args) else {
             panic!("arguments")
         };
-        let (alive, _all_done) = async_channel::bounded::<()>(1);
-        let (became_idle, _idle_events) = async_channel::bounded::<()>(1);
-        let connection = Connection {
-            config: Arc::new(config),
-            stats: Arc::new(Stats::default()),
-            _alive: alive,
-            became_idle,
-        };
         let (socket, _peer) =
             Socket::pair(socket2::Domain::UNIX, socket2::Type::STREAM, None).unwrap();
-        let task = connection.run(Accepted { socket, tcp: false });
+        let connections = Connections::new();
+        let connection = Connection {
+            entry: connections.open(socket.as_raw_fd()),
+            config: Rc::new(config),
+        };
+        let task = connection.run(Accepted {
+            socket,
+            peer: None,
+            tcp: false,
+            reserve: None,
+        });
         assert!(
             std::mem::size_of_val(&task) <= 320,
             "{} bytes",

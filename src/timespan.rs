@@ -6,35 +6,49 @@ use std::time::Duration;
 /// A parsed time span; `None` stands for `infinity`.
 pub type Span = Option<Duration>;
 
-/// Units systemd accepts, longest spelling first so that `ms` wins over `m`
-/// and `min` over `m`.
-const UNITS: &[(&str, f64)] = &[
-    ("usec", 1e-6),
-    ("us", 1e-6),
-    ("µs", 1e-6),
-    ("msec", 1e-3),
-    ("ms", 1e-3),
-    ("seconds", 1.0),
-    ("second", 1.0),
-    ("sec", 1.0),
-    ("s", 1.0),
-    ("minutes", 60.0),
-    ("minute", 60.0),
-    ("min", 60.0),
-    ("m", 60.0),
-    ("hours", 3600.0),
-    ("hour", 3600.0),
-    ("hr", 3600.0),
-    ("h", 3600.0),
-    ("days", 86400.0),
-    ("day", 86400.0),
-    ("d", 86400.0),
-    ("weeks", 604800.0),
-    ("week", 604800.0),
-    ("w", 604800.0),
+const NS_PER_SEC: u128 = 1_000_000_000;
+
+/// Units of `systemd.time(7)`, in nanoseconds. A month is 30.44 days and a
+/// year 365.25 days, as there. Longest spelling first, so that `ms` wins
+/// over `m` and `min` over `m`; `M` (month) and `m` (minute) differ in case.
+const UNITS: &[(&str, u128)] = &[
+    ("nsec", 1),
+    ("ns", 1),
+    ("usec", 1_000),
+    ("us", 1_000),
+    ("\u{3bc}s", 1_000), // GREEK SMALL LETTER MU
+    ("\u{b5}s", 1_000),  // MICRO SIGN
+    ("msec", 1_000_000),
+    ("ms", 1_000_000),
+    ("seconds", NS_PER_SEC),
+    ("second", NS_PER_SEC),
+    ("sec", NS_PER_SEC),
+    ("s", NS_PER_SEC),
+    ("minutes", 60 * NS_PER_SEC),
+    ("minute", 60 * NS_PER_SEC),
+    ("min", 60 * NS_PER_SEC),
+    ("months", 2_629_800 * NS_PER_SEC),
+    ("month", 2_629_800 * NS_PER_SEC),
+    ("M", 2_629_800 * NS_PER_SEC),
+    ("m", 60 * NS_PER_SEC),
+    ("hours", 3600 * NS_PER_SEC),
+    ("hour", 3600 * NS_PER_SEC),
+    ("hr", 3600 * NS_PER_SEC),
+    ("h", 3600 * NS_PER_SEC),
+    ("days", 86_400 * NS_PER_SEC),
+    ("day", 86_400 * NS_PER_SEC),
+    ("d", 86_400 * NS_PER_SEC),
+    ("weeks", 604_800 * NS_PER_SEC),
+    ("week", 604_800 * NS_PER_SEC),
+    ("w", 604_800 * NS_PER_SEC),
+    ("years", 31_557_600 * NS_PER_SEC),
+    ("year", 31_557_600 * NS_PER_SEC),
+    ("y", 31_557_600 * NS_PER_SEC),
 ];
 
-/// Parses a systemd time span. Errors name what was wrong, for the usage line.
+/// Parses a systemd time span: numbers (decimals allowed) each followed by
+/// a unit (none: seconds), separated by optional spaces, or `infinity`.
+/// Errors name what was wrong, for the usage line.
 ///
 /// ```
 /// use std::time::Duration;
@@ -42,6 +56,7 @@ const UNITS: &[(&str, f64)] = &[
 ///
 /// assert_eq!(parse("5min 20s"), Ok(Some(Duration::from_secs(320))));
 /// assert_eq!(parse("500ms"), Ok(Some(Duration::from_millis(500))));
+/// assert_eq!(parse("1M"), Ok(Some(Duration::from_secs(2_629_800))));
 /// assert_eq!(parse("infinity"), Ok(None));
 /// assert!(parse("soon").is_err());
 /// ```
@@ -53,43 +68,68 @@ pub fn parse(text: &str) -> Result<Span, String> {
     if trimmed.is_empty() {
         return Err("empty time span".into());
     }
+    let not_a_span =
+        || format!("'{text}' is not a time span (expected e.g. 90s, 500ms, 5min 20s, infinity)");
     let mut rest = trimmed;
-    let mut total = 0f64;
+    let mut total: u128 = 0;
     while !rest.is_empty() {
-        let number_len = rest
-            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        let whole_len = rest
+            .find(|c: char| !c.is_ascii_digit())
             .unwrap_or(rest.len());
-        if number_len == 0 {
-            return Err(format!(
-                "'{text}' is not a time span (expected e.g. 90s, 500ms, 5min 20s, infinity)"
-            ));
+        let (whole, after) = rest.split_at(whole_len);
+        let (fraction, after) = match after.strip_prefix('.') {
+            Some(after) => after.split_at(
+                after
+                    .find(|c: char| !c.is_ascii_digit())
+                    .unwrap_or(after.len()),
+            ),
+            None => ("", after),
+        };
+        if (whole.is_empty() && fraction.is_empty()) || after.starts_with('.') {
+            return Err(not_a_span());
         }
-        let number: f64 = rest[..number_len]
-            .parse()
-            .map_err(|_| format!("'{}' is not a number", &rest[..number_len]))?;
-        rest = rest[number_len..].trim_start();
+        rest = after.trim_start();
         let unit_len = rest
             .find(|c: char| c.is_ascii_digit() || c == '.' || c.is_whitespace())
             .unwrap_or(rest.len());
         let unit = &rest[..unit_len];
         let factor = if unit.is_empty() {
-            1.0
+            NS_PER_SEC
         } else {
             UNITS
                 .iter()
                 .find(|(name, _)| *name == unit)
                 .map(|(_, f)| *f)
                 .ok_or_else(|| {
-                    format!("unknown time unit '{unit}' in '{text}' (use us, ms, s, min, h, d, w)")
+                    format!(
+                        "unknown time unit '{unit}' in '{text}' (use ns, us, ms, s, min, h, d, w, M, y)"
+                    )
                 })?
         };
-        total += number * factor;
+        let too_large = || format!("time span '{text}' is too large");
+        let whole: u128 = if whole.is_empty() {
+            0
+        } else {
+            whole.parse().map_err(|_| too_large())?
+        };
+        // Digits beyond nanoseconds cannot matter.
+        let fraction = &fraction[..fraction.len().min(30)];
+        let fraction_value: u128 = if fraction.is_empty() {
+            0
+        } else {
+            fraction.parse().map_err(|_| too_large())?
+        };
+        let scale = 10u128.pow(fraction.len() as u32);
+        total = whole
+            .checked_mul(factor)
+            .and_then(|w| w.checked_add(fraction_value.checked_mul(factor)? / scale))
+            .and_then(|v| total.checked_add(v))
+            .ok_or_else(too_large)?;
         rest = rest[unit_len..].trim_start();
     }
-    if !total.is_finite() || total > 1e12 {
-        return Err(format!("time span '{text}' is too large"));
-    }
-    Ok(Some(Duration::from_secs_f64(total)))
+    let seconds = u64::try_from(total / NS_PER_SEC)
+        .map_err(|_| format!("time span '{text}' is too large"))?;
+    Ok(Some(Duration::new(seconds, (total % NS_PER_SEC) as u32)))
 }
 
 /// Formats a span the way it was most likely written, for log lines.
@@ -97,7 +137,9 @@ pub fn format(span: Span) -> String {
     match span {
         None => "infinity".into(),
         Some(d) if d.subsec_nanos() == 0 => format!("{}s", d.as_secs()),
-        Some(d) => format!("{}ms", d.as_millis()),
+        Some(d) if d.subsec_nanos() % 1_000_000 == 0 => format!("{}ms", d.as_millis()),
+        Some(d) if d.subsec_nanos() % 1_000 == 0 => format!("{}us", d.as_micros()),
+        Some(d) => format!("{}ns", d.as_nanos()),
     }
 }
 
@@ -122,9 +164,66 @@ mod tests {
         assert_eq!(parse("infinity"), Ok(None));
     }
 
+    /// systemd.time(7)'s units with their meanings.
+    #[test]
+    fn every_systemd_unit() {
+        let ns = |n: u64| Ok(Some(Duration::from_nanos(n)));
+        let s = |n: u64| Ok(Some(Duration::from_secs(n)));
+        assert_eq!(parse("7ns"), ns(7));
+        assert_eq!(parse("7nsec"), ns(7));
+        assert_eq!(parse("7us"), ns(7_000));
+        assert_eq!(parse("7usec"), ns(7_000));
+        assert_eq!(parse("7\u{3bc}s"), ns(7_000));
+        assert_eq!(parse("7\u{b5}s"), ns(7_000));
+        assert_eq!(parse("7msec"), ns(7_000_000));
+        for unit in ["s", "sec", "second", "seconds"] {
+            assert_eq!(parse(&format!("7{unit}")), s(7), "{unit}");
+        }
+        for unit in ["m", "min", "minute", "minutes"] {
+            assert_eq!(parse(&format!("2{unit}")), s(120), "{unit}");
+        }
+        for unit in ["h", "hr", "hour", "hours"] {
+            assert_eq!(parse(&format!("2{unit}")), s(7200), "{unit}");
+        }
+        for unit in ["d", "day", "days"] {
+            assert_eq!(parse(&format!("1{unit}")), s(86_400), "{unit}");
+        }
+        for unit in ["w", "week", "weeks"] {
+            assert_eq!(parse(&format!("1{unit}")), s(604_800), "{unit}");
+        }
+        // A month is 30.44 days, a year 365.25 days; M is not m.
+        for unit in ["M", "month", "months"] {
+            assert_eq!(parse(&format!("1{unit}")), s(2_629_800), "{unit}");
+        }
+        for unit in ["y", "year", "years"] {
+            assert_eq!(parse(&format!("1{unit}")), s(31_557_600), "{unit}");
+        }
+        assert_eq!(
+            parse("1y 2M 3w"),
+            s(31_557_600 + 2 * 2_629_800 + 3 * 604_800)
+        );
+        assert_eq!(parse("5 min 20 s"), s(320));
+        assert_eq!(parse("1.5h"), s(5400));
+        assert_eq!(parse(".5s"), ns(500_000_000));
+        assert_eq!(parse("0.000000001s"), ns(1));
+        assert_eq!(parse("  2s  "), s(2));
+    }
+
     #[test]
     fn rejects_garbage() {
-        for bad in ["", "abc", "10x", "s", "-1s", "1..2s", "5 fortnights"] {
+        for bad in [
+            "",
+            "abc",
+            "10x",
+            "s",
+            "-1s",
+            "+1s",
+            "1..2s",
+            "5 fortnights",
+            "1 fortnight",
+            "1S",
+            "99999999999999999999999999y",
+        ] {
             assert!(parse(bad).is_err(), "{bad:?} should be rejected");
         }
     }

@@ -157,11 +157,11 @@ fn unprivileged_user_runs_and_relays() {
 
 /// The policy the relay derives for these arguments.
 fn policy(args: &[&str]) -> Policy {
-    let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+    let args: Vec<std::ffi::OsString> = args.iter().map(|s| s.into()).collect();
     let Ok(CliCommand::Run(config)) = cli::parse("simpletcpunixrelay", &args) else {
         panic!("bad arguments {args:?}")
     };
-    Policy::derive(&config, None)
+    Policy::derive(&config)
 }
 
 fn errno<T>(result: std::io::Result<T>) -> Option<i32> {
