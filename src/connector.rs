@@ -103,21 +103,14 @@ async fn connect_any(target: &Endpoint, state: &Attempt) -> io::Result<Async<Soc
 }
 
 /// Resolves a CONNECT host. IP literals need no lookup; names are resolved
-/// at every connect so that a changed address is picked up.
+/// at every connect (by the resolver helper) so that a changed address is
+/// picked up.
 async fn resolve(host: &Host, port: u16) -> io::Result<Vec<SocketAddr>> {
     match host {
         Host::Ip(ip) => Ok(vec![SocketAddr::new(*ip, port)]),
-        Host::Name(name) => {
-            let query = (name.clone(), port);
-            // getaddrinfo blocks; async-std runs it on its blocking pool.
-            let found =
-                crate::runtime::unblock(move || std::net::ToSocketAddrs::to_socket_addrs(&query))
-                    .await
-                    .map_err(|e| {
-                        io::Error::new(e.kind(), format!("cannot resolve '{name}': {e}"))
-                    })?;
-            Ok(found.collect())
-        }
+        Host::Name(name) => crate::resolver::resolve(name, port)
+            .await
+            .map_err(|e| io::Error::new(e.kind(), format!("cannot resolve '{name}': {e}"))),
         Host::Any => unreachable!("rejected as CONNECT when parsing"),
     }
 }

@@ -16,6 +16,7 @@ pub mod notify;
 pub mod peer;
 pub mod pipe;
 pub mod relay;
+mod resolver;
 pub mod runtime;
 pub mod sandbox;
 pub mod server;
@@ -76,21 +77,32 @@ pub fn run(config: Config) -> Result<(), Failure> {
         )));
     }
     raise_fd_limit();
-    // 2. Signals are queued from here on, so a stop is always graceful.
+    // 2. Host names for CONNECT are resolved by a helper process with a
+    //    policy of its own, forked while single-threaded and before the
+    //    signal handlers (it keeps the defaults).
+    if let endpoint::Endpoint::Tcp {
+        host: endpoint::Host::Name(_),
+        ..
+    } = &config.connect
+    {
+        resolver::spawn(config.sandbox)?;
+    }
+    // 3. Signals are queued from here on, so a stop is always graceful.
     let signals = shutdown::Signals::install()
         .map_err(|e| Failure::Startup(format!("cannot install signal handlers: {e}")))?;
-    // 3. The notification socket is connected before the sandbox, which
+    // 4. The notification socket is connected before the sandbox, which
     //    would refuse an abstract one.
     notify::connect();
-    // 4. Confine the process while it has a single thread.
+    // 5. Confine the process while it has a single thread.
     confine(&config)?;
-    // 5. Only now start the runtime's threads.
+    // 6. Only now start the runtime's threads.
     let config = Rc::new(config);
     let signals = signals
         .into_async()
         .map_err(|e| Failure::Startup(e.to_string()))?;
     runtime::block_on(async move {
         notify::start();
+        resolver::start();
         match server::serve(opened, config, signals).await {
             Ok(true) => Ok(()),
             Ok(false) => Err(Failure::Startup(
@@ -105,9 +117,6 @@ pub fn run(config: Config) -> Result<(), Failure> {
 fn confine(config: &Config) -> Result<(), Failure> {
     let policy = sandbox::Policy::derive(config);
     sandbox::check_strict(&policy).map_err(Failure::Startup)?;
-    if !policy.read_files.is_empty() {
-        warm_up_resolver(&config.connect);
-    }
     let report = sandbox::apply(&policy).map_err(Failure::Startup)?;
     // An unprivileged relay cannot empty the bounding set; with nothing
     // permitted and no_new_privs set, that is no reason for a warning.
@@ -119,20 +128,6 @@ fn confine(config: &Config) -> Result<(), Failure> {
         info!("{report}");
     }
     Ok(())
-}
-
-/// Resolves CONNECT's host name once before confinement, so that the C
-/// library loads its NSS modules while it still may; later look-ups need
-/// only the resolver files the sandbox leaves readable.
-fn warm_up_resolver(connect: &endpoint::Endpoint) {
-    if let endpoint::Endpoint::Tcp {
-        host: endpoint::Host::Name(name),
-        port,
-    } = connect
-        && let Err(e) = std::net::ToSocketAddrs::to_socket_addrs(&(name.as_str(), *port))
-    {
-        warn!("cannot resolve {name} yet: {e}");
-    }
 }
 
 /// Raises the soft open-file limit to the hard limit: every connection needs

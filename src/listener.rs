@@ -177,8 +177,14 @@ fn bind_unix_path(path: &Path, options: FileOptions) -> Result<Listener, Failure
                 "the path exists and is not a socket; not touching it".into(),
             ));
         }
-        Ok(_) => match std::os::unix::net::UnixStream::connect(path) {
-            Ok(_) => return Err(failure("already in use by another process".into())),
+        Ok(_) => match probe(path) {
+            Ok(()) => return Err(failure("already in use by another process".into())),
+            // A full backlog: somebody listens there, and is busy.
+            Err(e) if e.raw_os_error() == Some(libc::EAGAIN) => {
+                return Err(failure(
+                    "already in use by another process (its backlog is full)".into(),
+                ));
+            }
             Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {
                 // Nobody accepts on it: a stale socket left by a crash.
                 std::fs::remove_file(path)
@@ -207,11 +213,12 @@ fn bind_unix_path(path: &Path, options: FileOptions) -> Result<Listener, Failure
         unsafe { libc::umask(old) };
     }
     bound.map_err(|e| {
-        if e.kind() == io::ErrorKind::NotFound {
-            let parent = path
-                .parent()
-                .filter(|p| !p.as_os_str().is_empty())
-                .unwrap_or(Path::new("."));
+        let parent = path
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        // ENOENT means a missing directory only if it is missing indeed.
+        if e.kind() == io::ErrorKind::NotFound && std::fs::symlink_metadata(parent).is_err() {
             failure(format!("directory {} does not exist", parent.display()))
         } else {
             failure(explain(&e))
@@ -226,6 +233,14 @@ fn bind_unix_path(path: &Path, options: FileOptions) -> Result<Listener, Failure
     }
     socket.listen(BACKLOG).map_err(|e| failure(explain(&e)))?;
     Listener::new(socket, Some(file))
+}
+
+/// Connects to an existing socket file without blocking: a blocking
+/// `connect()` to a listener whose backlog is full would wait forever.
+/// `Ok` means somebody accepts there; `ECONNREFUSED`, that nobody does.
+fn probe(path: &Path) -> io::Result<()> {
+    let socket = Socket::new(Domain::UNIX, Type::STREAM.cloexec().nonblocking(), None)?;
+    socket.connect(&SockAddr::unix(path)?)
 }
 
 fn chmod(path: &Path, mode: u32) -> io::Result<()> {
@@ -361,6 +376,11 @@ fn adopt(fd: RawFd) -> Result<(Socket, bool), String> {
     let socket = unsafe { Socket::from_raw_fd(fd) };
     socket.set_cloexec(true).map_err(|e| e.to_string())?;
     let listening = socket.is_listener().map_err(|e| e.to_string())?;
+    if !listening && let Err(e) = socket.peer_addr() {
+        // Not ours to close: this is a usage error, and the process exits.
+        let _ = std::os::fd::IntoRawFd::into_raw_fd(socket);
+        return Err(format!("is neither listening nor connected ({e})"));
+    }
     Ok((socket, listening))
 }
 
@@ -386,6 +406,8 @@ fn explain(e: &io::Error) -> String {
             format!("{e}: not allowed (privileged port or directory permissions?)")
         }
         Some(libc::EADDRNOTAVAIL) => format!("{e}: no such local address"),
+        Some(libc::ENOTDIR) => format!("{e}: a component of the path is not a directory"),
+        Some(libc::EROFS) => format!("{e}: the file system is read-only"),
         _ => e.to_string(),
     }
 }

@@ -25,8 +25,3 @@ pub fn spawn<T: 'static>(
 ) -> async_std::task::JoinHandle<T> {
     async_std::task::spawn_local(future)
 }
-
-/// Runs a blocking call (name resolution) on a helper thread.
-pub async fn unblock<T: Send + 'static>(call: impl FnOnce() -> T + Send + 'static) -> T {
-    async_std::task::spawn_blocking(call).await
-}

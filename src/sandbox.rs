@@ -16,7 +16,7 @@ use landlock::{
 };
 
 use crate::cli::{Config, SandboxMode};
-use crate::endpoint::{Endpoint, Host, UnixAddr};
+use crate::endpoint::{Endpoint, UnixAddr};
 
 /// Environment variable that caps the Landlock ABI the relay uses, to test
 /// older kernels on a new one. It can only weaken the sandbox.
@@ -25,15 +25,6 @@ pub const ABI_MAX_VARIABLE: &str = "SIMPLETCPUNIXRELAY_LANDLOCK_ABI_MAX";
 /// The newest Landlock ABI this build knows.
 const NEWEST_ABI: i32 = 9;
 
-/// Files the C library reads to resolve a host name at each connect.
-const RESOLVER_FILES: &[&str] = &[
-    "/etc/hosts",
-    "/etc/resolv.conf",
-    "/etc/nsswitch.conf",
-    "/etc/host.conf",
-    "/etc/gai.conf",
-];
-
 /// What the relay may still do once confined.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Policy {
@@ -41,8 +32,11 @@ pub struct Policy {
     /// Directory beneath which files may be removed: the one holding the
     /// socket file the relay created, so it can remove it at exit.
     pub remove_beneath: Option<PathBuf>,
-    /// Files that may be read: the resolver's, when CONNECT is a host name.
-    pub read_files: Vec<PathBuf>,
+    /// Directories beneath which files may be read: none for the relay
+    /// itself; everything for its name resolution helper (see
+    /// `crate::resolver`), since the files the C library reads may be
+    /// replaced, or symlinked elsewhere, at any time.
+    pub read_beneath: Vec<PathBuf>,
     /// Directories whose Unix sockets may be connected to (Landlock ABI 9
     /// restricts that): CONNECT's.
     pub unix_connect_beneath: Vec<PathBuf>,
@@ -64,29 +58,37 @@ impl Policy {
             _ => None,
         };
         let mut unix_connect_beneath = Vec::new();
-        let mut read_files = Vec::new();
         let mut tcp_connect_ports = Vec::new();
         match &config.connect {
-            Endpoint::Tcp { host, port } => {
-                tcp_connect_ports.push(*port);
-                if matches!(host, Host::Name(_)) {
-                    read_files = RESOLVER_FILES.iter().map(PathBuf::from).collect();
-                    // DNS falls back to TCP for large answers.
-                    if *port != 53 {
-                        tcp_connect_ports.push(53);
-                    }
-                }
-            }
+            // Host names are resolved by the helper, under its own policy.
+            Endpoint::Tcp { port, .. } => tcp_connect_ports.push(*port),
             Endpoint::Unix(UnixAddr::Path(path)) => unix_connect_beneath.push(parent(path)),
             _ => {}
         }
         Policy {
             mode: config.sandbox,
             remove_beneath,
-            read_files,
+            read_beneath: Vec::new(),
             unix_connect_beneath,
             tcp_connect_ports,
             scope_abstract_unix: !matches!(config.connect, Endpoint::Unix(UnixAddr::Abstract(_))),
+            scope_signal: true,
+        }
+    }
+
+    /// The policy of the name resolution helper: read any file (the C
+    /// library's resolver files, NSS modules, and whatever they are
+    /// replaced by or link to), connect to Unix sockets (nscd,
+    /// systemd-resolved) and to TCP port 53 (DNS over TCP); write, remove,
+    /// bind and signal nothing.
+    pub fn resolver(mode: SandboxMode) -> Policy {
+        Policy {
+            mode,
+            remove_beneath: None,
+            read_beneath: vec![PathBuf::from("/")],
+            unix_connect_beneath: vec![PathBuf::from("/")],
+            tcp_connect_ports: vec![53],
+            scope_abstract_unix: true,
             scope_signal: true,
         }
     }
@@ -289,10 +291,10 @@ fn restrict(policy: &Policy, abi: i32) -> Result<RulesetStatus, landlock::Rulese
             ),
         }
     }
-    for file in &policy.read_files {
-        // Missing files (no gai.conf, say) need no rule.
-        if let Ok(fd) = PathFd::new(file) {
-            created = created.add_rule(PathBeneath::new(fd, AccessFs::ReadFile))?;
+    for dir in &policy.read_beneath {
+        if let Ok(fd) = PathFd::new(dir) {
+            created =
+                created.add_rule(PathBeneath::new(fd, AccessFs::ReadFile | AccessFs::ReadDir))?;
         }
     }
     if abi >= 9 {
@@ -333,8 +335,8 @@ impl fmt::Display for Report {
             if let Some(dir) = &policy.remove_beneath {
                 fs.push(format!("remove files beneath {}", dir.display()));
             }
-            if !policy.read_files.is_empty() {
-                fs.push("read resolver files".to_string());
+            for dir in &policy.read_beneath {
+                fs.push(format!("read beneath {}", dir.display()));
             }
             if self.abi >= 9 {
                 for dir in &policy.unix_connect_beneath {
@@ -419,7 +421,7 @@ mod tests {
         let p = policy(&["/run/foobar-unix/socket", "127.0.0.1:8000"]);
         assert_eq!(p.remove_beneath, Some(PathBuf::from("/run/foobar-unix")));
         assert_eq!(p.tcp_connect_ports, vec![8000]);
-        assert!(p.read_files.is_empty());
+        assert!(p.read_beneath.is_empty());
         assert!(p.unix_connect_beneath.is_empty());
         assert!(p.scope_abstract_unix && p.scope_signal);
     }
@@ -445,11 +447,14 @@ mod tests {
     }
 
     #[test]
-    fn host_name_allows_resolution() {
+    fn host_name_reads_nothing_itself() {
         let p = policy(&["./s", "localhost:8080"]);
         assert_eq!(p.remove_beneath, Some(PathBuf::from(".")));
-        assert_eq!(p.tcp_connect_ports, vec![8080, 53]);
-        assert!(p.read_files.contains(&PathBuf::from("/etc/hosts")));
+        assert_eq!(p.tcp_connect_ports, vec![8080]);
+        assert!(p.read_beneath.is_empty());
+        let r = Policy::resolver(SandboxMode::BestEffort);
+        assert_eq!(r.tcp_connect_ports, vec![53]);
+        assert_eq!(r.remove_beneath, None);
     }
 
     #[test]
