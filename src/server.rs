@@ -247,12 +247,7 @@ async fn accept(
             Err(e) => {
                 // Pooled pipes are a luxury next to a waiting client.
                 crate::pipe::release_pool();
-                return Err(io::Error::new(
-                    e.kind(),
-                    format!(
-                        "no descriptor to spare for another client ({e}): clients wait in the backlog until a connection ends"
-                    ),
-                ));
+                return Err(io::Error::other(NoDescriptorToSpare(e)));
             }
         }
     }
@@ -266,6 +261,23 @@ async fn accept(
         reserve: reserve.take(),
     })
 }
+
+/// Why the loop does not accept now: the client would get no socket
+/// towards CONNECT.
+#[derive(Debug)]
+struct NoDescriptorToSpare(io::Error);
+
+impl std::fmt::Display for NoDescriptorToSpare {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "no descriptor to spare for another client ({}): new clients wait in the backlog until a connection ends",
+            self.0
+        )
+    }
+}
+
+impl std::error::Error for NoDescriptorToSpare {}
 
 /// One connection's task.
 struct Connection {
@@ -469,6 +481,16 @@ fn rate_limited_accept_warning() -> impl FnMut(&io::Error) {
         let Some(held_back) = throttle.allow() else {
             return;
         };
+        if error
+            .get_ref()
+            .is_some_and(|e| e.downcast_ref::<NoDescriptorToSpare>().is_some())
+        {
+            crate::warn!(
+                "accepting paused: {error}{}",
+                crate::log::held_back(held_back)
+            );
+            return;
+        }
         let hint = async_listen::error_hint(error);
         crate::warn!(
             "accept failed: {error}{}{}; retrying",
