@@ -110,8 +110,11 @@ const INFINITY: SpanArg = SpanArg(None);
   sd-listen, sd-listen:NAME   LISTEN only: sockets passed by systemd socket activation (named: FileDescriptorName=)
   fd:N                        LISTEN only: inherited fd N; a listening socket is served,
                               a connected one is relayed once, then the relay exits
-Time spans use systemd syntax: 90, 90s, 500ms, 5min 20s, 1h, infinity.
-Each listener logs 'listening on ADDR' (also with -q) once the relay is ready.",
+Time spans use systemd syntax: 90, 90s, 500ms, 5min 20s, 1h30min, 1.5h, infinity,
+  with every systemd unit (ns, us, ms, s, min, h, d, w, M = month, y = year); 0 means no limit.
+Each listener logs 'listening on ADDR' (also with -q) once the relay is ready.
+Signals: SIGTERM/SIGINT stop gracefully (a second one at once; connections still open are
+  cut, TCP peers get a reset); SIGHUP is logged and ignored (nothing to reload).",
     example = "Expose a TCP-only service as a Unix socket:\n  $ {command_name} --socket-mode 0660 /run/foobar-unix/socket 127.0.0.1:8080\nRe-expose a Unix socket on TCP:\n  $ {command_name} 127.0.0.1:8000 /run/app.sock",
     error_code(
         0,
@@ -136,11 +139,11 @@ struct Args {
     #[argh(option, short = 'c', arg_name = "N", default = "CountArg(256)")]
     connections_max: CountArg,
 
-    /// give up connecting to CONNECT after SPAN, all addresses together (default 10s)
+    /// give up connecting to CONNECT after SPAN, all addresses together (default 10s; 0: no limit)
     #[argh(option, arg_name = "SPAN", default = "SECONDS_10")]
     connect_timeout: SpanArg,
 
-    /// close a connection after SPAN without a byte in either direction (default infinity)
+    /// close a connection after SPAN without a byte in either direction (default infinity; 0: no limit)
     #[argh(option, arg_name = "SPAN", default = "INFINITY")]
     idle_timeout: SpanArg,
 
@@ -148,7 +151,7 @@ struct Args {
     #[argh(option, arg_name = "SPAN", default = "INFINITY")]
     exit_idle_time: SpanArg,
 
-    /// on SIGTERM/SIGINT, how long open connections may go on before exit (default 30s)
+    /// on SIGTERM/SIGINT, how long open connections may go on before they are cut (default 30s; 0: no limit)
     #[argh(option, arg_name = "SPAN", default = "SECONDS_30")]
     shutdown_timeout: SpanArg,
 
