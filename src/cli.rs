@@ -7,7 +7,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::str::FromStr;
 use std::time::Duration;
 
-use argh::FromArgs;
+use argh::{ArgsInfo, FromArgs};
 
 use crate::Failure;
 use crate::endpoint::{Endpoint, Role, UnixAddr, parse_number};
@@ -45,6 +45,12 @@ pub struct Config {
     pub proxy_protocol: Option<ProxyVersion>,
     /// Which Unix clients may connect.
     pub allow: Allowlist,
+    /// Retry a refused or missing CONNECT until `connect_timeout`.
+    pub connect_retry: bool,
+    /// `SO_KEEPALIVE` on TCP sockets, with this idle time before the first probe.
+    pub keepalive: Option<Duration>,
+    /// Where to write a newline once ready (s6's `notification-fd`).
+    pub ready_fd: Option<std::os::fd::RawFd>,
     pub level: Level,
 }
 
@@ -97,7 +103,7 @@ const SECONDS_10: SpanArg = SpanArg(Some(Duration::from_secs(10)));
 const SECONDS_30: SpanArg = SpanArg(Some(Duration::from_secs(30)));
 const INFINITY: SpanArg = SpanArg(None);
 
-#[derive(FromArgs)]
+#[derive(FromArgs, ArgsInfo)]
 /// Relay stream connections between TCP and Unix sockets, in either direction:
 /// accept on LISTEN, connect to CONNECT, copy bytes both ways until both sides are done.
 #[argh(
@@ -179,6 +185,23 @@ struct Args {
     #[argh(option, arg_name = "GID")]
     allow_gid: Vec<String>,
 
+    /// retry a refused or missing CONNECT (a backend still starting) with a short backoff until --connect-timeout, instead of closing the client at once
+    #[argh(switch)]
+    connect_retry: bool,
+
+    /// SO_KEEPALIVE on the TCP sockets, probing after SPAN without traffic, so that dead peers of idle connections are noticed (default: off)
+    #[argh(option, arg_name = "SPAN")]
+    keepalive: Option<SpanArg>,
+
+    /// once ready (when READY=1 is sent), write a newline to descriptor N and close it (s6's notification-fd)
+    #[argh(option, arg_name = "N")]
+    ready_fd: Option<CountArg>,
+
+    /// print a completion script for SHELL (bash, zsh or fish) and exit
+    #[argh(option, arg_name = "SHELL")]
+    #[allow(dead_code)] // handled before argh runs, so that no endpoints are needed
+    completions: Option<String>,
+
     /// log errors only (and the 'listening on' lines)
     #[argh(switch, short = 'q')]
     quiet: bool,
@@ -198,18 +221,61 @@ pub enum Command {
     /// Print this text to standard output and exit 0 (`--help`, `--version`).
     Print(String),
     /// Run the relay.
-    Run(Config),
+    Run(Box<Config>),
 }
+
+/// Options that take a value, so that `-h` right after one is that value.
+const VALUE_OPTIONS: &[&str] = &[
+    "-c",
+    "--connections-max",
+    "--connect-timeout",
+    "--idle-timeout",
+    "--exit-idle-time",
+    "--shutdown-timeout",
+    "--socket-mode",
+    "--socket-group",
+    "--sandbox",
+    "--proxy-protocol",
+    "--allow-uid",
+    "--allow-gid",
+    "--keepalive",
+    "--ready-fd",
+    "--completions",
+];
 
 /// Parses the arguments after the program name, as the bytes Linux passed.
 pub fn parse(program: &str, args: &[OsString]) -> Result<Command, Failure> {
-    let before_dashdash = args.iter().take_while(|a| *a != "--");
-    if before_dashdash.clone().any(|a| a == "--version") {
+    let before_dashdash: Vec<&OsString> = args.iter().take_while(|a| *a != "--").collect();
+    if before_dashdash.iter().any(|a| *a == "--version") {
         return Ok(Command::Print(format!(
             "{program} {}\n",
             env!("CARGO_PKG_VERSION")
         )));
     }
+    if let Some(at) = before_dashdash.iter().position(|a| *a == "--completions") {
+        let shell = before_dashdash.get(at + 1).and_then(|s| s.to_str());
+        return crate::completions::script(program, &Args::get_args_info(), shell)
+            .map(Command::Print)
+            .map_err(|r| Failure::Usage(format!("--completions: {r}")));
+    }
+    // -h is --help, unless it is the value of an option.
+    let args: Vec<OsString> = args
+        .iter()
+        .enumerate()
+        .map(|(index, arg)| {
+            let value_of_option = index > 0
+                && args[index - 1]
+                    .to_str()
+                    .is_some_and(|o| VALUE_OPTIONS.contains(&o));
+            let before_dashdash = index < before_dashdash.len();
+            if arg == "-h" && !value_of_option && before_dashdash {
+                OsString::from("--help")
+            } else {
+                arg.clone()
+            }
+        })
+        .collect();
+    let args = args.as_slice();
     let mut texts: Vec<String> = Vec::with_capacity(args.len());
     for (index, arg) in args.iter().enumerate() {
         match arg.to_str() {
@@ -234,7 +300,14 @@ pub fn parse(program: &str, args: &[OsString]) -> Result<Command, Failure> {
     let strs: Vec<&str> = texts.iter().map(String::as_str).collect();
     let parsed = match Args::from_args(&[program], &strs) {
         Ok(parsed) => parsed,
-        Err(exit) if exit.status.is_ok() => return Ok(Command::Print(exit.output)),
+        Err(exit) if exit.status.is_ok() => {
+            // argh's own help line, with the short form this program adds.
+            let help = exit.output.replace(
+                "  --help, help      display usage information",
+                "  -h, --help        display usage information",
+            );
+            return Ok(Command::Print(help));
+        }
         Err(exit) => {
             let reason = exit.output.split_whitespace().collect::<Vec<_>>().join(" ");
             return Err(Failure::Usage(format!("{} (see --help)", shown(&reason))));
@@ -249,7 +322,9 @@ pub fn parse(program: &str, args: &[OsString]) -> Result<Command, Failure> {
     };
     let listen = original(&parsed.listen);
     let connect = original(&parsed.connect);
-    parsed.validate(&listen, &connect).map(Command::Run)
+    parsed
+        .validate(&listen, &connect)
+        .map(|config| Command::Run(Box::new(config)))
 }
 
 /// The value of a string option, which must be UTF-8.
@@ -360,6 +435,33 @@ impl Args {
                 "needs a Unix LISTEN (TCP clients have no credentials)".into(),
             ));
         }
+        let keepalive = match self.keepalive {
+            None => None,
+            Some(SpanArg(Some(span))) if span >= Duration::from_secs(1) => Some(span),
+            Some(_) => {
+                return Err(usage(
+                    "--keepalive",
+                    "give a span of at least 1s (TCP counts keepalive time in seconds)".into(),
+                ));
+            }
+        };
+        let ready_fd = match self.ready_fd {
+            None => None,
+            Some(CountArg(fd)) => {
+                let fd = std::os::fd::RawFd::try_from(fd)
+                    .map_err(|_| usage("--ready-fd", format!("{fd} is not a descriptor")))?;
+                if fd <= 2 {
+                    return Err(usage(
+                        "--ready-fd",
+                        format!("{fd} is standard input, output or error"),
+                    ));
+                }
+                if listen == Endpoint::Fd(fd) {
+                    return Err(usage("--ready-fd", format!("{fd} is LISTEN's descriptor")));
+                }
+                Some(fd)
+            }
+        };
         let level = match (self.quiet, self.verbose) {
             (true, true) => return Err(usage("-q/-v", "choose one".into())),
             (true, false) => Level::Error,
@@ -379,6 +481,9 @@ impl Args {
             sandbox,
             proxy_protocol,
             allow,
+            connect_retry: self.connect_retry,
+            keepalive,
+            ready_fd,
             level,
         })
     }
@@ -477,7 +582,7 @@ mod tests {
     fn run(args: &[&str]) -> Result<Config, String> {
         let args: Vec<OsString> = args.iter().map(OsString::from).collect();
         match parse("simpletcpunixrelay", &args) {
-            Ok(Command::Run(config)) => Ok(config),
+            Ok(Command::Run(config)) => Ok(*config),
             Ok(Command::Print(text)) => Err(format!("printed {text}")),
             Err(Failure::Usage(text)) => Err(text),
             Err(Failure::Startup(text)) => panic!("startup failure while parsing: {text}"),

@@ -18,8 +18,8 @@ use std::time::Duration;
 use async_io::{Async, Timer};
 use socket2::{Domain, SockAddr, Socket, Type};
 
+use crate::cli::Config;
 use crate::endpoint::{Endpoint, Host, UnixAddr};
-use crate::timespan::Span;
 
 /// How long a client waits before the relay tries again to create its
 /// socket when the system is short of descriptors or memory.
@@ -39,18 +39,45 @@ struct Attempt {
     shortage: RefCell<Option<io::Error>>,
 }
 
-/// Connects to `target`, giving up after `timeout` for all addresses
-/// together. `reserve` is closed just before the socket is created.
-pub async fn connect(
-    target: &Endpoint,
-    timeout: Span,
-    reserve: Option<OwnedFd>,
-) -> io::Result<Async<Socket>> {
+/// The longest pause between two tries with `--connect-retry`.
+const RETRY_PAUSE_MAX: Duration = Duration::from_millis(500);
+
+/// Whether `--connect-retry` tries again after this error: CONNECT is not
+/// listening yet (refused, or its socket file does not exist yet).
+fn not_up_yet(e: &io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::ECONNREFUSED | libc::ENOENT))
+}
+
+/// Connects to CONNECT for one client, giving up after `--connect-timeout`
+/// for all addresses (and, with `--connect-retry`, all tries) together.
+/// `reserve` is closed just before the socket is created.
+pub async fn connect(config: &Config, reserve: Option<OwnedFd>) -> io::Result<Async<Socket>> {
     let state = Attempt {
         reserve: Cell::new(reserve),
         shortage: RefCell::new(None),
     };
-    let attempt = connect_any(target, &state);
+    let target = &config.connect;
+    let timeout = config.connect_timeout;
+    let attempt = async {
+        let mut pause = Duration::from_millis(10);
+        loop {
+            match connect_any(target, &state).await {
+                Err(e) if config.connect_retry && not_up_yet(&e) => {
+                    Timer::after(pause).await;
+                    pause = (pause * 2).min(RETRY_PAUSE_MAX);
+                }
+                Ok(socket) => {
+                    if let Some(idle) = config.keepalive
+                        && matches!(target, Endpoint::Tcp { .. })
+                    {
+                        keep_alive(socket.get_ref(), idle)?;
+                    }
+                    return Ok(socket);
+                }
+                other => return other,
+            }
+        }
+    };
     match timeout {
         None => attempt.await,
         Some(limit) => {
@@ -113,6 +140,11 @@ async fn resolve(host: &Host, port: u16) -> io::Result<Vec<SocketAddr>> {
             .map_err(|e| io::Error::new(e.kind(), format!("cannot resolve '{name}': {e}"))),
         Host::Any => unreachable!("rejected as CONNECT when parsing"),
     }
+}
+
+/// `SO_KEEPALIVE` with `idle` before the first probe (`--keepalive`).
+pub fn keep_alive(socket: &Socket, idle: Duration) -> io::Result<()> {
+    socket.set_tcp_keepalive(&socket2::TcpKeepalive::new().with_time(idle))
 }
 
 /// Whether an error means the system is short of descriptors or memory,

@@ -6,6 +6,7 @@
 //! last.
 
 pub mod cli;
+mod completions;
 mod connections;
 pub mod connector;
 pub mod endpoint;
@@ -57,6 +58,7 @@ impl Failure {
 /// Runs the relay until a clean stop.
 pub fn run(config: Config) -> Result<(), Failure> {
     log::init(config.level);
+    let ready_fd = config.ready_fd.map(take_ready_fd).transpose()?;
     // 1. Open LISTEN with plain blocking calls: no threads exist yet.
     let opened = listener::open(
         &config.listen,
@@ -103,7 +105,7 @@ pub fn run(config: Config) -> Result<(), Failure> {
     runtime::block_on(async move {
         notify::start();
         resolver::start();
-        match server::serve(opened, config, signals).await {
+        match server::serve(opened, config, signals, ready_fd).await {
             Ok(true) => Ok(()),
             Ok(false) => Err(Failure::Startup(
                 "the inherited connection could not be relayed".into(),
@@ -111,6 +113,23 @@ pub fn run(config: Config) -> Result<(), Failure> {
             Err(e) => Err(Failure::Startup(e.to_string())),
         }
     })
+}
+
+/// Takes `--ready-fd N`: it must be open, and is closed on exec.
+fn take_ready_fd(fd: std::os::fd::RawFd) -> Result<std::os::fd::OwnedFd, Failure> {
+    use std::os::fd::{FromRawFd, OwnedFd};
+    // SAFETY: F_GETFD only inspects the descriptor table.
+    if unsafe { libc::fcntl(fd, libc::F_GETFD) } < 0 {
+        return Err(Failure::Usage(format!(
+            "--ready-fd: descriptor {fd} is not open (s6-supervise opens the one named in notification-fd)"
+        )));
+    }
+    // SAFETY: the descriptor is open and named once on the command line:
+    // nothing else in this process owns it.
+    let owned = unsafe { OwnedFd::from_raw_fd(fd) };
+    rustix::io::fcntl_setfd(&owned, rustix::io::FdFlags::CLOEXEC)
+        .map_err(|e| Failure::Startup(format!("--ready-fd: {e}")))?;
+    Ok(owned)
 }
 
 /// Applies the self-sandbox and logs what was enforced.

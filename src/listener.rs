@@ -304,12 +304,12 @@ fn inherit_systemd(name: Option<&str>) -> Result<Opened, Failure> {
             name.map_or("sd-listen".into(), |n| format!("sd-listen:{n}"))
         ))
     };
-    let passed: Vec<(RawFd, String)> = sd_notify::listen_fds_with_names()
-        .map_err(|e| usage(format!("bad socket activation environment: {e}")))?
-        .collect();
+    let passed =
+        passed_sockets().map_err(|e| usage(format!("bad socket activation environment: {e}")))?;
     if passed.is_empty() {
         return Err(usage(
-            "no sockets were passed (LISTEN_FDS/LISTEN_PID not set for this process)".into(),
+            "no sockets were passed (LISTEN_FDS not set, or LISTEN_PID names another process)"
+                .into(),
         ));
     }
     let chosen: Vec<(RawFd, String)> = match name {
@@ -334,6 +334,39 @@ fn inherit_systemd(name: Option<&str>) -> Result<Opened, Failure> {
         (true, 1) => Ok(Opened::Connection(connections.pop().expect("one connection"))),
         _ => Err(usage("mixes connected and listening sockets; pass one connection (Accept=yes) or listening sockets".into())),
     }
+}
+
+/// The sockets passed by socket activation: descriptors 3, 4, … per
+/// `LISTEN_FDS`, named by `LISTEN_FDNAMES` (`unknown` without it).
+/// `LISTEN_PID`, when set, must be this process (the variables may have
+/// been meant for a parent); without it the sockets are taken, as the
+/// listenfd crate does for systemfd `--no-pid`.
+fn passed_sockets() -> Result<Vec<(RawFd, String)>, String> {
+    const FIRST: RawFd = 3;
+    let Ok(count) = std::env::var("LISTEN_FDS") else {
+        return Ok(Vec::new());
+    };
+    if let Ok(pid) = std::env::var("LISTEN_PID")
+        && crate::endpoint::parse_number::<u32>(&pid) != Some(std::process::id())
+    {
+        return Ok(Vec::new());
+    }
+    let count = crate::endpoint::parse_number::<RawFd>(&count)
+        .filter(|n| *n <= 4096)
+        .ok_or_else(|| format!("LISTEN_FDS='{count}' is not a count of descriptors"))?;
+    let names: Vec<String> = match std::env::var("LISTEN_FDNAMES") {
+        Ok(names) => names.split(':').map(str::to_owned).collect(),
+        Err(_) => Vec::new(),
+    };
+    Ok((0..count)
+        .map(|i| {
+            let name = names
+                .get(i as usize)
+                .cloned()
+                .unwrap_or_else(|| "unknown".into());
+            (FIRST + i, name)
+        })
+        .collect())
 }
 
 fn inherit_fd(fd: RawFd, argument: &str) -> Result<Opened, Failure> {

@@ -46,7 +46,16 @@ pub fn write(level: Level, always: bool, message: std::fmt::Arguments<'_>) {
 
 /// Prints the line that says why the relay exits with a failure status
 /// (`simpletcpunixrelay: usage error: …`), at error priority in the journal.
+/// On a terminal it carries no timestamp, as systemd's own tools print such
+/// lines.
 pub fn fatal(message: std::fmt::Arguments<'_>) {
+    use std::io::IsTerminal;
+    if !JOURNAL.load(Ordering::Relaxed) && std::io::stderr().is_terminal() {
+        let _ = std::io::stderr()
+            .lock()
+            .write_all(format!("{message}\n").as_bytes());
+        return;
+    }
     emit(Level::Error, "", message);
 }
 

@@ -24,7 +24,7 @@ fn main() -> ExitCode {
             print!("{text}");
             return ExitCode::SUCCESS;
         }
-        Ok(cli::Command::Run(config)) => simpletcpunixrelay::run(config),
+        Ok(cli::Command::Run(config)) => simpletcpunixrelay::run(*config),
         Err(failure) => Err(failure),
     };
     match result {

@@ -61,7 +61,12 @@ enum Stop {
 /// Serves what LISTEN opened until a signal, `--exit-idle-time`, or (for one
 /// inherited connection) its end. Returns whether every connection reached
 /// CONNECT (an inherited connection that could not is a failure).
-pub async fn serve(opened: Opened, config: Rc<Config>, signals: AsyncSignals) -> io::Result<bool> {
+pub async fn serve(
+    opened: Opened,
+    config: Rc<Config>,
+    signals: AsyncSignals,
+    ready_fd: Option<OwnedFd>,
+) -> io::Result<bool> {
     let connections = Connections::new();
     let mut files = Vec::new();
     let (incoming, endpoints, ready, single): (Incoming, String, String, bool) = match opened {
@@ -115,6 +120,12 @@ pub async fn serve(opened: Opened, config: Rc<Config>, signals: AsyncSignals) ->
         }
     };
     crate::notify::ready(&ready);
+    if let Some(fd) = ready_fd {
+        // s6: a newline on the notification descriptor, which is then closed.
+        if let Err(e) = rustix::io::write(&fd, b"\n") {
+            crate::warn!("cannot write to --ready-fd {}: {e}", fd.as_raw_fd());
+        }
+    }
     if !single {
         crate::info!(
             "ready: relaying {endpoints}, at most {} connections at once",
@@ -338,6 +349,11 @@ impl Connection {
         let who = || crate::peer::describe(&socket, peer);
         if tcp {
             let _ = socket.set_tcp_nodelay(true);
+            if let Some(idle) = config.keepalive
+                && let Err(e) = crate::connector::keep_alive(&socket, idle)
+            {
+                crate::warn!("{}: cannot enable keepalive: {e}", who());
+            }
         }
         if config.allow.is_active() && !self.admitted(&socket) {
             return None;
@@ -359,19 +375,17 @@ impl Connection {
             // A Unix client has no IP address: UNKNOWN (v1) or LOCAL (v2).
             Some(version) => Some(proxy_header(version, None, None)),
         };
-        let backend =
-            match crate::connector::connect(&config.connect, config.connect_timeout, reserve).await
-            {
-                Ok(backend) => backend,
-                Err(e) => {
-                    crate::warn!(
-                        "{}: cannot connect to {}: {e}; closing the client",
-                        who(),
-                        config.connect
-                    );
-                    return None;
-                }
-            };
+        let backend = match crate::connector::connect(config, reserve).await {
+            Ok(backend) => backend,
+            Err(e) => {
+                crate::warn!(
+                    "{}: cannot connect to {}: {e}; closing the client",
+                    who(),
+                    config.connect
+                );
+                return None;
+            }
+        };
         self.entry.set_backend(backend.get_ref().as_raw_fd());
         if let Some(header) = header
             && let Err(e) = relay::write_all(&backend, &header).await
@@ -523,7 +537,7 @@ mod tests {
         let connections = Connections::new();
         let connection = Connection {
             entry: connections.open(socket.as_raw_fd()),
-            config: Rc::new(config),
+            config: Rc::new(*config),
         };
         let task = connection.run(Accepted {
             socket,
