@@ -113,7 +113,8 @@ const INFINITY: SpanArg = SpanArg(None);
   [IPV6]:PORT                 TCP over IPv6
   PATH (containing /), unix:PATH   Unix socket file (./sock for the current directory)
   @NAME, unix:@NAME           Linux abstract Unix socket
-  sd-listen, sd-listen:NAME   LISTEN only: sockets passed by systemd socket activation (named: FileDescriptorName=)
+  sd-listen, sd-listen:NAME   LISTEN only: sockets passed by systemd socket activation (named: FileDescriptorName=);
+                              LISTEN_PID is optional (systemfd --no-pid, listenfd)
   fd:N                        LISTEN only: inherited fd N; a listening socket is served,
                               a connected one is relayed once, then the relay exits
 Time spans use systemd syntax: 90, 90s, 500ms, 5min 20s, 1h30min, 1.5h, infinity,
