@@ -9,50 +9,12 @@ use std::time::Duration;
 
 use argh::{ArgsInfo, FromArgs};
 
-use crate::Failure;
-use crate::endpoint::{Endpoint, Role, UnixAddr, parse_number};
+use crate::config::{Config, SandboxMode};
+use crate::endpoint::{Endpoint, Role, Target, UnixAddr, parse_number};
+use crate::failure::Failure;
 use crate::identity::{Allowlist, ProxyVersion};
 use crate::log::Level;
 use crate::timespan::{self, Span};
-
-/// How hard the relay confines itself after start-up.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SandboxMode {
-    /// Enforce what the kernel supports, warn about the rest.
-    BestEffort,
-    /// Refuse to start unless everything is enforced.
-    Strict,
-    /// No self-confinement (with a warning).
-    Off,
-}
-
-/// Everything the relay needs to know, validated.
-#[derive(Debug, Clone)]
-pub struct Config {
-    pub listen: Endpoint,
-    pub connect: Endpoint,
-    pub connections_max: usize,
-    pub connect_timeout: Span,
-    pub idle_timeout: Span,
-    pub exit_idle_time: Span,
-    pub shutdown_timeout: Span,
-    /// Permissions of a socket file the relay creates.
-    pub socket_mode: Option<u32>,
-    /// Group of a socket file the relay creates.
-    pub socket_group: Option<libc::gid_t>,
-    pub sandbox: SandboxMode,
-    /// Send CONNECT a PROXY protocol header first.
-    pub proxy_protocol: Option<ProxyVersion>,
-    /// Which Unix clients may connect.
-    pub allow: Allowlist,
-    /// Retry a refused or missing CONNECT until `connect_timeout`.
-    pub connect_retry: bool,
-    /// `SO_KEEPALIVE` on TCP sockets, with this idle time before the first probe.
-    pub keepalive: Option<Duration>,
-    /// Where to write a newline once ready (s6's `notification-fd`).
-    pub ready_fd: Option<std::os::fd::RawFd>,
-    pub level: Level,
-}
 
 /// A systemd time span as an argh value.
 #[derive(Debug, Clone, Copy)]
@@ -349,6 +311,7 @@ impl Args {
         let listen = Endpoint::parse_os(listen_arg, Role::Listen)
             .map_err(|r| usage(&format!("LISTEN '{}'", listen_arg.to_string_lossy()), r))?;
         let connect = Endpoint::parse_os(connect_arg, Role::Connect)
+            .and_then(Target::try_from)
             .map_err(|r| usage(&format!("CONNECT '{}'", connect_arg.to_string_lossy()), r))?;
         let connections_max = self.connections_max.0;
         if connections_max == 0 {

@@ -18,8 +18,8 @@ use std::time::Duration;
 use async_io::{Async, Timer};
 use socket2::{Domain, SockAddr, Socket, Type};
 
-use crate::cli::Config;
-use crate::endpoint::{Endpoint, Host, UnixAddr};
+use crate::config::Config;
+use crate::endpoint::{Target, TargetHost, UnixAddr};
 
 /// How long a client waits before the relay tries again to create its
 /// socket when the system is short of descriptors or memory.
@@ -68,7 +68,7 @@ pub async fn connect(config: &Config, reserve: Option<OwnedFd>) -> io::Result<As
                 }
                 Ok(socket) => {
                     if let Some(idle) = config.keepalive
-                        && matches!(target, Endpoint::Tcp { .. })
+                        && matches!(target, Target::Tcp { .. })
                     {
                         keep_alive(socket.get_ref(), idle)?;
                     }
@@ -100,9 +100,9 @@ pub async fn connect(config: &Config, reserve: Option<OwnedFd>) -> io::Result<As
     }
 }
 
-async fn connect_any(target: &Endpoint, state: &Attempt) -> io::Result<Async<Socket>> {
+async fn connect_any(target: &Target, state: &Attempt) -> io::Result<Async<Socket>> {
     match target {
-        Endpoint::Tcp { host, port } => {
+        Target::Tcp { host, port } => {
             let addresses = resolve(host, *port).await?;
             let mut last_error =
                 io::Error::new(io::ErrorKind::NotFound, "the name resolved to no address");
@@ -117,14 +117,11 @@ async fn connect_any(target: &Endpoint, state: &Attempt) -> io::Result<Async<Soc
             }
             Err(last_error)
         }
-        Endpoint::Unix(UnixAddr::Path(path)) => {
+        Target::Unix(UnixAddr::Path(path)) => {
             connect_to(Domain::UNIX, &SockAddr::unix(path)?, state).await
         }
-        Endpoint::Unix(UnixAddr::Abstract(name)) => {
-            connect_to(Domain::UNIX, &crate::listener::abstract_addr(name)?, state).await
-        }
-        Endpoint::SdListen(_) | Endpoint::Fd(_) => {
-            unreachable!("rejected as CONNECT when parsing")
+        Target::Unix(UnixAddr::Abstract(name)) => {
+            connect_to(Domain::UNIX, &crate::endpoint::abstract_addr(name)?, state).await
         }
     }
 }
@@ -132,13 +129,12 @@ async fn connect_any(target: &Endpoint, state: &Attempt) -> io::Result<Async<Soc
 /// Resolves a CONNECT host. IP literals need no lookup; names are resolved
 /// at every connect (by the resolver helper) so that a changed address is
 /// picked up.
-async fn resolve(host: &Host, port: u16) -> io::Result<Vec<SocketAddr>> {
+async fn resolve(host: &TargetHost, port: u16) -> io::Result<Vec<SocketAddr>> {
     match host {
-        Host::Ip(ip) => Ok(vec![SocketAddr::new(*ip, port)]),
-        Host::Name(name) => crate::resolver::resolve(name, port)
+        TargetHost::Ip(ip) => Ok(vec![SocketAddr::new(*ip, port)]),
+        TargetHost::Name(name) => crate::resolver::resolve(name, port)
             .await
             .map_err(|e| io::Error::new(e.kind(), format!("cannot resolve '{name}': {e}"))),
-        Host::Any => unreachable!("rejected as CONNECT when parsing"),
     }
 }
 

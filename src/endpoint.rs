@@ -46,6 +46,94 @@ pub enum Endpoint {
     Fd(RawFd),
 }
 
+/// CONNECT: where each client's connection goes. Unlike an [`Endpoint`] it
+/// cannot be an inherited socket nor "every interface", by construction.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    /// A TCP address or a host name resolved at each connect.
+    Tcp { host: TargetHost, port: u16 },
+    /// A Unix socket path or abstract name.
+    Unix(UnixAddr),
+}
+
+/// The host of a TCP [`Target`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TargetHost {
+    Ip(IpAddr),
+    Name(String),
+}
+
+impl TryFrom<Endpoint> for Target {
+    type Error = String;
+
+    fn try_from(endpoint: Endpoint) -> Result<Target, String> {
+        match endpoint {
+            Endpoint::Tcp {
+                host: Host::Ip(ip),
+                port,
+            } => Ok(Target::Tcp {
+                host: TargetHost::Ip(ip),
+                port,
+            }),
+            Endpoint::Tcp {
+                host: Host::Name(name),
+                port,
+            } => Ok(Target::Tcp {
+                host: TargetHost::Name(name),
+                port,
+            }),
+            Endpoint::Tcp {
+                host: Host::Any, ..
+            } => Err("CONNECT needs a host (e.g. 127.0.0.1:PORT)".into()),
+            Endpoint::Unix(address) => Ok(Target::Unix(address)),
+            Endpoint::SdListen(_) => Err("sd-listen can only be used as LISTEN".into()),
+            Endpoint::Fd(_) => Err("fd:N can only be used as LISTEN".into()),
+        }
+    }
+}
+
+impl fmt::Display for Target {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Target::Tcp {
+                host: TargetHost::Ip(IpAddr::V6(ip)),
+                port,
+            } => write!(f, "[{ip}]:{port}"),
+            Target::Tcp {
+                host: TargetHost::Ip(ip),
+                port,
+            } => write!(f, "{ip}:{port}"),
+            Target::Tcp {
+                host: TargetHost::Name(name),
+                port,
+            } => write!(f, "{name}:{port}"),
+            Target::Unix(address) => write!(f, "{address}"),
+        }
+    }
+}
+
+/// The socket address of an abstract name.
+pub fn abstract_addr(name: &[u8]) -> std::io::Result<socket2::SockAddr> {
+    let mut bytes = Vec::with_capacity(name.len() + 1);
+    bytes.push(0);
+    bytes.extend_from_slice(name);
+    socket2::SockAddr::unix(OsStr::from_bytes(&bytes))
+}
+
+/// An address as the relay prints it: `127.0.0.1:80`, `[::1]:80`, `/path`, `@name`.
+pub fn display_addr(address: &socket2::SockAddr) -> String {
+    if let Some(ip) = address.as_socket() {
+        return ip.to_string();
+    }
+    if let Some(path) = address.as_pathname() {
+        return path.display().to_string();
+    }
+    if let Some(name) = address.as_abstract_namespace() {
+        return format!("@{}", String::from_utf8_lossy(name));
+    }
+    "unnamed".into()
+}
+
 /// Which side of the relay an endpoint is for; they accept different forms.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Role {

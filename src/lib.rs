@@ -1,173 +1,42 @@
 //! simpletcpunixrelay: relay stream connections between TCP and Unix sockets,
 //! in either direction, for services confined to their own network namespace.
 //!
-//! Start-up order matters (see [`run`]): everything that needs privileges or
-//! the filesystem happens first, single-threaded; the async runtime starts
-//! last.
+//! The program is [`main`]; its start-up order (in `startup`) is what makes
+//! the sandbox cover every thread. One module per concern, each depending
+//! only on the ones below it:
+//!
+//! - `startup`: the procedure, from the command line to the exit status;
+//! - `server`: the accept loop, limits, idle exit, shutdown;
+//!   `connections`: the registry of live connections;
+//! - `relay`: one connection's data path; `pipe`: pipes and splice;
+//!   `connector`: reaching CONNECT; `resolver`: the name resolution helper;
+//! - `listener`: binding, inheriting, stale sockets, socket-file removal;
+//! - `sandbox`: the policy and its enforcement; `notify`: sd_notify;
+//!   `shutdown`: signals; `runtime`: everything async-std;
+//! - `cli` (parsing, `completions`) into `config`; `identity` and `peer`:
+//!   who a client is; `endpoint`, `timespan`, `log`, `failure`: the
+//!   vocabulary.
 
 pub mod cli;
 mod completions;
+pub mod config;
 mod connections;
-pub mod connector;
+mod connector;
 pub mod endpoint;
-pub mod identity;
-pub mod listener;
+mod failure;
+mod identity;
+mod listener;
 pub mod log;
-pub mod notify;
-pub mod peer;
-pub mod pipe;
-pub mod relay;
+mod notify;
+mod peer;
+mod pipe;
+mod relay;
 mod resolver;
-pub mod runtime;
+mod runtime;
 pub mod sandbox;
-pub mod server;
-pub mod shutdown;
+mod server;
+mod shutdown;
+mod startup;
 pub mod timespan;
 
-use std::rc::Rc;
-
-use cli::Config;
-use listener::{FileOptions, Opened};
-
-/// Why the relay could not run, and so its exit status.
-#[derive(Debug)]
-pub enum Failure {
-    /// Bad command line: exit status 2.
-    Usage(String),
-    /// Start-up or runtime failure: exit status 1.
-    Startup(String),
-}
-
-impl Failure {
-    /// The exit status the specification gives this failure.
-    pub fn exit_code(&self) -> u8 {
-        match self {
-            Failure::Usage(_) => 2,
-            Failure::Startup(_) => 1,
-        }
-    }
-
-    /// The message, without the kind.
-    pub fn message(&self) -> &str {
-        match self {
-            Failure::Usage(m) | Failure::Startup(m) => m,
-        }
-    }
-}
-
-/// Runs the relay until a clean stop.
-pub fn run(config: Config) -> Result<(), Failure> {
-    log::init(config.level);
-    let ready_fd = config.ready_fd.map(take_ready_fd).transpose()?;
-    // 1. Open LISTEN with plain blocking calls: no threads exist yet.
-    let opened = listener::open(
-        &config.listen,
-        FileOptions {
-            mode: config.socket_mode,
-            group: config.socket_group,
-        },
-    )?;
-    if config.allow.is_active()
-        && let Opened::Listeners(listeners) = &opened
-        && listeners
-            .iter()
-            .any(|l| l.socket.local_addr().is_ok_and(|a| a.as_socket().is_some()))
-    {
-        return Err(Failure::Usage(format!(
-            "--allow-uid/--allow-gid: LISTEN '{}' includes a TCP socket (TCP clients have no credentials)",
-            config.listen
-        )));
-    }
-    raise_fd_limit();
-    // 2. Host names for CONNECT are resolved by a helper process with a
-    //    policy of its own, forked while single-threaded and before the
-    //    signal handlers (it keeps the defaults).
-    if let endpoint::Endpoint::Tcp {
-        host: endpoint::Host::Name(_),
-        ..
-    } = &config.connect
-    {
-        resolver::spawn(config.sandbox)?;
-    }
-    // 3. Signals are queued from here on, so a stop is always graceful.
-    let signals = shutdown::Signals::install()
-        .map_err(|e| Failure::Startup(format!("cannot install signal handlers: {e}")))?;
-    // 4. The notification socket is connected before the sandbox, which
-    //    would refuse an abstract one.
-    notify::connect();
-    // 5. Confine the process while it has a single thread.
-    confine(&config)?;
-    // 6. Only now start the runtime's threads.
-    let config = Rc::new(config);
-    let signals = signals
-        .into_async()
-        .map_err(|e| Failure::Startup(e.to_string()))?;
-    runtime::block_on(async move {
-        notify::start();
-        resolver::start();
-        match server::serve(opened, config, signals, ready_fd).await {
-            Ok(true) => Ok(()),
-            Ok(false) => Err(Failure::Startup(
-                "the inherited connection could not be relayed".into(),
-            )),
-            Err(e) => Err(Failure::Startup(e.to_string())),
-        }
-    })
-}
-
-/// Takes `--ready-fd N`: it must be open, and is closed on exec.
-fn take_ready_fd(fd: std::os::fd::RawFd) -> Result<std::os::fd::OwnedFd, Failure> {
-    use std::os::fd::{FromRawFd, OwnedFd};
-    // SAFETY: F_GETFD only inspects the descriptor table.
-    if unsafe { libc::fcntl(fd, libc::F_GETFD) } < 0 {
-        return Err(Failure::Usage(format!(
-            "--ready-fd: descriptor {fd} is not open (s6-supervise opens the one named in notification-fd)"
-        )));
-    }
-    // SAFETY: the descriptor is open and named once on the command line:
-    // nothing else in this process owns it.
-    let owned = unsafe { OwnedFd::from_raw_fd(fd) };
-    rustix::io::fcntl_setfd(&owned, rustix::io::FdFlags::CLOEXEC)
-        .map_err(|e| Failure::Startup(format!("--ready-fd: {e}")))?;
-    Ok(owned)
-}
-
-/// Applies the self-sandbox and logs what was enforced.
-fn confine(config: &Config) -> Result<(), Failure> {
-    let policy = sandbox::Policy::derive(config);
-    sandbox::check_strict(&policy).map_err(Failure::Startup)?;
-    let report = sandbox::apply(&policy).map_err(Failure::Startup)?;
-    // An unprivileged relay cannot empty the bounding set; with nothing
-    // permitted and no_new_privs set, that is no reason for a warning.
-    let complete =
-        report.missing.is_empty() && report.capabilities_kept.iter().all(|set| set == "bounding");
-    if policy.mode == cli::SandboxMode::Off || !complete {
-        warn!("{report}");
-    } else {
-        info!("{report}");
-    }
-    Ok(())
-}
-
-/// Raises the soft open-file limit to the hard limit: every connection needs
-/// two descriptors, and the default soft limit (1024) caps the relay at a few
-/// hundred connections.
-fn raise_fd_limit() {
-    use rustix::process::{Resource, getrlimit, setrlimit};
-    let limit = getrlimit(Resource::Nofile);
-    let (Some(current), Some(maximum)) = (limit.current, limit.maximum) else {
-        return;
-    };
-    if current < maximum
-        && setrlimit(
-            Resource::Nofile,
-            rustix::process::Rlimit {
-                current: Some(maximum),
-                maximum: Some(maximum),
-            },
-        )
-        .is_ok()
-    {
-        debug!("open file limit raised from {current} to {maximum}");
-    }
-}
+pub use startup::main;

@@ -17,8 +17,8 @@ use std::path::{Path, PathBuf};
 
 use socket2::{Domain, SockAddr, Socket, Type};
 
-use crate::Failure;
-use crate::endpoint::{Endpoint, Host, UnixAddr};
+use crate::endpoint::{Endpoint, Host, UnixAddr, abstract_addr, display_addr};
+use crate::failure::Failure;
 
 /// A socket to accept connections on.
 pub struct Listener {
@@ -68,13 +68,6 @@ impl Listener {
             address,
             file,
         })
-    }
-
-    /// Closes the socket and removes the socket file the relay created (so a
-    /// stopping relay frees its address at once, before draining).
-    pub fn close(self) {
-        drop(self.socket);
-        drop(self.file);
     }
 
     /// Splits off the socket, keeping the file guard, for conversion to async.
@@ -156,14 +149,6 @@ fn bind_abstract(name: &[u8]) -> Result<Listener, Failure> {
         Failure::Startup(format!("cannot listen on {display}: {}", explain(&e)))
     })?;
     Listener::new(socket, None)
-}
-
-/// The socket address of an abstract name.
-pub fn abstract_addr(name: &[u8]) -> io::Result<SockAddr> {
-    let mut bytes = Vec::with_capacity(name.len() + 1);
-    bytes.push(0);
-    bytes.extend_from_slice(name);
-    SockAddr::unix(std::ffi::OsStr::from_bytes(&bytes))
 }
 
 fn bind_unix_path(path: &Path, options: FileOptions) -> Result<Listener, Failure> {
@@ -275,14 +260,6 @@ impl SocketFile {
             device: meta.dev(),
             inode: meta.ino(),
         })
-    }
-
-    /// The directory holding the socket file.
-    pub fn directory(&self) -> &Path {
-        self.path
-            .parent()
-            .filter(|p| !p.as_os_str().is_empty())
-            .unwrap_or(Path::new("."))
     }
 }
 
@@ -415,20 +392,6 @@ fn adopt(fd: RawFd) -> Result<(Socket, bool), String> {
         return Err(format!("is neither listening nor connected ({e})"));
     }
     Ok((socket, listening))
-}
-
-/// An address as the relay prints it: `127.0.0.1:80`, `[::1]:80`, `/path`, `@name`.
-pub fn display_addr(address: &SockAddr) -> String {
-    if let Some(ip) = address.as_socket() {
-        return ip.to_string();
-    }
-    if let Some(path) = address.as_pathname() {
-        return path.display().to_string();
-    }
-    if let Some(name) = address.as_abstract_namespace() {
-        return format!("@{}", String::from_utf8_lossy(name));
-    }
-    "unnamed".into()
 }
 
 /// An error with a hint for the usual startup mistakes.

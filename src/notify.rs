@@ -36,7 +36,7 @@ pub fn connect() {
     let connected = (|| {
         let bytes = target.as_bytes();
         let address = match bytes.strip_prefix(b"@") {
-            Some(name) => crate::listener::abstract_addr(name)?,
+            Some(name) => crate::endpoint::abstract_addr(name)?,
             None => SockAddr::unix(&target)?,
         };
         let socket = Socket::new(Domain::UNIX, Type::DGRAM.cloexec().nonblocking(), None)?;

@@ -25,8 +25,8 @@ use std::time::Duration;
 use async_io::Async;
 use socket2::{Domain, Socket, Type};
 
-use crate::Failure;
-use crate::cli::SandboxMode;
+use crate::config::SandboxMode;
+use crate::failure::Failure;
 use crate::sandbox::{self, Policy};
 
 /// The largest datagram either side sends: a host name is at most 253

@@ -15,8 +15,8 @@ use landlock::{
     Ruleset, RulesetAttr, RulesetCreatedAttr, RulesetStatus, Scope,
 };
 
-use crate::cli::{Config, SandboxMode};
-use crate::endpoint::{Endpoint, UnixAddr};
+use crate::config::{Config, SandboxMode};
+use crate::endpoint::{Endpoint, Target, UnixAddr};
 
 /// Environment variable that caps the Landlock ABI the relay uses, to test
 /// older kernels on a new one. It can only weaken the sandbox.
@@ -61,9 +61,9 @@ impl Policy {
         let mut tcp_connect_ports = Vec::new();
         match &config.connect {
             // Host names are resolved by the helper, under its own policy.
-            Endpoint::Tcp { port, .. } => tcp_connect_ports.push(*port),
-            Endpoint::Unix(UnixAddr::Path(path)) => unix_connect_beneath.push(parent(path)),
-            _ => {}
+            Target::Tcp { port, .. } => tcp_connect_ports.push(*port),
+            Target::Unix(UnixAddr::Path(path)) => unix_connect_beneath.push(parent(path)),
+            Target::Unix(UnixAddr::Abstract(_)) => {}
         }
         Policy {
             mode: config.sandbox,
@@ -71,7 +71,7 @@ impl Policy {
             read_beneath: Vec::new(),
             unix_connect_beneath,
             tcp_connect_ports,
-            scope_abstract_unix: !matches!(config.connect, Endpoint::Unix(UnixAddr::Abstract(_))),
+            scope_abstract_unix: !matches!(config.connect, Target::Unix(UnixAddr::Abstract(_))),
             scope_signal: true,
         }
     }

@@ -23,7 +23,7 @@ use async_listen::ListenExt;
 use futures_lite::{Stream, StreamExt, future};
 use socket2::Socket;
 
-use crate::cli::Config;
+use crate::config::Config;
 use crate::connections::{Connections, Entry};
 use crate::identity::proxy_header;
 use crate::listener::{Listener, Opened};
@@ -99,7 +99,7 @@ pub async fn serve(
                 format_args!(
                     "listening on {} (one inherited connection)",
                     local
-                        .map(|a| crate::listener::display_addr(&a))
+                        .map(|a| crate::endpoint::display_addr(&a))
                         .unwrap_or_default()
                 ),
             );
