@@ -188,14 +188,13 @@ fn bind_unix_path(path: &Path, options: FileOptions) -> Result<Listener, Failure
     let address = SockAddr::unix(path).map_err(|e| failure(e.to_string()))?;
     // The file gets its mode when bind creates it; a matching umask makes it
     // never exist with wider permissions, not even for an instant.
-    let old_umask = options.mode.map(|mode| {
-        // SAFETY: umask only swaps the process's mask; single-threaded here.
-        unsafe { libc::umask(!mode as libc::mode_t & 0o777) }
-    });
+    // (umask is process-wide: fine, the process is single-threaded here.)
+    let old_umask = options
+        .mode
+        .map(|mode| rustix::process::umask(rustix::fs::Mode::from_raw_mode(!mode & 0o777)));
     let bound = socket.bind(&address);
     if let Some(old) = old_umask {
-        // SAFETY: as above, restoring the previous mask.
-        unsafe { libc::umask(old) };
+        rustix::process::umask(old);
     }
     bound.map_err(|e| {
         let parent = path
@@ -363,33 +362,25 @@ fn adopt(fd: RawFd) -> Result<(Socket, bool), String> {
     if unsafe { libc::fcntl(fd, libc::F_GETFD) } < 0 {
         return Err("is not open".into());
     }
-    let mut kind: libc::c_int = 0;
-    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
-    // SAFETY: SO_TYPE writes one c_int into `kind`, `len` holds its size.
-    let rc = unsafe {
-        libc::getsockopt(
-            fd,
-            libc::SOL_SOCKET,
-            libc::SO_TYPE,
-            (&mut kind as *mut libc::c_int).cast(),
-            &mut len,
-        )
-    };
-    if rc != 0 {
-        return Err("is not a socket".into());
-    }
-    if kind != libc::SOCK_STREAM {
-        return Err("is not a stream socket".into());
-    }
-    // SAFETY: the descriptor is open, a socket, and nothing else in this
-    // process owns it: it was inherited and is named once on the command line.
+    // SAFETY: the descriptor is open, and nothing else in this process owns
+    // it: it was inherited and is named once on the command line. If it is
+    // not a stream socket it is given back unclosed (a usage error follows).
     let socket = unsafe { Socket::from_raw_fd(fd) };
+    let give_back = |socket: Socket, reason: String| {
+        let _ = std::os::fd::IntoRawFd::into_raw_fd(socket);
+        Err(reason)
+    };
+    match socket.r#type() {
+        Err(_) => return give_back(socket, "is not a socket".into()),
+        Ok(kind) if kind != Type::STREAM => {
+            return give_back(socket, "is not a stream socket".into());
+        }
+        Ok(_) => {}
+    }
     socket.set_cloexec(true).map_err(|e| e.to_string())?;
     let listening = socket.is_listener().map_err(|e| e.to_string())?;
     if !listening && let Err(e) = socket.peer_addr() {
-        // Not ours to close: this is a usage error, and the process exits.
-        let _ = std::os::fd::IntoRawFd::into_raw_fd(socket);
-        return Err(format!("is neither listening nor connected ({e})"));
+        return give_back(socket, format!("is neither listening nor connected ({e})"));
     }
     Ok((socket, listening))
 }

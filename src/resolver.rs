@@ -185,12 +185,11 @@ fn helper(socket: Socket, parent: rustix::process::Pid, mode: SandboxMode) -> ! 
     // Die with the relay (and if it already died, now).
     let _ = rustix::process::set_parent_process_death_signal(Some(rustix::process::Signal::KILL));
     if rustix::process::getppid() != Some(parent) {
-        // SAFETY: _exit ends the process at once.
-        unsafe { libc::_exit(0) };
+        std::process::exit(0);
     }
     let _ = rustix::thread::set_name(c"resolver");
-    // Keep standard input, output and error, and the socket as fd 3;
-    // close everything else (the relay's listeners above all).
+    // Keep standard input, output and error, and the socket; close
+    // everything else (the relay's listeners above all).
     let socket = keep_only(socket);
     let report = match sandbox::apply(&Policy::resolver(mode)) {
         Ok(report) => report.to_string(),
@@ -198,8 +197,7 @@ fn helper(socket: Socket, parent: rustix::process::Pid, mode: SandboxMode) -> ! 
     };
     let _ = rustix::net::send(&socket, report.as_bytes(), rustix::net::SendFlags::NOSIGNAL);
     if report.starts_with("error: ") {
-        // SAFETY: _exit ends the process at once.
-        unsafe { libc::_exit(1) };
+        std::process::exit(1);
     }
     let socket = std::sync::Arc::new(socket);
     let mut buffer = [0u8; DATAGRAM_MAX];
@@ -222,30 +220,20 @@ fn helper(socket: Socket, parent: rustix::process::Pid, mode: SandboxMode) -> ! 
             resolve();
         }
     }
-    // SAFETY: _exit ends the process at once: the relay is gone.
-    unsafe { libc::_exit(0) }
+    // The relay is gone.
+    std::process::exit(0)
 }
 
-/// Moves `socket` to descriptor 3 and closes every descriptor above it.
+/// Closes every descriptor but standard input, output, error and `socket`.
 fn keep_only(socket: Socket) -> Socket {
-    use std::os::fd::{FromRawFd, IntoRawFd};
-    let fd = socket.into_raw_fd();
-    if fd != 3 {
-        // SAFETY: dup2 onto 3 (closing whatever was there: nothing the
-        // helper needs), then the original is closed.
-        unsafe {
-            libc::dup2(fd, 3);
-            libc::close(fd);
-        }
+    let fd = socket.as_raw_fd() as u32;
+    if fd > 3 {
+        // SAFETY: close_range takes integers; it closes descriptors 3 to
+        // fd - 1, none of which the helper uses.
+        unsafe { libc::syscall(libc::SYS_close_range, 3u32, fd - 1, 0u32) };
     }
-    // SAFETY: close_range closes descriptors 4 and up, none of which the
-    // helper uses; it takes integers only.
-    unsafe {
-        libc::syscall(libc::SYS_close_range, 4u32, u32::MAX, 0u32);
-    }
-    // SAFETY: descriptor 3 is the socket, owned by nobody else now.
-    let socket = unsafe { Socket::from_raw_fd(3) };
-    debug_assert_eq!(socket.as_raw_fd(), 3);
+    // SAFETY: as above, for the descriptors above the socket.
+    unsafe { libc::syscall(libc::SYS_close_range, fd + 1, u32::MAX, 0u32) };
     socket
 }
 

@@ -203,8 +203,7 @@ pub fn apply(policy: &Policy) -> Result<Report, String> {
         return Ok(report);
     }
     report.capabilities_kept = drop_capabilities();
-    // SAFETY: prctl with integer arguments only.
-    report.no_new_privs = unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } == 0;
+    report.no_new_privs = rustix::thread::set_no_new_privs(true).is_ok();
     report.missing = policy.missing_at(abi);
     if abi >= 1 {
         match restrict(policy, abi) {
