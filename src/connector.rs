@@ -37,6 +37,8 @@ struct Attempt {
     reserve: Cell<Option<OwnedFd>>,
     /// The last shortage met creating a socket, to name in a timeout.
     shortage: RefCell<Option<io::Error>>,
+    /// The last refusal retried with `--connect-retry`, likewise.
+    refused: RefCell<Option<io::Error>>,
 }
 
 /// The longest pause between two tries with `--connect-retry`.
@@ -45,7 +47,11 @@ const RETRY_PAUSE_MAX: Duration = Duration::from_millis(500);
 /// Whether `--connect-retry` tries again after this error: CONNECT is not
 /// listening yet (refused, or its socket file does not exist yet).
 fn not_up_yet(e: &io::Error) -> bool {
-    matches!(e.raw_os_error(), Some(libc::ECONNREFUSED | libc::ENOENT))
+    // By kind: the error of one address is wrapped with that address.
+    matches!(
+        e.kind(),
+        io::ErrorKind::ConnectionRefused | io::ErrorKind::NotFound
+    )
 }
 
 /// Connects to CONNECT for one client, giving up after `--connect-timeout`
@@ -55,6 +61,7 @@ pub async fn connect(config: &Config, reserve: Option<OwnedFd>) -> io::Result<As
     let state = Attempt {
         reserve: Cell::new(reserve),
         shortage: RefCell::new(None),
+        refused: RefCell::new(None),
     };
     let target = &config.connect;
     let timeout = config.connect_timeout;
@@ -63,6 +70,7 @@ pub async fn connect(config: &Config, reserve: Option<OwnedFd>) -> io::Result<As
         loop {
             match connect_any(target, &state).await {
                 Err(e) if config.connect_retry && not_up_yet(&e) => {
+                    *state.refused.borrow_mut() = Some(e);
                     Timer::after(pause).await;
                     pause = (pause * 2).min(RETRY_PAUSE_MAX);
                 }
@@ -89,10 +97,16 @@ pub async fn connect(config: &Config, reserve: Option<OwnedFd>) -> io::Result<As
                         e.kind(),
                         format!("no socket could be created within {within}: {e}"),
                     ),
-                    None => io::Error::new(
-                        io::ErrorKind::TimedOut,
-                        format!("no connection within {within}"),
-                    ),
+                    None => match state.refused.borrow_mut().take() {
+                        Some(e) => io::Error::new(
+                            e.kind(),
+                            format!("no connection within {within}, retrying: {e}"),
+                        ),
+                        None => io::Error::new(
+                            io::ErrorKind::TimedOut,
+                            format!("no connection within {within}"),
+                        ),
+                    },
                 })
             })
             .await
