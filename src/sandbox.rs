@@ -10,9 +10,10 @@
 use std::fmt;
 use std::path::{Path, PathBuf};
 
+use caps::CapSet;
 use landlock::{
-    ABI, Access, AccessFs, AccessNet, CompatLevel, Compatible, NetPort, PathBeneath, PathFd,
-    Ruleset, RulesetAttr, RulesetCreatedAttr, RulesetStatus, Scope,
+    ABI, Access, AccessFs, AccessNet, BitFlags, CompatLevel, Compatible, LandlockStatus, NetPort,
+    PathBeneath, PathFd, Ruleset, RulesetAttr, RulesetCreatedAttr, RulesetStatus, Scope,
 };
 
 use crate::config::{Config, SandboxMode};
@@ -22,8 +23,15 @@ use crate::endpoint::{Endpoint, Target, UnixAddr};
 /// older kernels on a new one. It can only weaken the sandbox.
 pub const ABI_MAX_VARIABLE: &str = "SIMPLETCPUNIXRELAY_LANDLOCK_ABI_MAX";
 
-/// The newest Landlock ABI this build knows.
-const NEWEST_ABI: i32 = 9;
+/// The rights the relay asks for are those of the newest Landlock ABI the
+/// landlock crate knows, as far as the kernel (and [`ABI_MAX_VARIABLE`])
+/// offers them.
+const TARGET_ABI: ABI = ABI::V9;
+/// What `--sandbox strict` requires: every right of this ABI the policy
+/// uses (the filesystem, TCP bind/connect rules, both scopes). Newer rights
+/// (connecting to Unix socket files, ABI 9) are applied where the kernel
+/// has them and never required: no released kernel before them can do it.
+const REQUIRED_ABI: ABI = ABI::V6;
 
 /// What the relay may still do once confined.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -92,29 +100,6 @@ impl Policy {
             scope_signal: true,
         }
     }
-
-    /// The requirements Landlock cannot meet below `abi`, for `--sandbox
-    /// strict` and the startup line. Restricting connects to Unix socket
-    /// paths (ABI 9) is applied where available and never required: no
-    /// released kernel before it can do it.
-    pub fn missing_at(&self, abi: i32) -> Vec<String> {
-        let mut missing = Vec::new();
-        if abi < 1 {
-            missing.push("landlock (not available in this kernel)".to_string());
-            return missing;
-        }
-        if abi < 4 {
-            missing.push(format!(
-                "tcp bind/connect rules (need Landlock ABI 4, have {abi})"
-            ));
-        }
-        if abi < 6 && (self.scope_abstract_unix || self.scope_signal) {
-            missing.push(format!(
-                "abstract-unix and signal scoping (need Landlock ABI 6, have {abi})"
-            ));
-        }
-        missing
-    }
 }
 
 fn parent(path: &Path) -> PathBuf {
@@ -124,42 +109,168 @@ fn parent(path: &Path) -> PathBuf {
     }
 }
 
+/// A part of the policy the kernel could not enforce.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Missing {
+    /// No Landlock at all.
+    Landlock,
+    /// TCP bind/connect rules, which arrived with ABI `need`.
+    TcpRules { need: i32, have: i32 },
+    /// Abstract-socket and signal scoping, which arrived with ABI `need`.
+    Scopes { need: i32, have: i32 },
+    /// Landlock enforced less than it was asked (per `RestrictionStatus`).
+    Partial,
+    /// Landlock refused the ruleset.
+    Failed(String),
+    /// The capability bounding set cannot be emptied (needs CAP_SETPCAP).
+    Bounding,
+    /// A capability set could not be emptied.
+    Capabilities(&'static str),
+    /// `no_new_privs` could not be set.
+    NoNewPrivs,
+}
+
+impl fmt::Display for Missing {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Missing::Landlock => write!(f, "landlock (not available in this kernel)"),
+            Missing::TcpRules { need, have } => write!(
+                f,
+                "tcp bind/connect rules (need Landlock ABI {need}, have {have})"
+            ),
+            Missing::Scopes { need, have } => write!(
+                f,
+                "abstract-unix and signal scoping (need Landlock ABI {need}, have {have})"
+            ),
+            Missing::Partial => write!(f, "some Landlock rights (partially enforced)"),
+            Missing::Failed(e) => write!(f, "landlock ({e})"),
+            Missing::Bounding => write!(
+                f,
+                "emptying the capability bounding set (needs CAP_SETPCAP)"
+            ),
+            Missing::Capabilities(set) => write!(f, "emptying the {set} capability set"),
+            Missing::NoNewPrivs => write!(f, "no_new_privs"),
+        }
+    }
+}
+
 /// What [`apply`] enforced.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Report {
-    /// The Landlock ABI used (0: none).
+    /// The Landlock ABI whose rights were asked for (0: none).
     pub abi: i32,
+    /// Landlock's own word on the ruleset.
+    pub landlock: Option<RulesetStatus>,
     /// Requirements that could not be enforced.
-    pub missing: Vec<String>,
+    pub missing: Vec<Missing>,
     /// Capability sets that could not be emptied.
-    pub capabilities_kept: Vec<String>,
+    pub capabilities_kept: Vec<CapSet>,
     pub no_new_privs: bool,
     policy: Policy,
 }
 
-/// The Landlock ABI the kernel offers (0 if none), capped by
-/// [`ABI_MAX_VARIABLE`].
+impl Report {
+    /// Whether everything asked for is in place. An unprivileged relay
+    /// cannot empty the bounding set; with nothing permitted and
+    /// `no_new_privs` set, that is no reason for a warning.
+    pub fn complete(&self) -> bool {
+        self.missing.is_empty()
+            && self
+                .capabilities_kept
+                .iter()
+                .all(|set| matches!(set, CapSet::Bounding))
+    }
+}
+
+fn set_name(set: CapSet) -> &'static str {
+    match set {
+        CapSet::Ambient => "ambient",
+        CapSet::Bounding => "bounding",
+        CapSet::Effective => "effective",
+        CapSet::Inheritable => "inheritable",
+        CapSet::Permitted => "permitted",
+    }
+}
+
+/// The newest ABI up to [`TARGET_ABI`] (and [`ABI_MAX_VARIABLE`]) whose
+/// every right the running kernel has, as the landlock crate sees it: each
+/// ABI's rights are asked for as a hard requirement in a ruleset that is
+/// never enforced. 0 without Landlock.
 pub fn kernel_abi() -> i32 {
-    // SAFETY: the version query takes no pointer and has no side effect.
-    let version = unsafe {
-        libc::syscall(
-            libc::SYS_landlock_create_ruleset,
-            std::ptr::null::<u8>(),
-            0usize,
-            1u32, /* LANDLOCK_CREATE_RULESET_VERSION */
-        )
-    };
-    let version = i32::try_from(version).unwrap_or(0).max(0);
     let cap = std::env::var(ABI_MAX_VARIABLE)
         .ok()
         .and_then(|v| v.parse::<i32>().ok())
         .unwrap_or(i32::MAX);
-    version.min(cap).min(NEWEST_ABI)
+    let mut have = 0;
+    for version in 1..=(TARGET_ABI as i32).min(cap) {
+        let abi = ABI::from(version);
+        let probe = || -> Result<_, landlock::RulesetError> {
+            let mut ruleset = Ruleset::default()
+                .set_compatibility(CompatLevel::HardRequirement)
+                .handle_access(AccessFs::from_all(abi))?;
+            if !AccessNet::from_all(abi).is_empty() {
+                ruleset = ruleset.handle_access(AccessNet::from_all(abi))?;
+            }
+            if !Scope::from_all(abi).is_empty() {
+                ruleset = ruleset.scope(Scope::from_all(abi))?;
+            }
+            Ok(ruleset)
+        };
+        if probe().is_err() {
+            break;
+        }
+        have = version;
+    }
+    have
+}
+
+/// The first ABI whose rights include all of `rights`.
+fn introduced<T: Access>(rights: BitFlags<T>) -> i32 {
+    (1..=TARGET_ABI as i32)
+        .find(|v| T::from_all(ABI::from(*v)).contains(rights))
+        .unwrap_or(TARGET_ABI as i32 + 1)
+}
+
+/// The scopes the policy asks for.
+fn scopes(policy: &Policy) -> BitFlags<Scope> {
+    let mut scopes = BitFlags::empty();
+    if policy.scope_abstract_unix {
+        scopes |= Scope::AbstractUnixSocket;
+    }
+    if policy.scope_signal {
+        scopes |= Scope::Signal;
+    }
+    scopes
+}
+
+/// The parts of `policy` that the rights of ABI `have` cannot enforce,
+/// among those `--sandbox strict` requires.
+fn missing_at(policy: &Policy, have: i32) -> Vec<Missing> {
+    if have < 1 {
+        return vec![Missing::Landlock];
+    }
+    let abi = ABI::from(have);
+    let mut missing = Vec::new();
+    let tcp = AccessNet::from_all(REQUIRED_ABI);
+    if !AccessNet::from_all(abi).contains(tcp) {
+        missing.push(Missing::TcpRules {
+            need: introduced(tcp),
+            have,
+        });
+    }
+    let wanted = scopes(policy) & Scope::from_all(REQUIRED_ABI);
+    if !Scope::from_all(abi).contains(wanted) {
+        missing.push(Missing::Scopes {
+            need: introduced(wanted),
+            have,
+        });
+    }
+    missing
 }
 
 /// Whether this thread may empty the capability bounding set.
 fn can_drop_bounding() -> bool {
-    caps::has_cap(None, caps::CapSet::Effective, caps::Capability::CAP_SETPCAP).unwrap_or(false)
+    caps::has_cap(None, CapSet::Effective, caps::Capability::CAP_SETPCAP).unwrap_or(false)
 }
 
 /// What `--sandbox strict` would not get here, checked before anything is
@@ -168,21 +279,25 @@ pub fn check_strict(policy: &Policy) -> Result<(), String> {
     if policy.mode != SandboxMode::Strict {
         return Ok(());
     }
-    let mut missing = policy.missing_at(kernel_abi());
-    let bounding_empty = caps::read(None, caps::CapSet::Bounding)
+    let mut missing = missing_at(policy, kernel_abi());
+    let bounding_empty = caps::read(None, CapSet::Bounding)
         .map(|s| s.is_empty())
         .unwrap_or(false);
     if !bounding_empty && !can_drop_bounding() {
-        missing.push("emptying the capability bounding set (needs CAP_SETPCAP)".into());
+        missing.push(Missing::Bounding);
     }
+    strict_refusal(&missing)
+}
+
+fn strict_refusal(missing: &[Missing]) -> Result<(), String> {
     if missing.is_empty() {
-        Ok(())
-    } else {
-        Err(format!(
-            "--sandbox strict: cannot enforce {}",
-            missing.join("; ")
-        ))
+        return Ok(());
     }
+    let list: Vec<String> = missing.iter().map(Missing::to_string).collect();
+    Err(format!(
+        "--sandbox strict: cannot enforce {}",
+        list.join("; ")
+    ))
 }
 
 /// Confines the calling thread (and every thread it creates later).
@@ -194,6 +309,7 @@ pub fn apply(policy: &Policy) -> Result<Report, String> {
     };
     let mut report = Report {
         abi,
+        landlock: None,
         missing: Vec::new(),
         capabilities_kept: Vec::new(),
         no_new_privs: false,
@@ -203,17 +319,31 @@ pub fn apply(policy: &Policy) -> Result<Report, String> {
         return Ok(report);
     }
     report.capabilities_kept = drop_capabilities();
-    report.no_new_privs = rustix::thread::set_no_new_privs(true).is_ok();
-    report.missing = policy.missing_at(abi);
+    report.missing = missing_at(policy, abi);
     if abi >= 1 {
-        match restrict(policy, abi) {
-            Ok(RulesetStatus::FullyEnforced) => {}
-            Ok(RulesetStatus::PartiallyEnforced) => report
-                .missing
-                .push("some Landlock rights (partially enforced)".into()),
-            Ok(RulesetStatus::NotEnforced) => report.missing.push("landlock (not enforced)".into()),
-            Err(e) => report.missing.push(format!("landlock ({e})")),
+        let level = if policy.mode == SandboxMode::Strict {
+            CompatLevel::HardRequirement
+        } else {
+            CompatLevel::BestEffort
+        };
+        match restrict(policy, ABI::from(abi), level) {
+            Ok(status) => {
+                report.no_new_privs = status.no_new_privs;
+                match &status.ruleset {
+                    RulesetStatus::FullyEnforced => {}
+                    RulesetStatus::PartiallyEnforced => report.missing.push(Missing::Partial),
+                    RulesetStatus::NotEnforced => report.missing.push(Missing::Landlock),
+                }
+                report.landlock = Some(status.ruleset);
+                if let LandlockStatus::Available { effective_abi, .. } = status.landlock {
+                    report.abi = report.abi.min(effective_abi as i32);
+                }
+            }
+            Err(e) => report.missing.push(Missing::Failed(e.to_string())),
         }
+    }
+    if !report.no_new_privs {
+        report.no_new_privs = rustix::thread::set_no_new_privs(true).is_ok();
     }
     if policy.mode == SandboxMode::Strict {
         let mut problems = report.missing.clone();
@@ -221,17 +351,12 @@ pub fn apply(policy: &Policy) -> Result<Report, String> {
             report
                 .capabilities_kept
                 .iter()
-                .map(|set| format!("emptying the {set} capability set")),
+                .map(|set| Missing::Capabilities(set_name(*set))),
         );
         if !report.no_new_privs {
-            problems.push("no_new_privs".into());
+            problems.push(Missing::NoNewPrivs);
         }
-        if !problems.is_empty() {
-            return Err(format!(
-                "--sandbox strict: cannot enforce {}",
-                problems.join("; ")
-            ));
-        }
+        strict_refusal(&problems)?;
     }
     Ok(report)
 }
@@ -239,46 +364,48 @@ pub fn apply(policy: &Policy) -> Result<Report, String> {
 /// Empties every capability set, in the order the kernel requires: ambient,
 /// bounding (needs CAP_SETPCAP, so before effective), inheritable,
 /// permitted, effective. Returns the sets that could not be emptied.
-fn drop_capabilities() -> Vec<String> {
-    use caps::CapSet;
+fn drop_capabilities() -> Vec<CapSet> {
     let mut kept = Vec::new();
-    for (set, name) in [
-        (CapSet::Ambient, "ambient"),
-        (CapSet::Bounding, "bounding"),
-        (CapSet::Inheritable, "inheritable"),
-        (CapSet::Permitted, "permitted"),
-        (CapSet::Effective, "effective"),
+    for set in [
+        CapSet::Ambient,
+        CapSet::Bounding,
+        CapSet::Inheritable,
+        CapSet::Permitted,
+        CapSet::Effective,
     ] {
         let already_empty = caps::read(None, set).map(|s| s.is_empty()).unwrap_or(false);
         if already_empty {
             continue;
         }
         if matches!(set, CapSet::Bounding) && !can_drop_bounding() {
-            kept.push(name.to_string());
+            kept.push(set);
             continue;
         }
         if caps::clear(None, set).is_err() {
-            kept.push(name.to_string());
+            kept.push(set);
         }
     }
     kept
 }
 
-fn restrict(policy: &Policy, abi: i32) -> Result<RulesetStatus, landlock::RulesetError> {
-    let abi_enum = ABI::from(abi);
+/// Asks Landlock for every right of `abi` (each at `level`: a hard
+/// requirement under `--sandbox strict`, best effort otherwise) and grants
+/// back what the policy allows; the status says what the kernel enforced.
+fn restrict(
+    policy: &Policy,
+    abi: ABI,
+    level: CompatLevel,
+) -> Result<landlock::RestrictionStatus, landlock::RulesetError> {
+    let net = AccessNet::from_all(abi);
+    let scoped = scopes(policy) & Scope::from_all(abi);
     let mut ruleset = Ruleset::default()
-        .set_compatibility(CompatLevel::BestEffort)
-        .handle_access(AccessFs::from_all(abi_enum))?;
-    if abi >= 4 {
-        ruleset = ruleset.handle_access(AccessNet::BindTcp | AccessNet::ConnectTcp)?;
+        .set_compatibility(level)
+        .handle_access(AccessFs::from_all(abi))?;
+    if !net.is_empty() {
+        ruleset = ruleset.handle_access(net)?;
     }
-    if abi >= 6 {
-        if policy.scope_abstract_unix {
-            ruleset = ruleset.scope(Scope::AbstractUnixSocket)?;
-        }
-        if policy.scope_signal {
-            ruleset = ruleset.scope(Scope::Signal)?;
-        }
+    if !scoped.is_empty() {
+        ruleset = ruleset.scope(scoped)?;
     }
     let mut created = ruleset.create()?;
     if let Some(dir) = &policy.remove_beneath {
@@ -296,22 +423,20 @@ fn restrict(policy: &Policy, abi: i32) -> Result<RulesetStatus, landlock::Rulese
                 created.add_rule(PathBeneath::new(fd, AccessFs::ReadFile | AccessFs::ReadDir))?;
         }
     }
-    if abi >= 9 {
+    let resolve_unix = AccessFs::from_all(abi) & AccessFs::ResolveUnix;
+    if !resolve_unix.is_empty() {
         for dir in &policy.unix_connect_beneath {
             if let Ok(fd) = PathFd::new(dir) {
-                created = created.add_rule(PathBeneath::new(
-                    fd,
-                    AccessFs::from_all(abi_enum) & AccessFs::ResolveUnix,
-                ))?;
+                created = created.add_rule(PathBeneath::new(fd, resolve_unix))?;
             }
         }
     }
-    if abi >= 4 {
+    if net.contains(AccessNet::ConnectTcp) {
         for port in &policy.tcp_connect_ports {
             created = created.add_rule(NetPort::new(*port, AccessNet::ConnectTcp))?;
         }
     }
-    Ok(created.restrict_self()?.ruleset)
+    created.restrict_self()
 }
 
 impl fmt::Display for Report {
@@ -337,7 +462,8 @@ impl fmt::Display for Report {
             for dir in &policy.read_beneath {
                 fs.push(format!("read beneath {}", dir.display()));
             }
-            if self.abi >= 9 {
+            let abi = ABI::from(self.abi);
+            if AccessFs::from_all(abi).contains(AccessFs::ResolveUnix) {
                 for dir in &policy.unix_connect_beneath {
                     fs.push(format!("unix connect beneath {}", dir.display()));
                 }
@@ -348,7 +474,7 @@ impl fmt::Display for Report {
                 fs.join(", ")
             };
             write!(f, "sandbox: landlock ABI {} {state} (fs: {fs}", self.abi)?;
-            if self.abi >= 4 {
+            if !AccessNet::from_all(abi).is_empty() {
                 let ports: Vec<String> = policy
                     .tcp_connect_ports
                     .iter()
@@ -361,7 +487,7 @@ impl fmt::Display for Report {
                 };
                 write!(f, "; tcp bind: none; tcp connect: {ports}")?;
             }
-            if self.abi >= 6 {
+            if !Scope::from_all(abi).is_empty() {
                 let mut scoped = Vec::new();
                 if policy.scope_abstract_unix {
                     scoped.push("abstract-unix");
@@ -381,19 +507,22 @@ impl fmt::Display for Report {
             }
             write!(f, ")")?;
             if !self.missing.is_empty() {
-                write!(f, " [not enforced: {}]", self.missing.join("; "))?;
+                let missing: Vec<String> = self.missing.iter().map(Missing::to_string).collect();
+                write!(f, " [not enforced: {}]", missing.join("; "))?;
             }
         }
         let caps = if self.capabilities_kept.is_empty() {
             "none".to_string()
-        } else if self.capabilities_kept == ["bounding"] {
+        } else if matches!(self.capabilities_kept.as_slice(), [CapSet::Bounding]) {
             // Unprivileged: nothing is permitted, and no_new_privs keeps it so.
             "none (bounding set unchanged: needs CAP_SETPCAP)".to_string()
         } else {
-            format!(
-                "dropped except the {} set",
-                self.capabilities_kept.join(", ")
-            )
+            let kept: Vec<&str> = self
+                .capabilities_kept
+                .iter()
+                .map(|s| set_name(*s))
+                .collect();
+            format!("dropped except the {} set", kept.join(", "))
         };
         write!(
             f,
@@ -459,10 +588,19 @@ mod tests {
     #[test]
     fn missing_features_by_abi() {
         let p = policy(&[":0", "127.0.0.1:1"]);
-        assert!(p.missing_at(7).is_empty());
-        assert!(p.missing_at(6).is_empty());
-        assert_eq!(p.missing_at(5).len(), 1);
-        assert_eq!(p.missing_at(3).len(), 2);
-        assert!(p.missing_at(0)[0].contains("not available"));
+        assert!(missing_at(&p, 7).is_empty());
+        assert!(missing_at(&p, 6).is_empty());
+        assert_eq!(
+            missing_at(&p, 5),
+            vec![Missing::Scopes { need: 6, have: 5 }]
+        );
+        assert_eq!(
+            missing_at(&p, 3),
+            vec![
+                Missing::TcpRules { need: 4, have: 3 },
+                Missing::Scopes { need: 6, have: 3 }
+            ]
+        );
+        assert_eq!(missing_at(&p, 0), vec![Missing::Landlock]);
     }
 }

@@ -131,10 +131,7 @@ fn confine(config: &Config) -> Result<(), Failure> {
     let policy = sandbox::Policy::derive(config);
     sandbox::check_strict(&policy).map_err(Failure::Startup)?;
     let report = sandbox::apply(&policy).map_err(Failure::Startup)?;
-    // An unprivileged relay cannot empty the bounding set; with nothing
-    // permitted and no_new_privs set, that is no reason for a warning.
-    let complete =
-        report.missing.is_empty() && report.capabilities_kept.iter().all(|set| set == "bounding");
+    let complete = report.complete();
     if policy.mode == crate::config::SandboxMode::Off || !complete {
         warn!("{report}");
     } else {
