@@ -1,8 +1,12 @@
 //! The man page, `--help` and the README's option table name the same
 //! options, and the man page renders without warnings.
 
+mod common;
+
 use std::collections::BTreeSet;
 use std::process::Command;
+
+use common::skip;
 
 /// Every `--long-option` and `-x` short option named in `text`.
 fn options_in(text: &str) -> BTreeSet<String> {
@@ -133,9 +137,7 @@ fn man_page_renders_without_warnings() {
                 "man --warnings:\n{warnings}"
             );
         }
-        Err(_) => {
-            eprintln!("skipped: neither mandoc nor man is installed (apt-get install mandoc)")
-        }
+        Err(_) => skip("neither mandoc nor man is installed (apt-get install mandoc)"),
     }
 }
 

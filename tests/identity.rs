@@ -29,12 +29,6 @@ fn proxy_relay(version: &str, listen: &str, backend: &Backend) -> Relay {
     Relay::start(&["--proxy-protocol", version, listen, &backend.connect_arg])
 }
 
-/// Whether this machine has an IPv6 loopback (tests skip their IPv6 part
-/// with a printed reason where it does not).
-fn has_ipv6() -> bool {
-    std::net::TcpListener::bind("[::1]:0").is_ok()
-}
-
 fn v2_signature() -> Vec<u8> {
     b"\r\n\r\n\0\r\nQUIT\n".to_vec()
 }
@@ -54,8 +48,8 @@ fn v1_header_for_ipv4_client_comes_before_its_bytes() {
 
 #[test]
 fn v1_header_for_ipv6_client() {
-    if !has_ipv6() {
-        eprintln!("skipped: no IPv6 loopback on this machine");
+    if !has_ipv6_loopback() {
+        skip("no IPv6 loopback on this machine");
         return;
     }
     let backend = Backend::tcp(echo);
@@ -81,8 +75,8 @@ fn v2_header_for_ipv4_and_ipv6_clients() {
     want.extend_from_slice(b"payload");
     assert_eq!(out, want);
 
-    if !has_ipv6() {
-        eprintln!("skipped the IPv6 part: no IPv6 loopback on this machine");
+    if !has_ipv6_loopback() {
+        skip("the IPv6 part: no IPv6 loopback on this machine");
         return;
     }
     let relay6 = proxy_relay("v2", "[::1]:0", &backend);
@@ -160,7 +154,7 @@ struct Haproxy {
 impl Haproxy {
     fn start() -> Option<Haproxy> {
         if Command::new("haproxy").arg("-v").output().is_err() {
-            eprintln!("skipped: haproxy is not installed (apt-get install haproxy)");
+            skip("haproxy is not installed (apt-get install haproxy)");
             return None;
         }
         let dir = TempDir::new();
@@ -211,8 +205,8 @@ fn haproxy_sees_the_real_client_address() {
     };
     for version in ["v1", "v2"] {
         for listen in ["127.0.0.1:0", "[::1]:0"] {
-            if listen.starts_with('[') && !has_ipv6() {
-                eprintln!("skipped {listen}: no IPv6 loopback");
+            if listen.starts_with('[') && !has_ipv6_loopback() {
+                skip(&format!("{listen}: no IPv6 loopback"));
                 continue;
             }
             let relay = Relay::start(&[
@@ -237,20 +231,15 @@ fn haproxy_sees_the_real_client_address() {
     }
 }
 
-fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    unsafe { libc::geteuid() == 0 }
-}
-
 /// Runs `socat` as the user and group `nobody` to send `data` through the
 /// Unix socket at `path`; returns what came back.
 fn as_nobody(path: &str, data: &[u8]) -> Option<Vec<u8>> {
     if !is_root() {
-        eprintln!("skipped: needs root to run a client as nobody");
+        skip("needs root to run a client as nobody");
         return None;
     }
     if Command::new("socat").arg("-V").output().is_err() {
-        eprintln!("skipped: socat is not installed (apt-get install socat)");
+        skip("socat is not installed (apt-get install socat)");
         return None;
     }
     let mut child = Command::new("setpriv")

@@ -308,7 +308,7 @@ fn connect_timeout_covers_all_addresses_of_a_name_together() {
     let (_first, _first_queued, first) = tcp_black_hole("127.0.0.1:0");
     let port = port_of(&first);
     if let Err(e) = TcpListener::bind(("127.0.0.2", port)) {
-        eprintln!("skipped: cannot listen on 127.0.0.2:{port}: {e}");
+        skip(&format!("cannot listen on 127.0.0.2:{port}: {e}"));
         return;
     }
     let (_second, _second_queued, _) = tcp_black_hole(&format!("127.0.0.2:{port}"));
@@ -321,7 +321,7 @@ fn connect_timeout_covers_all_addresses_of_a_name_together() {
         &format!("slow.test:{port}"),
     ]);
     if !private_hosts(&mut cmd, &hosts) {
-        eprintln!("skipped: no private /etc/hosts (needs root and mount namespaces)");
+        skip("no private /etc/hosts (needs root and mount namespaces)");
         return;
     }
     let mut relay = Relay::start_command(cmd, 1);

@@ -66,7 +66,7 @@ fn tcp_to_tcp_and_unix_to_unix() {
 #[test]
 fn ipv6_on_both_sides() {
     if !has_ipv6_loopback() {
-        eprintln!("skipped: this machine has no IPv6 loopback");
+        skip("this machine has no IPv6 loopback");
         return;
     }
     let backend = Backend::tcp_on(TcpListener::bind("[::1]:0").unwrap(), echo);
@@ -87,7 +87,7 @@ fn empty_host_listens_on_all_interfaces_dual_stack() {
     if has_ipv6_loopback() {
         assert_echoes(&format!("[::1]:{port}"));
     } else {
-        eprintln!("IPv6 part skipped: this machine has no IPv6 loopback");
+        skip("the IPv6 part: this machine has no IPv6 loopback");
     }
 }
 
@@ -154,7 +154,7 @@ fn connect_host_names_are_resolved_at_each_connect_trying_every_address() {
     let target = format!("backend.test:{port}");
     let mut cmd = command(&["127.0.0.1:0", &target]);
     if !private_hosts(&mut cmd, &hosts) {
-        eprintln!("partly skipped: no private /etc/hosts (needs root and mount namespaces)");
+        skip("the part with a private /etc/hosts: needs root and mount namespaces");
         return;
     }
     let relay = Relay::start_command(cmd, 1);
@@ -167,7 +167,9 @@ fn connect_host_names_are_resolved_at_each_connect_trying_every_address() {
     let second = match TcpListener::bind(("127.0.0.2", port)) {
         Ok(listener) => Backend::tcp_on(listener, answer("second\n")),
         Err(e) => {
-            eprintln!("partly skipped: cannot bind 127.0.0.2:{port}: {e}");
+            skip(&format!(
+                "the part where the name moves: cannot bind 127.0.0.2:{port}: {e}"
+            ));
             return;
         }
     };
@@ -292,7 +294,7 @@ fn socket_mode_sets_the_permissions_and_the_umask_applies_without_it() {
 #[test]
 fn socket_group_by_number_and_by_name() {
     if !is_root() {
-        eprintln!("skipped: changing a file to another group needs root");
+        skip("changing a file to another group needs root");
         return;
     }
     let dir = TempDir::new();
@@ -303,7 +305,7 @@ fn socket_group_by_number_and_by_name() {
         .find_map(|n| group_id(n).map(|g| (n, g)))
     {
         Some((name, gid)) if gid != 0 => cases.push((name.to_string(), gid)),
-        _ => eprintln!("by-name part skipped: no suitable group in /etc/group"),
+        _ => skip("the by-name part: no suitable group in /etc/group"),
     }
     for (group, gid) in cases {
         let path = dir.arg("relay.sock");

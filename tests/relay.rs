@@ -396,7 +396,9 @@ fn refused_backend_closes_the_client_with_no_bytes_and_the_relay_goes_on() {
                 b"up now"
             );
         }
-        Err(e) => eprintln!("skipped the second half: {address} was taken meanwhile ({e})"),
+        Err(e) => skip(&format!(
+            "the second half: {address} was taken meanwhile ({e})"
+        )),
     }
 }
 
@@ -632,7 +634,9 @@ fn tcp_sockets_on_both_sides_use_nodelay() {
     let sockets = match process_sockets(relay.pid()) {
         Ok(sockets) => sockets,
         Err(e) => {
-            eprintln!("skipped: cannot inspect the relay's sockets (pidfd_getfd: {e})");
+            skip(&format!(
+                "cannot inspect the relay's sockets (pidfd_getfd: {e})"
+            ));
             return;
         }
     };

@@ -21,11 +21,6 @@ fn sandbox_line(relay: &Relay) -> String {
         .to_string()
 }
 
-fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    unsafe { libc::geteuid() == 0 }
-}
-
 fn landlock_abi() -> i32 {
     sandbox::kernel_abi()
 }
@@ -75,7 +70,7 @@ fn assert_confined(pid: i32) {
 #[test]
 fn every_thread_has_no_capabilities_and_no_new_privs() {
     if !is_root() {
-        eprintln!("skipped: needs root (an unprivileged relay keeps the bounding set)");
+        skip("needs root (an unprivileged relay keeps the bounding set)");
         return;
     }
     let dir = TempDir::new();
@@ -106,11 +101,11 @@ fn every_thread_has_no_capabilities_and_no_new_privs() {
 #[test]
 fn privileged_port_as_root_then_nothing_privileged_left() {
     if !is_root() {
-        eprintln!("skipped: needs root to bind a privileged port");
+        skip("needs root to bind a privileged port");
         return;
     }
     let Some(port) = (900..1000).find(|p| TcpListener::bind(("127.0.0.1", *p)).is_ok()) else {
-        eprintln!("skipped: no free privileged port");
+        skip("no free privileged port");
         return;
     };
     let backend = Backend::tcp(echo);
@@ -124,7 +119,7 @@ fn privileged_port_as_root_then_nothing_privileged_left() {
 #[test]
 fn unprivileged_user_runs_and_relays() {
     if !is_root() {
-        eprintln!("skipped: needs root to switch to nobody");
+        skip("needs root to switch to nobody");
         return;
     }
     let dir = TempDir::new();
@@ -171,10 +166,10 @@ fn errno<T>(result: std::io::Result<T>) -> Option<i32> {
 #[test]
 fn confined_thread_can_reach_connect_and_nothing_else() {
     if landlock_abi() < 6 {
-        eprintln!(
-            "skipped: needs Landlock ABI 6 (this kernel: {})",
+        skip(&format!(
+            "needs Landlock ABI 6 (this kernel: {})",
             landlock_abi()
-        );
+        ));
         return;
     }
     let dir = TempDir::new();
@@ -275,7 +270,7 @@ fn confined_thread_can_reach_connect_and_nothing_else() {
 #[test]
 fn confined_thread_may_remove_only_beneath_its_socket_directory() {
     if landlock_abi() < 6 {
-        eprintln!("skipped: needs Landlock ABI 6");
+        skip("needs Landlock ABI 6");
         return;
     }
     let socket_dir = TempDir::new();
@@ -301,10 +296,10 @@ fn confined_thread_may_remove_only_beneath_its_socket_directory() {
 #[test]
 fn strict_passes_here_and_fails_clearly_on_an_older_abi() {
     if landlock_abi() < 6 || !is_root() {
-        eprintln!(
-            "skipped: needs root and Landlock ABI 6 (this kernel: {})",
+        skip(&format!(
+            "needs root and Landlock ABI 6 (this kernel: {})",
             landlock_abi()
-        );
+        ));
         return;
     }
     let dir = TempDir::new();

@@ -4,284 +4,23 @@
 //! scores), `PrivateNetwork=` emulated with a network namespace, and the real
 //! thing: the units under systemd as PID 1 in `systemd-nspawn`.
 //!
-//! A test that needs a tool or a privilege this machine lacks prints
-//! `skipped: REASON` and passes.
+//! A test that needs a tool or a privilege this machine lacks is skipped
+//! (see `common::skip`), except in CI, where it fails.
 
-// The harness is shared by every test binary; this one uses only a part.
-#[allow(unused_imports)]
 mod common;
 
 use std::fs::{self, File};
-use std::io::{ErrorKind, Read, Write};
-use std::net::{Shutdown, TcpListener, TcpStream};
-use std::os::fd::AsRawFd;
+use std::io::Write;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
-use std::os::unix::net::{UnixDatagram, UnixStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Output, Stdio};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::thread;
+use std::process::{Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{DEADLINE, Relay, TempDir, relay_bin};
-
-/// Prints why a test does not run here, and ends it.
-macro_rules! skip {
-    ($($reason:tt)*) => {{
-        eprintln!("skipped: {}", format_args!($($reason)*));
-        return;
-    }};
-}
+use common::*;
 
 // ---------------------------------------------------------------------------
 // Helpers
 // ---------------------------------------------------------------------------
-
-/// The full path of a program, searched in `PATH` and the sbin directories
-/// (which a non-root `PATH` often lacks).
-fn tool(name: &str) -> Option<PathBuf> {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
-        .chain(["/usr/sbin", "/sbin", "/usr/bin", "/bin"].map(PathBuf::from))
-        .map(|dir| dir.join(name))
-        .find(|p| p.is_file())
-}
-
-/// The first of `names` that is not installed.
-fn missing_tool(names: &[&'static str]) -> Option<&'static str> {
-    names.iter().copied().find(|n| tool(n).is_none())
-}
-
-fn is_root() -> bool {
-    // SAFETY: geteuid has no arguments and cannot fail.
-    unsafe { libc::geteuid() == 0 }
-}
-
-/// Whether the kernel offers Landlock (the relay then confines itself fully).
-fn kernel_has_landlock() -> bool {
-    fs::read_to_string("/sys/kernel/security/lsm").is_ok_and(|l| l.contains("landlock"))
-}
-
-/// A TCP port that was free a moment ago (`systemd-socket-activate` cannot
-/// listen on port 0 and report the port).
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// A child process killed (and reaped) when the test ends, however it ends.
-struct Guard(Child);
-
-impl Drop for Guard {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// Runs a command to its end (killing it after [`DEADLINE`]).
-fn run(command: Command) -> Output {
-    run_with_stdin(command, Stdio::null())
-}
-
-/// Like [`run`], with standard input from `stdin`.
-fn run_with_stdin(mut command: Command, stdin: Stdio) -> Output {
-    command.stdin(stdin);
-    command.stdout(Stdio::piped()).stderr(Stdio::piped());
-    let child = command.spawn().expect("spawn");
-    let pid = child.id() as i32;
-    let (done, finished) = std::sync::mpsc::channel();
-    let waiter = thread::spawn(move || {
-        let output = child.wait_with_output();
-        let _ = done.send(());
-        output
-    });
-    if finished.recv_timeout(DEADLINE).is_err() {
-        // SAFETY: kill with the pid of our own child, not reaped yet.
-        unsafe { libc::kill(pid, libc::SIGKILL) };
-    }
-    waiter.join().unwrap().expect("wait")
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
-
-/// A byte stream of either kind, for [`round_trip`].
-trait Stream: Read + Write + Send + 'static {
-    fn duplicate(&self) -> Self;
-    fn end_writing(&self);
-}
-
-impl Stream for TcpStream {
-    fn duplicate(&self) -> Self {
-        self.try_clone().unwrap()
-    }
-    fn end_writing(&self) {
-        self.shutdown(Shutdown::Write).unwrap();
-    }
-}
-
-impl Stream for UnixStream {
-    fn duplicate(&self) -> Self {
-        self.try_clone().unwrap()
-    }
-    fn end_writing(&self) {
-        self.shutdown(Shutdown::Write).unwrap();
-    }
-}
-
-/// Sends `data`, half-closes, and returns everything read until EOF.
-fn round_trip<S: Stream>(mut stream: S, data: &[u8]) -> Vec<u8> {
-    let mut writer = stream.duplicate();
-    let data = data.to_vec();
-    let sender = thread::spawn(move || {
-        writer.write_all(&data).unwrap();
-        writer.end_writing();
-    });
-    let mut reply = Vec::new();
-    stream.read_to_end(&mut reply).expect("read until EOF");
-    sender.join().unwrap();
-    reply
-}
-
-/// A TCP backend on `listener`: greets each client with `greeting`, then
-/// echoes every byte until the client's EOF, then half-closes.
-struct Echo {
-    /// Its address, as CONNECT.
-    address: String,
-    accepted: Arc<AtomicUsize>,
-}
-
-impl Echo {
-    fn on(listener: TcpListener, greeting: &'static str) -> Echo {
-        let address = listener.local_addr().unwrap().to_string();
-        let accepted = Arc::new(AtomicUsize::new(0));
-        let counter = accepted.clone();
-        thread::spawn(move || {
-            for stream in listener.incoming() {
-                let Ok(mut stream) = stream else { return };
-                counter.fetch_add(1, Ordering::SeqCst);
-                thread::spawn(move || {
-                    let _ = stream.write_all(greeting.as_bytes());
-                    let mut buffer = [0u8; 65536];
-                    while let Ok(n @ 1..) = stream.read(&mut buffer) {
-                        if stream.write_all(&buffer[..n]).is_err() {
-                            return;
-                        }
-                    }
-                    let _ = stream.shutdown(Shutdown::Write);
-                });
-            }
-        });
-        Echo { address, accepted }
-    }
-
-    /// An echo backend on a fresh loopback port.
-    fn start() -> Echo {
-        Echo::on(TcpListener::bind("127.0.0.1:0").unwrap(), "")
-    }
-
-    fn connections(&self) -> usize {
-        self.accepted.load(Ordering::SeqCst)
-    }
-}
-
-/// Deterministic bytes, distinct per seed.
-fn payload(len: usize, seed: u8) -> Vec<u8> {
-    (0..len)
-        .map(|i| (i as u32).wrapping_mul(2_654_435_761).to_le_bytes()[3] ^ seed)
-        .collect()
-}
-
-/// The `NOTIFY_SOCKET` of a service manager: a datagram socket this test
-/// binds, recording every message the relay sends and when it arrived.
-struct Notifications {
-    socket: UnixDatagram,
-    path: PathBuf,
-    received: Vec<(Instant, String)>,
-    _dir: TempDir,
-}
-
-impl Notifications {
-    fn new() -> Notifications {
-        let dir = TempDir::new();
-        let path = dir.join("notify");
-        let socket = UnixDatagram::bind(&path).unwrap();
-        Notifications {
-            socket,
-            path,
-            received: Vec::new(),
-            _dir: dir,
-        }
-    }
-
-    /// The next message within `limit`.
-    fn next(&mut self, limit: Duration) -> Option<String> {
-        let limit = limit.max(Duration::from_millis(1));
-        self.socket.set_read_timeout(Some(limit)).unwrap();
-        let mut buffer = [0u8; 4096];
-        match self.socket.recv(&mut buffer) {
-            Ok(n) => {
-                let message = text(&buffer[..n]);
-                self.received.push((Instant::now(), message.clone()));
-                Some(message)
-            }
-            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => None,
-            Err(e) => panic!("recv on NOTIFY_SOCKET: {e}"),
-        }
-    }
-
-    /// The first message within `limit` that `wanted` accepts.
-    fn wait_within(&mut self, limit: Duration, wanted: impl Fn(&str) -> bool) -> Option<String> {
-        let deadline = Instant::now() + limit;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return None;
-            }
-            match self.next(left) {
-                Some(message) if wanted(&message) => return Some(message),
-                Some(_) => {}
-                None => return None,
-            }
-        }
-    }
-
-    /// The first message with the line `line` (`READY=1`), within [`DEADLINE`].
-    fn wait_for(&mut self, line: &str) -> String {
-        self.wait_within(DEADLINE, |m| has_line(m, line))
-            .unwrap_or_else(|| panic!("no {line} within {DEADLINE:?}; got {:?}", self.received))
-    }
-
-    /// How many messages so far carry the line `line`.
-    fn count(&self, line: &str) -> usize {
-        self.received
-            .iter()
-            .filter(|(_, m)| has_line(m, line))
-            .count()
-    }
-}
-
-fn has_line(message: &str, line: &str) -> bool {
-    message.lines().any(|l| l == line)
-}
-
-/// The `STATUS=` text of a notification, if it has one.
-fn status_of(message: &str) -> Option<&str> {
-    message.lines().find_map(|l| l.strip_prefix("STATUS="))
-}
-
-/// A relay command that notifies `notifications`.
-fn notifying(notifications: &Notifications, args: &[&str]) -> Command {
-    let mut command = common::command(args);
-    command.env("NOTIFY_SOCKET", &notifications.path);
-    command
-}
 
 /// `systemd-socket-activate ARGS...` with a clean activation environment.
 fn socket_activate(args: &[&str]) -> Command {
@@ -307,6 +46,11 @@ fn relay_lines(stderr: &str) -> Vec<&str> {
         .collect()
 }
 
+/// The unit templates.
+fn unit_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("systemd")
+}
+
 // ---------------------------------------------------------------------------
 // Readiness, status, stopping, watchdog
 // ---------------------------------------------------------------------------
@@ -316,27 +60,27 @@ fn relay_lines(stderr: &str) -> Vec<&str> {
 /// test does not wait for the `listening on` line first.
 #[test]
 fn ready_only_once_the_listener_accepts() {
-    let backend = Echo::start();
-    for round in 0..3u8 {
+    let backend = Backend::tcp(echo);
+    for round in 0..3 {
         let dir = TempDir::new();
-        let socket = dir.join("relay.sock");
+        let socket = dir.arg("relay.sock");
         let log = dir.join("relay.log");
         let mut notifications = Notifications::new();
-        let mut command = notifying(&notifications, &[&dir.arg("relay.sock"), &backend.address]);
-        command
+        let mut relay = notifications.relay_command(&[&socket, &backend.connect_arg]);
+        relay
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(File::create(&log).unwrap());
-        let _relay = Guard(command.spawn().expect("spawn relay"));
+        let _relay = ChildGuard(relay.spawn().expect("spawn relay"));
 
         let ready = notifications.wait_for("READY=1");
-        let client = UnixStream::connect(&socket).expect("connect as soon as READY=1 came");
+        let client = try_connect(&socket).expect("connect as soon as READY=1 came");
         let data = payload(100_000, round);
-        assert_eq!(round_trip(client, &data), data);
+        assert_eq!(exchange(client, data.clone()), data);
 
         let status = status_of(&ready).expect("READY=1 comes with a STATUS=");
         assert!(status.contains("0 active, 0 total"), "{status}");
-        assert!(status.contains(&backend.address), "{status}");
+        assert!(status.contains(&backend.connect_arg), "{status}");
         let log = fs::read_to_string(&log).unwrap();
         assert!(
             log.contains("listening on"),
@@ -352,12 +96,10 @@ fn status_says(wanted: &'static str) -> impl Fn(&str) -> bool {
 
 /// Opens a connection through the relay and waits until bytes flow both
 /// ways, so the relay has surely counted it.
-fn open_connection(address: &str) -> TcpStream {
-    let mut client = TcpStream::connect(address).unwrap();
-    client.set_read_timeout(Some(DEADLINE)).unwrap();
+fn open_connection(address: &str) -> Box<dyn Conn> {
+    let mut client = connect(address);
     client.write_all(b"x").unwrap();
-    let mut echoed = [0u8; 1];
-    client.read_exact(&mut echoed).unwrap();
+    read_exactly(&mut *client, 1);
     client
 }
 
@@ -369,10 +111,10 @@ const STATUS_LAG: Duration = Duration::from_millis(2500);
 /// about once a second.
 #[test]
 fn status_tells_active_and_total_connections() {
-    let backend = Echo::start();
+    let backend = Backend::tcp(echo);
     let mut notifications = Notifications::new();
     let relay = Relay::start_command(
-        notifying(&notifications, &["127.0.0.1:0", &backend.address]),
+        notifications.relay_command(&["127.0.0.1:0", &backend.connect_arg]),
         1,
     );
     let ready = notifications.wait_for("READY=1");
@@ -398,8 +140,10 @@ fn status_tells_active_and_total_connections() {
     // A burst of connections: the status catches up, never more than about
     // once a second.
     for _ in 0..5 {
-        let client = TcpStream::connect(relay.address()).unwrap();
-        assert_eq!(round_trip(client, b"burst"), b"burst");
+        assert_eq!(
+            exchange(connect(relay.address()), b"burst".to_vec()),
+            b"burst"
+        );
     }
     notifications
         .wait_within(STATUS_LAG * 2, status_says("0 active, 6 total connections"))
@@ -427,10 +171,10 @@ fn status_tells_active_and_total_connections() {
 /// fails (almost surely).
 #[test]
 fn status_counts_the_connection_that_started_the_relay() {
-    if let Some(t) = missing_tool(&["systemd-socket-activate"]) {
-        skip!("{t} not installed (package systemd)");
+    if skip_if_missing(&["systemd-socket-activate"], "systemd") {
+        return;
     }
-    let backend = Echo::start();
+    let backend = Backend::tcp(echo);
     let relay_path = relay_bin();
     for round in 1..=5 {
         let mut notifications = Notifications::new();
@@ -445,7 +189,7 @@ fn status_counts_the_connection_that_started_the_relay() {
                 &notify,
                 relay_path.to_str().unwrap(),
                 "sd-listen",
-                &backend.address,
+                &backend.connect_arg,
             ],
             1,
         );
@@ -466,10 +210,10 @@ fn status_counts_the_connection_that_started_the_relay() {
 /// SIGTERM: STOPPING=1, then a clean exit; READY=1 was sent exactly once.
 #[test]
 fn stopping_on_sigterm() {
-    let backend = Echo::start();
+    let backend = Backend::tcp(echo);
     let mut notifications = Notifications::new();
     let mut relay = Relay::start_command(
-        notifying(&notifications, &["127.0.0.1:0", &backend.address]),
+        notifications.relay_command(&["127.0.0.1:0", &backend.connect_arg]),
         1,
     );
     notifications.wait_for("READY=1");
@@ -489,14 +233,14 @@ fn stopping_on_sigterm() {
 
 /// A relay command whose `WATCHDOG_PID` is `pid`, or its own pid (`$$` of
 /// the shell that execs it) when `pid` is `None`.
-fn watched(notifications: &Notifications, backend: &Echo, pid: Option<u32>) -> Command {
+fn watched(notifications: &Notifications, backend: &Backend, pid: Option<u32>) -> Command {
     let mut command = Command::new("sh");
     let pid = pid.map_or("$$".to_string(), |p| p.to_string());
     command
         .arg("-c")
         .arg(format!("WATCHDOG_PID={pid} exec \"$0\" \"$@\""))
         .arg(relay_bin())
-        .args(["127.0.0.1:0", &backend.address])
+        .args(["127.0.0.1:0", &backend.connect_arg])
         .env("NOTIFY_SOCKET", &notifications.path)
         .env("WATCHDOG_USEC", "200000");
     command
@@ -505,7 +249,7 @@ fn watched(notifications: &Notifications, backend: &Echo, pid: Option<u32>) -> C
 /// WATCHDOG_USEC=200ms for this process: WATCHDOG=1 every 100 ms or so.
 #[test]
 fn watchdog_keepalives_when_asked() {
-    let backend = Echo::start();
+    let backend = Backend::tcp(echo);
     let mut notifications = Notifications::new();
     let _relay = Relay::start_command(watched(&notifications, &backend, None), 1);
     notifications.wait_for("READY=1");
@@ -524,7 +268,7 @@ fn watchdog_keepalives_when_asked() {
 /// WATCHDOG_PID naming another process: the watchdog is not ours to feed.
 #[test]
 fn no_watchdog_for_another_pid() {
-    let backend = Echo::start();
+    let backend = Backend::tcp(echo);
     let mut notifications = Notifications::new();
     let _relay = Relay::start_command(watched(&notifications, &backend, Some(1)), 1);
     notifications.wait_for("READY=1");
@@ -551,10 +295,10 @@ fn start_activator(args: &[&str], sockets: usize) -> Relay {
 /// `sd-listen` serves a TCP socket passed by socket activation.
 #[test]
 fn sd_listen_serves_a_passed_tcp_socket() {
-    if let Some(t) = missing_tool(&["systemd-socket-activate"]) {
-        skip!("{t} not installed (package systemd)");
+    if skip_if_missing(&["systemd-socket-activate"], "systemd") {
+        return;
     }
-    let backend = Echo::start();
+    let backend = Backend::tcp(echo);
     let listen = format!("127.0.0.1:{}", free_port());
     let relay_path = relay_bin();
     let mut relay = start_activator(
@@ -563,21 +307,15 @@ fn sd_listen_serves_a_passed_tcp_socket() {
             &listen,
             relay_path.to_str().unwrap(),
             "sd-listen",
-            &backend.address,
+            &backend.connect_arg,
         ],
         1,
     );
     // The first client starts the relay; it is served like every other.
     let data = payload(200_000, 1);
-    assert_eq!(
-        round_trip(TcpStream::connect(&listen).unwrap(), &data),
-        data
-    );
+    assert_eq!(exchange(connect(&listen), data.clone()), data);
     assert!(relay.wait_for_line("listening on ").ends_with(&listen));
-    assert_eq!(
-        round_trip(TcpStream::connect(&listen).unwrap(), b"second"),
-        b"second"
-    );
+    assert_eq!(exchange(connect(&listen), b"second".to_vec()), b"second");
     assert_eq!(backend.connections(), 2);
     relay.signal(libc::SIGTERM);
     let (status, log) = relay.finish();
@@ -588,10 +326,10 @@ fn sd_listen_serves_a_passed_tcp_socket() {
 /// only; a is left alone (its clients wait in the backlog, unanswered).
 #[test]
 fn sd_listen_by_name_serves_only_that_socket() {
-    if let Some(t) = missing_tool(&["systemd-socket-activate"]) {
-        skip!("{t} not installed (package systemd)");
+    if skip_if_missing(&["systemd-socket-activate"], "systemd") {
+        return;
     }
-    let backend = Echo::start();
+    let backend = Backend::tcp(echo);
     let dir = TempDir::new();
     let tcp = format!("127.0.0.1:{}", free_port());
     let unix = dir.arg("b.sock");
@@ -605,25 +343,22 @@ fn sd_listen_by_name_serves_only_that_socket() {
             "--fdname=a:b",
             relay_path.to_str().unwrap(),
             "sd-listen:b",
-            &backend.address,
+            &backend.connect_arg,
         ],
         2,
     );
     let data = payload(50_000, 2);
-    assert_eq!(round_trip(UnixStream::connect(&unix).unwrap(), &data), data);
+    assert_eq!(exchange(connect(&unix), data.clone()), data);
     assert!(relay.wait_for_line("listening on ").ends_with(&unix));
     assert_eq!(backend.connections(), 1);
 
-    let mut ignored = TcpStream::connect(&tcp).expect("a is still listening (backlog)");
+    let mut ignored = try_connect(&tcp).expect("a is still listening (backlog)");
     ignored.write_all(b"anyone?").unwrap();
-    ignored
-        .set_read_timeout(Some(Duration::from_millis(500)))
-        .unwrap();
-    let mut buffer = [0u8; 16];
-    match ignored.read(&mut buffer) {
-        Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
-        other => panic!("socket a must not be served, read gave {other:?}"),
-    }
+    assert_silent(
+        &mut *ignored,
+        Duration::from_millis(500),
+        "socket a must not be served",
+    );
     assert_eq!(backend.connections(), 1, "a's client reached the backend");
 
     relay.signal(libc::SIGTERM);
@@ -636,12 +371,12 @@ fn sd_listen_by_name_serves_only_that_socket() {
 /// `fd:3` both relay that connection, then the relay exits 0.
 #[test]
 fn accept_mode_relays_one_connection_then_exits_0() {
-    if let Some(t) = missing_tool(&["systemd-socket-activate"]) {
-        skip!("{t} not installed (package systemd)");
+    if skip_if_missing(&["systemd-socket-activate"], "systemd") {
+        return;
     }
-    let backend = Echo::start();
+    let backend = Backend::tcp(echo);
     let relay_path = relay_bin();
-    for (seed, listen) in [(3u8, "sd-listen"), (4, "fd:3")] {
+    for (seed, listen) in [(3, "sd-listen"), (4, "fd:3")] {
         let address = format!("127.0.0.1:{}", free_port());
         let mut activator = start_activator(
             &[
@@ -650,17 +385,13 @@ fn accept_mode_relays_one_connection_then_exits_0() {
                 &address,
                 relay_path.to_str().unwrap(),
                 listen,
-                &backend.address,
+                &backend.connect_arg,
             ],
             1,
         );
         let before = backend.connections();
         let data = payload(300_000, seed);
-        assert_eq!(
-            round_trip(TcpStream::connect(&address).unwrap(), &data),
-            data,
-            "{listen}"
-        );
+        assert_eq!(exchange(connect(&address), data.clone()), data, "{listen}");
         assert_eq!(backend.connections(), before + 1);
         activator.wait_for_line("(one inherited connection)");
         let died = activator.wait_for_line(" died with code ");
@@ -688,28 +419,29 @@ fn assert_usage_error(status: ExitStatus, stderr: &str, argument: &str, reason: 
 /// Nothing is removed.
 #[test]
 fn activation_misuse_is_a_usage_error() {
-    let backend = Echo::start();
+    let backend = Backend::tcp(echo);
 
-    let mut alone = common::command(&["sd-listen", &backend.address]);
+    let mut alone = command(&["sd-listen", &backend.connect_arg]);
     for variable in ["LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES"] {
         alone.env_remove(variable);
     }
-    let output = run(alone);
-    let stderr = text(&output.stderr);
+    let output = run_command(alone);
     assert_usage_error(
         output.status,
-        &stderr,
+        &output.stderr,
         "sd-listen",
         "no sockets were passed",
     );
 
-    let on_a_file = common::command(&["fd:0", &backend.address]);
-    let output = run_with_stdin(on_a_file, File::open(file!()).unwrap().into());
-    let stderr = text(&output.stderr);
-    assert_usage_error(output.status, &stderr, "fd:0", "not a socket");
+    let on_a_file = command(&["fd:0", &backend.connect_arg]);
+    let output = run_command_with_stdin(on_a_file, File::open(file!()).unwrap().into());
+    assert_usage_error(output.status, &output.stderr, "fd:0", "not a socket");
 
     if let Some(t) = missing_tool(&["systemd-socket-activate"]) {
-        skip!("{t} not installed (package systemd): activated misuse not checked");
+        skip(&format!(
+            "{t} is not installed (apt-get install systemd): activated misuse not checked"
+        ));
+        return;
     }
     let relay_path = relay_bin();
     let relay = relay_path.to_str().unwrap();
@@ -722,18 +454,19 @@ fn activation_misuse_is_a_usage_error() {
             "--fdname=a",
             relay,
             "sd-listen:nomatch",
-            &backend.address,
+            &backend.connect_arg,
         ],
         1,
     );
-    let _client = UnixStream::connect(&named).unwrap(); // starts the relay
+    let _client = connect(&named); // starts the relay
     let (status, log) = activator.finish();
     assert_usage_error(status, &log, "sd-listen:nomatch", "FileDescriptorName");
     let kept = fs::symlink_metadata(&named).expect("the passed socket file is not removed");
     assert!(kept.file_type().is_socket());
 
     let udp = format!("127.0.0.1:{}", free_port());
-    let mut activator = start_activator(&["-d", "-l", &udp, relay, "fd:3", &backend.address], 1);
+    let mut activator =
+        start_activator(&["-d", "-l", &udp, relay, "fd:3", &backend.connect_arg], 1);
     let client = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
     client.send_to(b"start", &udp).unwrap(); // starts the relay
     let (status, log) = activator.finish();
@@ -746,10 +479,10 @@ fn activation_misuse_is_a_usage_error() {
 /// serves it but does not remove it when it stops.
 #[test]
 fn inherited_socket_file_is_not_removed() {
-    if let Some(t) = missing_tool(&["systemd-socket-activate"]) {
-        skip!("{t} not installed (package systemd)");
+    if skip_if_missing(&["systemd-socket-activate"], "systemd") {
+        return;
     }
-    let backend = Echo::start();
+    let backend = Backend::tcp(echo);
     let dir = TempDir::new();
     let path = dir.arg("inherited.sock");
     let relay_path = relay_bin();
@@ -759,14 +492,11 @@ fn inherited_socket_file_is_not_removed() {
             &path,
             relay_path.to_str().unwrap(),
             "sd-listen",
-            &backend.address,
+            &backend.connect_arg,
         ],
         1,
     );
-    assert_eq!(
-        round_trip(UnixStream::connect(&path).unwrap(), b"hello"),
-        b"hello"
-    );
+    assert_eq!(exchange(connect(&path), b"hello".to_vec()), b"hello");
     assert!(relay.wait_for_line("listening on ").ends_with(&path));
     relay.signal(libc::SIGTERM);
     let (status, log) = relay.finish();
@@ -794,36 +524,34 @@ fn run_logged(args: &[&str], journal: Option<fn(u64, u64) -> String>, stop: bool
     let path = dir.join("stderr.log");
     let file = File::create(&path).unwrap();
     let meta = file.metadata().unwrap();
-    let mut command = common::command(args);
-    command.env_remove("JOURNAL_STREAM");
+    let mut relay = command(args);
+    relay.env_remove("JOURNAL_STREAM");
     if let Some(journal) = journal {
-        command.env("JOURNAL_STREAM", journal(meta.dev(), meta.ino()));
+        relay.env("JOURNAL_STREAM", journal(meta.dev(), meta.ino()));
     }
-    command
+    relay
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(file);
-    let mut child = Guard(command.spawn().expect("spawn relay"));
+    let mut child = ChildGuard(relay.spawn().expect("spawn relay"));
+    let log = || fs::read_to_string(&path).unwrap();
     if stop {
-        let deadline = Instant::now() + DEADLINE;
-        while !fs::read_to_string(&path).unwrap().contains("listening on") {
-            assert!(
-                Instant::now() < deadline,
-                "no listening line: {}",
-                fs::read_to_string(&path).unwrap()
-            );
-            assert!(child.0.try_wait().unwrap().is_none(), "the relay exited");
-            thread::sleep(Duration::from_millis(5));
-        }
+        wait_until("the listening line", || {
+            let listening = log().contains("listening on");
+            if !listening {
+                assert!(
+                    child.0.try_wait().unwrap().is_none(),
+                    "the relay exited: {}",
+                    log()
+                );
+            }
+            listening
+        });
         // SAFETY: kill with the pid of our own child, not reaped yet.
         assert_eq!(unsafe { libc::kill(child.0.id() as i32, libc::SIGTERM) }, 0);
     }
-    let status = common::wait_exit(&mut child.0, DEADLINE).expect("the relay exits");
-    let lines = fs::read_to_string(&path)
-        .unwrap()
-        .lines()
-        .map(str::to_string)
-        .collect();
+    let status = wait_exit(&mut child.0, DEADLINE).expect("the relay exits");
+    let lines = log().lines().map(str::to_string).collect();
     Logged { status, lines }
 }
 
@@ -851,10 +579,10 @@ fn priority(line: &str) -> Option<u8> {
 /// (unset, or naming another file) timestamps and no priority.
 #[test]
 fn journal_lines_carry_priorities_instead_of_timestamps() {
-    let backend = Echo::start();
+    let backend = Backend::tcp(echo);
     let dir = TempDir::new();
     let socket = dir.arg("relay.sock");
-    let args = ["-v", socket.as_str(), backend.address.as_str()];
+    let args = ["-v", socket.as_str(), backend.connect_arg.as_str()];
 
     let journal = run_logged(&args, Some(|dev, ino| format!("{dev}:{ino}")), true);
     assert!(journal.status.success());
@@ -892,11 +620,11 @@ fn journal_lines_carry_priorities_instead_of_timestamps() {
 /// reason a unit failed.
 #[test]
 fn journal_fatal_errors_carry_err_priority() {
-    let backend = Echo::start();
+    let backend = Backend::tcp(echo);
     let dir = TempDir::new();
     let missing_dir = dir.arg("missing/relay.sock");
     let cases: [(&[&str], i32); 2] = [
-        (&[missing_dir.as_str(), backend.address.as_str()], 1),
+        (&[missing_dir.as_str(), backend.connect_arg.as_str()], 1),
         (&["127.0.0.1:0", "sd-listen"], 2),
     ];
     for (args, code) in cases {
@@ -921,10 +649,6 @@ fn journal_fatal_errors_carry_err_priority() {
 // The unit templates: systemd-analyze
 // ---------------------------------------------------------------------------
 
-fn unit_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("systemd")
-}
-
 /// Exposure targets for each service instance.
 const EXPOSURE_TARGETS: &[(&str, f64)] = &[
     ("simpletcpunixrelay-expose@foobar.service", 0.5),
@@ -937,15 +661,15 @@ const EXPOSURE_TARGETS: &[(&str, f64)] = &[
 /// service's exposure is within its target.
 #[test]
 fn units_verify_and_reach_their_exposure_targets() {
-    if let Some(t) = missing_tool(&["systemd-analyze"]) {
-        skip!("{t} not installed (package systemd)");
+    if skip_if_missing(&["systemd-analyze"], "systemd") {
+        return;
     }
     let elsewhere = TempDir::new();
-    let mut command = Command::new(unit_dir().join("check-units"));
-    command.current_dir(&elsewhere.0);
-    let output = run(command);
-    let table = text(&output.stdout);
-    eprintln!("{table}{}", text(&output.stderr));
+    let mut check_units = Command::new(unit_dir().join("check-units"));
+    check_units.current_dir(&elsewhere.0);
+    let output = run_tool(check_units);
+    let table = &output.stdout;
+    eprintln!("{table}{}", output.stderr);
     assert!(output.status.success(), "check-units failed:\n{table}");
     let rows: Vec<Vec<&str>> = table
         .lines()
@@ -973,12 +697,12 @@ fn units_verify_and_reach_their_exposure_targets() {
     // as a path (scored as instance "i"), from an empty directory.
     for (unit, target) in EXPOSURE_TARGETS {
         let template = unit.split('@').next().unwrap().to_string() + "@.service";
-        let mut command = Command::new(tool("systemd-analyze").unwrap());
-        command
+        let mut security = Command::new(tool("systemd-analyze").unwrap());
+        security
             .args(["security", "--offline=yes", "--no-pager"])
             .arg(unit_dir().join(&template))
             .current_dir(&elsewhere.0);
-        let output = text(&run(command).stdout);
+        let output = run_tool(security).stdout;
         let score: f64 = output
             .lines()
             .find_map(|l| l.split("Overall exposure level for ").nth(1))
@@ -993,8 +717,8 @@ fn units_verify_and_reach_their_exposure_targets() {
 /// on a score above its limit.
 #[test]
 fn check_units_catches_bad_units() {
-    if let Some(t) = missing_tool(&["systemd-analyze"]) {
-        skip!("{t} not installed (package systemd)");
+    if skip_if_missing(&["systemd-analyze"], "systemd") {
+        return;
     }
     let copy = TempDir::new();
     for entry in fs::read_dir(unit_dir()).unwrap() {
@@ -1008,10 +732,10 @@ fn check_units_catches_bad_units() {
         unit.replace("PrivateNetwork=yes", "PrivateNetwork=no\nNoSuchKey=1"),
     )
     .unwrap();
-    let mut command = Command::new(unit_dir().join("check-units"));
-    command.arg(&copy.0).current_dir(&copy.0);
-    let output = run(command);
-    let report = text(&output.stdout);
+    let mut check_units = Command::new(unit_dir().join("check-units"));
+    check_units.arg(&copy.0).current_dir(&copy.0);
+    let output = run_tool(check_units);
+    let report = &output.stdout;
     assert_eq!(output.status.code(), Some(1), "{report}");
     assert!(report.contains("Unknown key 'NoSuchKey'"), "{report}");
     let row = report
@@ -1025,28 +749,6 @@ fn check_units_catches_bad_units() {
 // PrivateNetwork= emulated: a network namespace without systemd
 // ---------------------------------------------------------------------------
 
-/// The network namespace of a process, as `net:[INODE]`.
-fn netns_of(pid: u32) -> String {
-    fs::read_link(format!("/proc/{pid}/ns/net"))
-        .map(|p| p.display().to_string())
-        .unwrap_or_default()
-}
-
-/// Runs `make` on a thread that has joined the network namespace `ns`:
-/// sockets it creates belong to that namespace for good.
-fn in_netns<T: Send + 'static>(ns: &str, make: impl FnOnce() -> T + Send + 'static) -> T {
-    let ns = File::open(ns).expect("open the namespace");
-    thread::spawn(move || {
-        // SAFETY: setns on an open namespace descriptor; it changes the
-        // network namespace of this short-lived thread only.
-        let rc = unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) };
-        assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
-        make()
-    })
-    .join()
-    .unwrap()
-}
-
 /// What `PrivateNetwork=yes` + `JoinsNamespaceOf=` do, by hand: a TCP-only
 /// backend on the loopback of its own network namespace, the relay inside
 /// the same namespace listening on a Unix socket, and a client outside that
@@ -1054,56 +756,36 @@ fn in_netns<T: Send + 'static>(ns: &str, make: impl FnOnce() -> T + Send + 'stat
 #[test]
 fn private_network_service_exposed_through_a_unix_socket() {
     if !is_root() {
-        skip!("needs root to create network namespaces");
+        skip("needs root to create network namespaces");
+        return;
     }
-    if let Some(t) = missing_tool(&["unshare", "nsenter", "ip"]) {
-        skip!("{t} not installed (packages util-linux, iproute2)");
+    if skip_if_missing(NETWORK_NAMESPACE_TOOLS, "util-linux iproute2") {
+        return;
     }
-    // The namespace lives as long as this process sleeps in it.
-    let pin = Guard(
-        Command::new(tool("unshare").unwrap())
-            .args(["--net", "sleep", "600"])
-            .stdin(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    let ours = netns_of(std::process::id());
-    common::wait_until("the new network namespace", || {
-        let theirs = netns_of(pin.0.id());
-        !theirs.is_empty() && theirs != ours
+    let namespace = NetworkNamespace::new();
+    let greeting = b"hello from the namespace\n";
+    let listener = namespace.run(|| std::net::TcpListener::bind("127.0.0.1:0").unwrap());
+    let backend = Backend::tcp_on(listener, move |mut conn: Box<dyn Conn>| {
+        let _ = conn.write_all(greeting);
+        echo(conn);
     });
-    let namespace = netns_of(pin.0.id());
-    let ns = format!("/proc/{}/ns/net", pin.0.id());
-    let mut lo_up = Command::new(tool("nsenter").unwrap());
-    lo_up
-        .arg(format!("--net={ns}"))
-        .args(["ip", "link", "set", "lo", "up"]);
-    let output = run(lo_up);
-    assert!(output.status.success(), "{}", text(&output.stderr));
-
-    let listener = in_netns(&ns, || TcpListener::bind("127.0.0.1:0").unwrap());
-    let backend = Echo::on(listener, "hello from the namespace\n");
 
     let dir = TempDir::new();
     let socket = dir.arg("relay.sock");
-    let mut command = Command::new(tool("nsenter").unwrap());
-    command
-        .arg(format!("--net={ns}"))
-        .arg(relay_bin())
-        .args([&socket, &backend.address]);
-    let mut relay = Relay::start_command(command, 1);
+    let mut inside = namespace.command(relay_bin());
+    inside.args([&socket, &backend.connect_arg]);
+    let mut relay = Relay::start_command(inside, 1);
     assert_eq!(relay.address(), socket);
-    assert_eq!(netns_of(relay.pid() as u32), namespace);
+    assert_eq!(netns_of(relay.pid() as u32), namespace.id());
 
     let data = payload(500_000, 5);
-    let reply = round_trip(UnixStream::connect(&socket).unwrap(), &data);
-    let greeting = b"hello from the namespace\n";
+    let reply = exchange(connect(&socket), data.clone());
     assert_eq!(&reply[..greeting.len()], greeting);
     assert!(reply[greeting.len()..] == data[..], "payload altered");
     assert_eq!(backend.connections(), 1);
 
     // From outside, the backend's port is nobody's, or someone else's.
-    if let Ok(stranger) = TcpStream::connect(&backend.address) {
+    if let Ok(stranger) = try_connect(&backend.connect_arg) {
         drop(stranger);
     }
     assert_eq!(backend.connections(), 1, "the backend was reached over TCP");
@@ -1120,325 +802,6 @@ fn private_network_service_exposed_through_a_unix_socket() {
 // ---------------------------------------------------------------------------
 // The real thing: systemd as PID 1 in systemd-nspawn
 // ---------------------------------------------------------------------------
-
-/// Where the Debian root file system for the container is kept between runs.
-const ROOTFS: &str = "/var/cache/simpletcpunixrelay-test-rootfs";
-/// How it is made; a cache made another way is rebuilt.
-const ROOTFS_PACKAGES: &str = "--variant=minbase --include=systemd";
-/// Written inside the root file system once it is complete.
-const ROOTFS_MARKER: &str = ".simpletcpunixrelay-test-rootfs";
-
-/// The running system's Debian suite and the mirror apt uses for it.
-fn apt_suite_and_mirror() -> Result<(String, String), String> {
-    let os = fs::read_to_string("/etc/os-release").map_err(|e| format!("os-release: {e}"))?;
-    let field = |name: &str| {
-        os.lines()
-            .find_map(|l| l.strip_prefix(&format!("{name}=")))
-            .map(|v| v.trim_matches('"').to_string())
-    };
-    if field("ID").as_deref() != Some("debian") {
-        return Err("the host is not Debian".into());
-    }
-    let suite = field("VERSION_CODENAME").ok_or("no VERSION_CODENAME in os-release")?;
-    let mut sources = vec![PathBuf::from("/etc/apt/sources.list")];
-    if let Ok(dir) = fs::read_dir("/etc/apt/sources.list.d") {
-        let mut more: Vec<PathBuf> = dir.filter_map(|e| e.ok().map(|e| e.path())).collect();
-        more.sort();
-        sources.extend(more);
-    }
-    for source in sources {
-        let Ok(content) = fs::read_to_string(&source) else {
-            continue;
-        };
-        let name = source.to_string_lossy();
-        if name.ends_with(".list") {
-            // deb [OPTION=VALUE ...] URI SUITE COMPONENTS...
-            for line in content.lines() {
-                let Some(rest) = line.trim().strip_prefix("deb ") else {
-                    continue;
-                };
-                let rest = match rest.trim_start().strip_prefix('[') {
-                    Some(options) => options.split_once(']').map_or("", |(_, r)| r),
-                    None => rest,
-                };
-                let words: Vec<&str> = rest.split_whitespace().collect();
-                if words.len() >= 2 && words[1] == suite {
-                    return Ok((suite, words[0].to_string()));
-                }
-            }
-        } else if name.ends_with(".sources") {
-            // deb822 stanzas: Types, URIs, Suites, Enabled.
-            for stanza in content.split("\n\n") {
-                let value = |key: &str| {
-                    stanza
-                        .lines()
-                        .find_map(|l| l.strip_prefix(&format!("{key}:")))
-                        .map(str::trim)
-                        .unwrap_or("")
-                };
-                if value("Enabled") == "no"
-                    || !value("Types").split_whitespace().any(|t| t == "deb")
-                {
-                    continue;
-                }
-                if value("Suites").split_whitespace().any(|s| s == suite)
-                    && let Some(uri) = value("URIs").split_whitespace().next()
-                {
-                    return Ok((suite, uri.to_string()));
-                }
-            }
-        }
-    }
-    Err(format!("no apt source for {suite}"))
-}
-
-/// Holds an exclusive `flock` on a file while alive.
-struct FileLock {
-    _file: File,
-}
-
-impl FileLock {
-    fn acquire(path: &str) -> Result<FileLock, String> {
-        let file = File::create(path).map_err(|e| format!("{path}: {e}"))?;
-        // SAFETY: flock on a descriptor we own; blocks until it is ours.
-        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) } != 0 {
-            return Err(format!("flock {path}: {}", std::io::Error::last_os_error()));
-        }
-        Ok(FileLock { _file: file })
-    }
-}
-
-/// A minimal Debian root file system with systemd, built once with
-/// debootstrap from the host's mirror and kept in [`ROOTFS`].
-fn debian_rootfs() -> Result<PathBuf, String> {
-    let root = PathBuf::from(ROOTFS);
-    let (suite, mirror) = apt_suite_and_mirror()?;
-    let recipe = format!("debootstrap {ROOTFS_PACKAGES} {suite} {mirror}\n");
-    let complete =
-        || fs::read_to_string(root.join(ROOTFS_MARKER)).ok().as_deref() == Some(recipe.as_str());
-    if complete() {
-        return Ok(root);
-    }
-    // Another test run may be building it right now.
-    let _lock = FileLock::acquire(&format!("{ROOTFS}.lock"))?;
-    if complete() {
-        return Ok(root);
-    }
-    let build = PathBuf::from(format!("{ROOTFS}.build"));
-    let log_path = format!("{ROOTFS}.log");
-    let _ = fs::remove_dir_all(&build);
-    let log = File::create(&log_path).map_err(|e| format!("{log_path}: {e}"))?;
-    eprintln!("building {ROOTFS} ({recipe}) ...");
-    let started = Instant::now();
-    // `timeout` ends debootstrap and everything it started.
-    let status = Command::new(tool("timeout").ok_or("timeout not installed")?)
-        .arg("150")
-        .arg(tool("debootstrap").ok_or("debootstrap not installed")?)
-        .args(ROOTFS_PACKAGES.split(' '))
-        .arg(&suite)
-        .arg(&build)
-        .arg(&mirror)
-        .stdin(Stdio::null())
-        .stdout(log.try_clone().unwrap())
-        .stderr(log)
-        .status()
-        .map_err(|e| format!("debootstrap: {e}"))?;
-    if !status.success() {
-        let _ = fs::remove_dir_all(&build);
-        let log = fs::read_to_string(&log_path).unwrap_or_default();
-        let tail: Vec<&str> = log.lines().rev().take(5).collect();
-        return Err(format!("debootstrap {status}; {log_path} ends: {tail:?}"));
-    }
-    fs::write(build.join(ROOTFS_MARKER), &recipe).map_err(|e| e.to_string())?;
-    let _ = fs::remove_dir_all(&root);
-    fs::rename(&build, &root).map_err(|e| format!("rename to {ROOTFS}: {e}"))?;
-    eprintln!("built {ROOTFS} in {:.0?}", started.elapsed());
-    Ok(root)
-}
-
-/// A booted container, stopped (and killed if need be) on drop.
-struct Container {
-    nspawn: Child,
-    /// The container's PID 1 (systemd), as the host sees it.
-    init: i32,
-    console: PathBuf,
-}
-
-impl Container {
-    /// Boots `root` with systemd as PID 1 and waits until it runs. The root
-    /// stays untouched (a tmpfs overlay takes every write); `binds` are
-    /// `(host path, container path)` pairs mounted read-only.
-    fn boot(root: &Path, binds: &[(&Path, &str)], console: PathBuf) -> Container {
-        let mut command = Command::new(tool("systemd-nspawn").unwrap());
-        command
-            .arg("--directory")
-            .arg(root)
-            .args([
-                "--boot",
-                "--register=no",
-                "--keep-unit",
-                // Without it, loopback stays down in the services' own
-                // network namespaces.
-                "--private-network",
-                "--link-journal=no",
-                "--console=pipe",
-                "--volatile=overlay",
-                // bpf: IPAddressDeny= needs it; landlock_*: the relay's
-                // own sandbox, which the units allow.
-                "--system-call-filter=bpf landlock_create_ruleset landlock_add_rule landlock_restrict_self",
-            ])
-            .args(
-                binds
-                    .iter()
-                    .map(|(host, inside)| format!("--bind-ro={}:{inside}", host.display())),
-            )
-            .env("SYSTEMD_NSPAWN_UNIFIED_HIERARCHY", "1")
-            .stdin(Stdio::null())
-            .stdout(File::create(&console).unwrap())
-            .stderr(File::create(&console).unwrap());
-        for variable in [
-            "NOTIFY_SOCKET",
-            "LISTEN_FDS",
-            "LISTEN_PID",
-            "LISTEN_FDNAMES",
-        ] {
-            command.env_remove(variable);
-        }
-        let nspawn = command.spawn().expect("spawn systemd-nspawn");
-        let mut container = Container {
-            init: 0,
-            nspawn,
-            console,
-        };
-        // PID 1 of the container is nspawn's child once it runs systemd.
-        let nspawn_pid = container.nspawn.id();
-        let deadline = Instant::now() + DEADLINE;
-        while container.init == 0 {
-            if let Some(status) = container.nspawn.try_wait().unwrap() {
-                panic!("systemd-nspawn exited ({status}):\n{}", container.console());
-            }
-            assert!(
-                Instant::now() < deadline,
-                "no systemd in the container:\n{}",
-                container.console()
-            );
-            let children =
-                fs::read_to_string(format!("/proc/{nspawn_pid}/task/{nspawn_pid}/children"))
-                    .unwrap_or_default();
-            container.init = children
-                .split_whitespace()
-                .filter_map(|p| p.parse::<i32>().ok())
-                .find(|p| {
-                    fs::read_to_string(format!("/proc/{p}/comm"))
-                        .is_ok_and(|c| c.trim() == "systemd")
-                })
-                .unwrap_or(0);
-            thread::sleep(Duration::from_millis(10));
-        }
-        // Until systemd listens on its private socket, systemctl fails at once.
-        let deadline = Instant::now() + DEADLINE;
-        loop {
-            let state = container.sh("systemctl is-system-running --wait");
-            let stdout = text(&state.stdout);
-            if matches!(stdout.trim(), "running" | "degraded") {
-                break;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "the container did not boot: {stdout}{}\n{}",
-                text(&state.stderr),
-                container.console()
-            );
-            thread::sleep(Duration::from_millis(20));
-        }
-        container
-    }
-
-    fn console(&self) -> String {
-        fs::read_to_string(&self.console).unwrap_or_default()
-    }
-
-    /// Runs a shell script in the container, in all of PID 1's namespaces
-    /// (so outside every service's), with a clean environment.
-    fn sh(&self, script: &str) -> Output {
-        let mut command = Command::new(tool("nsenter").unwrap());
-        command
-            .args(["-t", &self.init.to_string(), "-a"])
-            .args(["env", "-i", "PATH=/usr/sbin:/usr/bin:/sbin:/bin"])
-            .args(["sh", "-c", script]);
-        run(command)
-    }
-
-    /// Runs a script that must succeed; returns its standard output.
-    fn ok(&self, script: &str) -> String {
-        let output = self.sh(script);
-        assert!(
-            output.status.success(),
-            "in the container: {script}\n{}{}",
-            text(&output.stdout),
-            text(&output.stderr)
-        );
-        text(&output.stdout)
-    }
-
-    /// Polls `script` until it prints `wanted` (trimmed).
-    fn wait_for_output(&self, script: &str, wanted: &str) {
-        let deadline = Instant::now() + DEADLINE;
-        loop {
-            let got = text(&self.sh(script).stdout);
-            if got.trim() == wanted {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{script}: {got:?}, not {wanted:?}"
-            );
-            thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    /// The client in the container: sends `message` to `address` (a socket
-    /// path or HOST:PORT) and returns the exit code, the reply and stderr.
-    fn client(&self, prefix: &str, address: &str, message: &str) -> (i32, String, String) {
-        let output = self.sh(&format!(
-            "{prefix} perl /stage/client.pl {address} {message}"
-        ));
-        (
-            output.status.code().unwrap_or(-1),
-            text(&output.stdout),
-            text(&output.stderr),
-        )
-    }
-
-    /// The network namespace of a unit's main process.
-    fn netns_of_unit(&self, unit: &str) -> String {
-        self.ok(&format!(
-            "readlink /proc/$(systemctl show -p MainPID --value {unit})/ns/net"
-        ))
-        .trim()
-        .to_string()
-    }
-}
-
-impl Drop for Container {
-    fn drop(&mut self) {
-        if thread::panicking() && self.init != 0 {
-            let journal = self.sh("journalctl --no-pager -n 150");
-            eprintln!("container journal:\n{}", text(&journal.stdout));
-        }
-        // SIGTERM asks nspawn to shut the container down cleanly.
-        // SAFETY: kill with the pid of our own child, not reaped yet.
-        unsafe { libc::kill(self.nspawn.id() as i32, libc::SIGTERM) };
-        if common::wait_exit(&mut self.nspawn, Duration::from_secs(15)).is_none() {
-            if self.init != 0 {
-                // SAFETY: the container's PID 1; killing it ends the container.
-                unsafe { libc::kill(self.init, libc::SIGKILL) };
-            }
-            let _ = self.nspawn.kill();
-            let _ = self.nspawn.wait();
-        }
-    }
-}
 
 /// foobar.service in the container: TCP only, on its own loopback.
 const FOOBAR_UNIT: &str = "\
@@ -1473,7 +836,7 @@ while (1) {
 "#;
 
 /// The client: sends its message, half-closes, prints the reply; exit 3 if
-/// it cannot connect.
+/// it cannot connect. Run it with [`client`].
 const CLIENT_PL: &str = r#"use strict; use warnings;
 use IO::Socket::INET; use IO::Socket::UNIX; use Socket;
 my ($address, $message) = @ARGV;
@@ -1487,6 +850,25 @@ my $reply = "";
 while (sysread($socket, my $buffer, 65536)) { $reply .= $buffer }
 print $reply;
 "#;
+
+/// The client in the container ([`CLIENT_PL`], staged at `/stage`): sends
+/// `message` to `address` (a socket path or HOST:PORT), run with `prefix`
+/// (`setpriv …`); returns the exit code, the reply and stderr.
+fn client(
+    container: &Container,
+    prefix: &str,
+    address: &str,
+    message: &str,
+) -> (i32, String, String) {
+    let output = container.sh(&format!(
+        "{prefix} perl /stage/client.pl {address} {message}"
+    ));
+    (
+        output.status.code().unwrap_or(-1),
+        output.stdout,
+        output.stderr,
+    )
+}
 
 /// Installs the units the way the README says, with the configuration the
 /// README shows.
@@ -1509,15 +891,19 @@ systemctl daemon-reload
 #[test]
 fn units_under_systemd_in_nspawn() {
     if !is_root() {
-        skip!("needs root for systemd-nspawn");
+        skip("needs root for systemd-nspawn");
+        return;
     }
-    if let Some(t) = missing_tool(&["systemd-nspawn", "debootstrap", "nsenter", "timeout"]) {
-        skip!("{t} not installed (packages systemd-container, debootstrap)");
+    if skip_if_missing(CONTAINER_TOOLS, "systemd-container debootstrap") {
+        return;
     }
     let started = Instant::now();
     let root = match debian_rootfs() {
         Ok(root) => root,
-        Err(e) => skip!("cannot build the Debian root file system: {e}"),
+        Err(e) => {
+            skip(&format!("cannot build the Debian root file system: {e}"));
+            return;
+        }
     };
 
     let stage = TempDir::new();
@@ -1542,11 +928,9 @@ fn units_under_systemd_in_nspawn() {
     container.ok(INSTALL);
 
     // 1. Expose foobar.service at /run/foobar-unix/socket.
-    let enabled = text(
-        &container
-            .sh("systemctl enable simpletcpunixrelay-expose@foobar.service 2>&1")
-            .stdout,
-    );
+    let enabled = container
+        .sh("systemctl enable simpletcpunixrelay-expose@foobar.service 2>&1")
+        .stdout;
     assert!(enabled.contains("foobar.service.wants"), "{enabled}");
     // Starting foobar pulls the relay in (WantedBy=), ordered after it.
     container.ok("systemctl start foobar.service");
@@ -1562,7 +946,7 @@ fn units_under_systemd_in_nspawn() {
         assert_eq!(reply.1, format!("{greeting}{message}"));
     };
     served(
-        container.client("", "/run/foobar-unix/socket", "root"),
+        client(&container, "", "/run/foobar-unix/socket", "root"),
         "root",
     );
     // The relay really shares foobar's network namespace, not the host's.
@@ -1570,17 +954,17 @@ fn units_under_systemd_in_nspawn() {
     assert_eq!(container.netns_of_unit(expose), foobar_netns);
     assert_ne!(container.ok("readlink /proc/1/ns/net").trim(), foobar_netns);
     // foobar is not reachable over TCP from the container's network.
-    let (code, _, stderr) = container.client("", "127.0.0.1:8080", "direct");
+    let (code, _, stderr) = client(&container, "", "127.0.0.1:8080", "direct");
     assert_eq!(code, 3, "TCP to foobar must fail: {stderr}");
     // The socket is for the group: a member may connect, others may not.
     let gid = container.ok("getent group simpletcpunixrelay | cut -d: -f3");
     let member = format!("setpriv --reuid=4242 --regid=4242 --groups={}", gid.trim());
     served(
-        container.client(&member, "/run/foobar-unix/socket", "member"),
+        client(&container, &member, "/run/foobar-unix/socket", "member"),
         "member",
     );
     let stranger = "setpriv --reuid=4243 --regid=4243 --clear-groups";
-    let (code, _, stderr) = container.client(stranger, "/run/foobar-unix/socket", "x");
+    let (code, _, stderr) = client(&container, stranger, "/run/foobar-unix/socket", "x");
     assert_eq!(code, 3, "a non-member must be refused");
     assert!(stderr.contains("Permission denied"), "{stderr}");
     // STATUS= reaches systemd.
@@ -1611,14 +995,14 @@ fn units_under_systemd_in_nspawn() {
     let foobar_netns = container.netns_of_unit("foobar.service");
     assert_eq!(container.netns_of_unit(expose), foobar_netns);
     served(
-        container.client("", "/run/foobar-unix/socket", "again"),
+        client(&container, "", "/run/foobar-unix/socket", "again"),
         "again",
     );
 
     // 2. Re-expose the socket on TCP 127.0.0.1:8081.
     container.ok("systemctl enable --now simpletcpunixrelay-reexpose@foobar.service");
     served(
-        container.client("", "127.0.0.1:8081", "reexposed"),
+        client(&container, "", "127.0.0.1:8081", "reexposed"),
         "reexposed",
     );
 
@@ -1626,16 +1010,14 @@ fn units_under_systemd_in_nspawn() {
     let activated = "simpletcpunixrelay-activated@8082.service";
     container.ok("systemctl enable --now simpletcpunixrelay-activated@8082.socket");
     assert_eq!(
-        text(
-            &container
-                .sh(&format!("systemctl is-active {activated}"))
-                .stdout
-        )
-        .trim(),
+        container
+            .sh(&format!("systemctl is-active {activated}"))
+            .stdout
+            .trim(),
         "inactive"
     );
     served(
-        container.client("", "127.0.0.1:8082", "activated"),
+        client(&container, "", "127.0.0.1:8082", "activated"),
         "activated",
     );
     assert_eq!(
@@ -1670,12 +1052,10 @@ fn units_under_systemd_in_nspawn() {
     // Stopping foobar stops its relay (BindsTo=); the runtime directory goes.
     container.ok("systemctl stop foobar.service");
     assert_eq!(
-        text(
-            &container
-                .sh(&format!("systemctl is-active {expose}"))
-                .stdout
-        )
-        .trim(),
+        container
+            .sh(&format!("systemctl is-active {expose}"))
+            .stdout
+            .trim(),
         "inactive"
     );
     container.ok("test ! -e /run/foobar-unix");

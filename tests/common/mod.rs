@@ -7,17 +7,22 @@
 //! - [`data`]: payloads and digests;
 //! - [`system`]: how the relay's process is set up (inherited descriptors,
 //!   limits, umask, a private `/etc/hosts`) and what the tests ask the
-//!   kernel about it.
+//!   kernel and the machine about it (root, tools, groups);
+//! - [`notify`]: the service manager's end of `NOTIFY_SOCKET`;
+//! - [`container`]: the isolation systemd gives a service, by hand (a
+//!   network namespace) and for real (systemd as PID 1 in `systemd-nspawn`).
 
 #![allow(dead_code)] // each test binary uses a different subset
 
+mod container;
 mod data;
 mod net;
+mod notify;
 mod system;
 
-pub use data::*;
-pub use net::*;
-pub use system::*;
+// Each test binary uses a different subset, some none of a module.
+#[allow(unused_imports)]
+pub use {container::*, data::*, net::*, notify::*, system::*};
 
 use std::io::{BufRead, BufReader, Read};
 use std::os::fd::AsRawFd;
@@ -255,12 +260,38 @@ impl Finished {
 
 /// Runs a prepared relay command to completion (for start-up failures,
 /// `--help`, `--version`).
-pub fn run_command(mut command: Command) -> Finished {
+pub fn run_command(command: Command) -> Finished {
+    run_command_with_stdin(command, Stdio::null())
+}
+
+/// Like [`run_command`], with standard input from `stdin` (a file, for
+/// `fd:0` on something that is not a socket).
+pub fn run_command_with_stdin(command: Command, stdin: Stdio) -> Finished {
+    let (exited, finished) = run_within_deadline(command, stdin);
+    assert!(
+        exited,
+        "the relay should exit on its own; stderr:\n{}",
+        finished.stderr
+    );
+    finished
+}
+
+/// Runs a tool (`systemd-analyze`, a script, `nsenter …`) to completion.
+/// One that still runs after [`DEADLINE`] is killed, and its status says so.
+pub fn run_tool(command: Command) -> Finished {
+    run_within_deadline(command, Stdio::null()).1
+}
+
+/// Runs `command` with standard input from `stdin` until it exits, or kills
+/// it after [`DEADLINE`]; says whether it exited by itself.
+fn run_within_deadline(mut command: Command, stdin: Stdio) -> (bool, Finished) {
     command
-        .stdin(Stdio::null())
+        .stdin(stdin)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
-    let mut child = command.spawn().expect("spawn relay");
+    let mut child = command
+        .spawn()
+        .unwrap_or_else(|e| panic!("spawn {:?}: {e}", command.get_program()));
     drop(command); // descriptors it passed to the child are the child's alone now
     let read_all = |mut pipe: Box<dyn Read + Send>| {
         thread::spawn(move || {
@@ -271,19 +302,21 @@ pub fn run_command(mut command: Command) -> Finished {
     };
     let stdout = read_all(Box::new(child.stdout.take().unwrap()));
     let stderr = read_all(Box::new(child.stderr.take().unwrap()));
-    let status = wait_exit(&mut child, DEADLINE);
-    if status.is_none() {
-        let _ = child.kill();
-        let _ = child.wait();
-    }
+    let exited = wait_exit(&mut child, DEADLINE);
+    let status = match exited {
+        Some(status) => status,
+        None => {
+            let _ = child.kill();
+            child.wait().expect("wait for the killed child")
+        }
+    };
     let stderr = stderr.join().unwrap();
-    let status =
-        status.unwrap_or_else(|| panic!("the relay should exit on its own; stderr:\n{stderr}"));
-    Finished {
+    let finished = Finished {
         status,
         stdout: stdout.join().unwrap(),
         stderr,
-    }
+    };
+    (exited.is_some(), finished)
 }
 
 /// Runs the relay to completion: exit status and standard error.
@@ -303,6 +336,18 @@ pub fn wait_exit(child: &mut Child, limit: Duration) -> Option<ExitStatus> {
             return None;
         }
         thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// A child process killed (and reaped) when the test ends, however it ends:
+/// for processes that are not the relay under [`Relay`] (a namespace's
+/// keeper, a relay whose standard error goes to a file).
+pub struct ChildGuard(pub Child);
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
     }
 }
 
@@ -374,4 +419,16 @@ pub fn skip(reason: &str) {
         panic!("would skip in CI, which must run every test: {reason}");
     }
     eprintln!("skipped: {reason}");
+}
+
+/// Skips the test (see [`skip`]) if one of `tools` is not installed, naming
+/// the Debian `packages` that hold them; returns whether it did.
+pub fn skip_if_missing(tools: &[&'static str], packages: &str) -> bool {
+    let missing = missing_tool(tools);
+    if let Some(tool) = missing {
+        skip(&format!(
+            "{tool} is not installed (apt-get install {packages})"
+        ));
+    }
+    missing.is_some()
 }

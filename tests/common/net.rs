@@ -56,6 +56,17 @@ impl Conn for UnixStream {
     fn abort(&self) {}
 }
 
+/// A TCP port on 127.0.0.1 that was free a moment ago, for tools that must
+/// be told a port in advance (`systemd-socket-activate` cannot listen on
+/// port 0 and report the port).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
 /// The socket address of a Linux abstract name (without the `@`).
 pub fn abstract_addr(name: &str) -> SocketAddr {
     SocketAddr::from_abstract_name(name.as_bytes()).unwrap()

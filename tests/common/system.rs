@@ -1,6 +1,8 @@
 //! How the relay's process is set up before it runs (inherited descriptors,
 //! resource limits, umask, a private `/etc/hosts`), and what the tests ask
-//! the kernel about the machine and the running relay.
+//! the kernel and the machine (its tools, its groups) about themselves and
+//! the running relay. Expected values come from the system, never from the
+//! relay's own code.
 //!
 //! The set-up runs in the forked child before `exec` (`pre_exec`), where only
 //! async-signal-safe calls are allowed: no allocation, plain system calls.
@@ -11,7 +13,7 @@ use std::net::TcpListener;
 use std::os::fd::{FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::process::CommandExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
 
@@ -22,6 +24,26 @@ use super::relay_bin;
 pub fn is_root() -> bool {
     // SAFETY: geteuid has no preconditions.
     unsafe { libc::geteuid() == 0 }
+}
+
+/// The full path of a program, searched in `PATH` and the sbin directories
+/// (which a non-root `PATH` often lacks).
+pub fn tool(name: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain(["/usr/sbin", "/sbin", "/usr/bin", "/bin"].map(PathBuf::from))
+        .map(|dir| dir.join(name))
+        .find(|p| p.is_file())
+}
+
+/// The first of `names` that is not installed.
+pub fn missing_tool(names: &[&'static str]) -> Option<&'static str> {
+    names.iter().copied().find(|n| tool(n).is_none())
+}
+
+/// Whether the kernel offers Landlock (the relay then confines itself fully).
+pub fn kernel_has_landlock() -> bool {
+    std::fs::read_to_string("/sys/kernel/security/lsm").is_ok_and(|l| l.contains("landlock"))
 }
 
 /// Whether this machine has an IPv6 loopback address to test with.
@@ -175,10 +197,17 @@ pub fn socket_activated(args: &[&str], fds: &[RawFd], names: &[&str]) -> Command
     command
 }
 
-/// The id of the group called `name`, if there is one (the relay's own
-/// look-up, as `--socket-group` uses it).
+/// The id of the group called `name`, if there is one, as the system's name
+/// service tells it (`getent group NAME`, whose third field is the id): the
+/// value `--socket-group NAME` must give the socket file.
 pub fn group_id(name: &str) -> Option<u32> {
-    simpletcpunixrelay::cli::lookup_group(name).ok()
+    let output = Command::new("getent").args(["group", name]).output().ok()?;
+    if !output.status.success() {
+        return None; // exit 2: no such group
+    }
+    let entry = String::from_utf8(output.stdout).ok()?;
+    // NAME:PASSWORD:GID:MEMBERS
+    entry.lines().next()?.split(':').nth(2)?.parse().ok()
 }
 
 /// Copies of every socket descriptor the process `pid` holds (`pidfd_getfd`,
