@@ -9,7 +9,9 @@
 //! latency with everything pinned to one CPU, connection rate, idle
 //! connections under a 20000-descriptor limit and the memory they cost, and
 //! how throughput and connection rate hold up with many streams or many
-//! open connections.
+//! open connections; and a real application: requests per second of
+//! `redis-benchmark` against a `redis-server` on a Unix socket, directly and
+//! through each relay (`redis.rs`).
 //!
 //! It prints a markdown table, writes the raw figures to
 //! `target/bench/results.json` and a chart to `target/bench/bench.svg`; a
@@ -30,6 +32,7 @@ mod drive;
 mod json;
 mod peers;
 mod procfs;
+mod redis;
 mod report;
 
 use std::collections::BTreeMap;
@@ -65,6 +68,11 @@ pub struct Settings {
     /// Idle connections attempted, and the time allowed to open them.
     pub idle_target: usize,
     pub idle_time: Duration,
+    /// Requests of each `redis-benchmark` run, from how many clients, and
+    /// how long one run may take before it is killed.
+    pub redis_requests: u64,
+    pub redis_clients: usize,
+    pub redis_timeout: Duration,
     /// The whole run is abandoned after this.
     pub time_limit: Duration,
 }
@@ -86,6 +94,9 @@ impl Settings {
                 open_before: [1, 100],
                 idle_target: 300,
                 idle_time: Duration::from_secs(10),
+                redis_requests: 10_000,
+                redis_clients: 50,
+                redis_timeout: Duration::from_secs(20),
                 time_limit: Duration::from_secs(180),
             }
         } else {
@@ -103,6 +114,9 @@ impl Settings {
                 open_before: [1, 1000],
                 idle_target: 10_000,
                 idle_time: Duration::from_secs(120),
+                redis_requests: 100_000,
+                redis_clients: 50,
+                redis_timeout: Duration::from_secs(60),
                 time_limit: Duration::from_secs(30 * 60),
             }
         }
@@ -195,6 +209,8 @@ pub struct PeerResult {
     /// Connections per second with N idle connections open (Unix→TCP).
     pub conn_rate_open: BTreeMap<usize, Series>,
     pub idle: Option<Idle>,
+    /// `redis-benchmark` requests per second by test, TCP→Unix.
+    pub redis: BTreeMap<&'static str, redis::Series>,
 }
 
 /// Everything a run found.
@@ -202,6 +218,7 @@ pub struct Results {
     pub kinds: Vec<Kind>,
     pub peers: BTreeMap<Kind, PeerResult>,
     pub notes: Vec<String>,
+    pub redis: redis::AppRun,
     pub load_before: String,
     pub load_after: String,
     pub seconds: f64,
@@ -673,6 +690,7 @@ fn run(settings: &Settings, only: Option<Vec<String>>) -> io::Result<Results> {
         kinds: Vec::new(),
         peers: BTreeMap::new(),
         notes: Vec::new(),
+        redis: redis::AppRun::default(),
         load_before: procfs::load_average(),
         load_after: String::new(),
         seconds: 0.0,
@@ -729,6 +747,7 @@ fn run(settings: &Settings, only: Option<Vec<String>>) -> io::Result<Results> {
     measure_rtt(&lineup, &kinds, settings, None, &mut results);
     measure_scaling(&lineup, &kinds, settings, &mut results);
     drop(lineup);
+    redis::measure(&tools, dir, &kinds, settings, &mut results);
 
     let cpu = results.pinned_cpu;
     {

@@ -108,7 +108,7 @@ pub struct Tools {
     activate: Option<PathBuf>,
 }
 
-fn find_in_path(name: &str) -> Option<PathBuf> {
+pub fn find_in_path(name: &str) -> Option<PathBuf> {
     let path = std::env::var_os("PATH").unwrap_or_else(|| "/usr/sbin:/usr/bin:/sbin:/bin".into());
     std::env::split_paths(&path)
         .chain(["/usr/sbin", "/sbin"].map(PathBuf::from))
@@ -270,9 +270,28 @@ fn free_port() -> io::Result<u16> {
 }
 
 /// Starts `kind` bridging `route`: listening on loopback TCP or on a Unix
-/// socket in `dir`, connecting to `target`. Waits until a connection through
-/// it reaches the backend.
+/// socket in `dir`, connecting to `target` (the benchmark's backend). Waits
+/// until a connection through it gets an echo from the backend.
 pub fn start(
+    tools: &Tools,
+    kind: Kind,
+    route: Route,
+    target: &Addr,
+    dir: &Path,
+    tag: &str,
+    cpu: Option<usize>,
+) -> io::Result<Instance> {
+    let mut instance = spawn(tools, kind, route, target, dir, tag, cpu)?;
+    wait_until_relaying(&mut instance, |listen| {
+        client::open_idle(listen, Duration::from_secs(2)).map(drop)
+    })?;
+    Ok(instance)
+}
+
+/// Starts `kind` as [`start`] does, towards any `target` (such as a real
+/// server), without waiting until it relays: that is
+/// [`wait_until_relaying`] with a check that suits the target.
+pub fn spawn(
     tools: &Tools,
     kind: Kind,
     route: Route,
@@ -417,16 +436,18 @@ pub fn start(
             })?);
         }
     }
-    wait_until_relaying(&mut instance)?;
     Ok(instance)
 }
 
-/// Waits (10 s at most) until a connection through `instance` gets an echo
-/// from the backend.
-fn wait_until_relaying(instance: &mut Instance) -> io::Result<()> {
+/// Waits (10 s at most) until `probe`, given where `instance` listens,
+/// succeeds: a connection through it reached the target.
+pub fn wait_until_relaying(
+    instance: &mut Instance,
+    probe: impl Fn(&Addr) -> io::Result<()>,
+) -> io::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let error = match client::open_idle(&instance.listen, Duration::from_secs(2)) {
+        let error = match probe(&instance.listen) {
             Ok(_) => return Ok(()),
             Err(e) => e,
         };

@@ -8,7 +8,7 @@ use std::path::Path;
 use crate::client::Dir;
 use crate::json::Json;
 use crate::peers::{Kind, Route};
-use crate::{Results, Series, Settings};
+use crate::{Results, Series, Settings, redis};
 
 const CELLS: [(Route, Dir); 4] = [
     (Route::TcpToUnix, Dir::Up),
@@ -113,6 +113,26 @@ fn conn_open(results: &Results, kind: Kind, open: usize) -> Option<f64> {
         .conn_rate_open
         .get(&open)?
         .median()
+}
+
+fn redis_rate(results: &Results, kind: Kind, test: &str) -> Option<f64> {
+    results.peers.get(&kind)?.redis.get(test)?.median()
+}
+
+fn redis_ratio(results: &Results, kind: Kind, test: &str) -> Option<f64> {
+    ratio(
+        redis_rate(results, kind, test),
+        redis_rate(results, Kind::Direct, test),
+    )
+}
+
+fn redis_cpu(results: &Results, kind: Kind, test: &str) -> Option<f64> {
+    results
+        .peers
+        .get(&kind)?
+        .redis
+        .get(test)?
+        .cpu_us_per_request()
 }
 
 fn num(value: Option<f64>, decimals: usize) -> String {
@@ -226,22 +246,24 @@ fn markdown(results: &Results, s: &Settings) -> String {
         "Throughput and connection rate as a ratio to a direct connection from the client to the same backend \
          (the direct row gives absolute figures); CPU is the relay's own (all its processes), per 10⁹ bytes relayed; \
          added RTT is the round trip of a {}-byte ping-pong through the relay minus the direct one, with client, \
-         relay and backend all pinned to one CPU.\n",
+         relay and backend all pinned to one CPU; Redis is what `redis-benchmark` gets through the relay from a \
+         `redis-server` on a Unix socket (requests per second, see below).\n",
         s.rtt_size
     );
     let _ = writeln!(
         md,
-        "| peer | TCP→Unix up / down | Unix→TCP up / down | CPU s/GB TCP→Unix up / down | CPU s/GB Unix→TCP up / down | added RTT pinned TCP→Unix / Unix→TCP | conn/s TCP→Unix / Unix→TCP | memory per held conn | max held conns (of {}) | memory returned after close |",
-        s.idle_target
+        "| peer | TCP→Unix up / down | Unix→TCP up / down | CPU s/GB TCP→Unix up / down | CPU s/GB Unix→TCP up / down | added RTT pinned TCP→Unix / Unix→TCP | conn/s TCP→Unix / Unix→TCP | memory per held conn | max held conns (of {}) | memory returned after close | Redis {} |",
+        s.idle_target,
+        redis::TESTS.map(str::to_uppercase).join(" / "),
     );
-    let _ = writeln!(md, "|---|---|---|---|---|---|---|---|---|---|");
+    let _ = writeln!(md, "|---|---|---|---|---|---|---|---|---|---|---|");
     for &kind in kinds {
         let mut row = format!("| {} |", kind.name());
         if kind == Kind::Direct {
             let abs = |cell| gb(throughput(results, kind, cell).and_then(Series::median));
             let _ = write!(
                 row,
-                " {} / {} GB/s | {} / {} GB/s | – | – | {} / {} µs RTT | {} / {} conn/s | – | – | – |",
+                " {} / {} GB/s | {} / {} GB/s | – | – | {} / {} µs RTT | {} / {} conn/s | – | – | – | {} req/s |",
                 abs(CELLS[0]),
                 abs(CELLS[1]),
                 abs(CELLS[2]),
@@ -250,6 +272,9 @@ fn markdown(results: &Results, s: &Settings) -> String {
                 num(rtt(results, kind, Route::UnixToTcp), 1),
                 num(conn_rate(results, kind, Route::TcpToUnix), 0),
                 num(conn_rate(results, kind, Route::UnixToTcp), 0),
+                redis::TESTS
+                    .map(|t| num(redis_rate(results, kind, t), 0))
+                    .join(" / "),
             );
         } else {
             let r = |cell| num(throughput_ratio(results, kind, cell), 2);
@@ -257,7 +282,7 @@ fn markdown(results: &Results, s: &Settings) -> String {
             let idle = results.peers.get(&kind).and_then(|p| p.idle.as_ref());
             let _ = write!(
                 row,
-                " {} / {} | {} / {} | {} / {} | {} / {} | {} / {} µs | {} / {} | {} | {} | {} |",
+                " {} / {} | {} / {} | {} / {} | {} / {} | {} / {} µs | {} / {} | {} | {} | {} | {} |",
                 r(CELLS[0]),
                 r(CELLS[1]),
                 r(CELLS[2]),
@@ -273,6 +298,9 @@ fn markdown(results: &Results, s: &Settings) -> String {
                 bytes(idle.and_then(|i| i.per_connection())),
                 idle.map_or("–".into(), |i| i.held.to_string()),
                 pct(idle.and_then(|i| i.returned())),
+                redis::TESTS
+                    .map(|t| num(redis_ratio(results, kind, t), 2))
+                    .join(" / "),
             );
         }
         let _ = writeln!(md, "{row}");
@@ -297,6 +325,8 @@ fn markdown(results: &Results, s: &Settings) -> String {
             r(CELLS[3])
         );
     }
+    redis_section(&mut md, results, s);
+
     let _ = writeln!(md, "\n## Scaling (Unix→TCP)\n");
     let _ = writeln!(
         md,
@@ -501,7 +531,10 @@ fn markdown(results: &Results, s: &Settings) -> String {
          backend's close, then close.\n\
          - Relays run with `--connections-max 20000` where they have such a limit (simpletcpunixrelay, \
          systemd-socket-proxyd), haproxy with its default `maxconn` (derived from the file limit), socat with `fork` \
-         and its default 8 KiB buffer, systemd-socket-proxyd under `systemd-socket-activate`. TCP_NODELAY everywhere.",
+         and its default 8 KiB buffer, systemd-socket-proxyd under `systemd-socket-activate`. TCP_NODELAY everywhere.\n\
+         - Redis: a fresh relay of each kind for the TCP→Unix route in front of the benchmark's own `redis-server`, \
+         checked with a PING; one short warm-up run each, then runs of `redis-benchmark` (killed after {:.0} s), \
+         alternating between peers.",
         crate::backend::CHUNK / 1024,
         s.bulk >> 20,
         s.rtt_messages,
@@ -509,12 +542,81 @@ fn markdown(results: &Results, s: &Settings) -> String {
         results.pinned_cpu,
         s.conn_threads,
         s.conn_duration.as_secs_f64(),
+        s.redis_timeout.as_secs_f64(),
     );
     let _ = writeln!(
         md,
         "\nRaw figures: `target/bench/results.json`. Chart: `bench.svg` beside this file.\n\n![chart](bench.svg)"
     );
     md
+}
+
+/// The real application: `redis-benchmark` through each relay.
+fn redis_section(md: &mut String, results: &Results, s: &Settings) {
+    let app = &results.redis;
+    let _ = writeln!(md, "\n## A real application: Redis (TCP→Unix)\n");
+    if let Some(why) = &app.skipped {
+        let _ = writeln!(
+            md,
+            "Not measured: {why} (install: {}).",
+            redis::INSTALL_HINT
+        );
+        return;
+    }
+    let _ = writeln!(
+        md,
+        "`redis-benchmark` ({}; {} requests from {} clients per run, one test per run, keep-alive, no pipelining) \
+         against a `redis-server` ({}) that the benchmark starts on a Unix socket in its scratch directory \
+         (`--port 0 --unixsocket PATH --save '' --appendonly no`, no configuration file). **direct**: \
+         `redis-benchmark -s PATH`; through a relay listening on 127.0.0.1 and connecting to that socket: `{}`, \
+         TEST being {}. \
+         Requests per second as redis-benchmark reports them, median of {} run{} (ratio to direct in brackets), \
+         alternating between peers; the relay's CPU (all its processes) per request. Client, server and relay share \
+         the machine's CPUs, unpinned.\n",
+        app.client_version,
+        s.redis_requests,
+        s.redis_clients,
+        app.server_version,
+        app.command,
+        redis::TESTS.join(" and "),
+        s.reps,
+        if s.reps == 1 { "" } else { "s" },
+    );
+    let names = redis::TESTS.map(str::to_uppercase);
+    let _ = writeln!(
+        md,
+        "| peer | {} | relay CPU per request {} |",
+        names
+            .iter()
+            .map(|n| format!("{n} requests/s"))
+            .collect::<Vec<_>>()
+            .join(" | "),
+        names.join(" / ")
+    );
+    let _ = writeln!(md, "|---|{}---|", "---|".repeat(names.len()));
+    for &kind in &results.kinds {
+        let rates: Vec<String> = redis::TESTS
+            .iter()
+            .map(|t| {
+                let rate = num(redis_rate(results, kind, t), 0);
+                match (kind, redis_ratio(results, kind, t)) {
+                    (Kind::Direct, _) | (_, None) => rate,
+                    (_, Some(r)) => format!("{rate} ({r:.2})"),
+                }
+            })
+            .collect();
+        let cpu = if kind == Kind::Direct {
+            "–".to_string()
+        } else {
+            format!(
+                "{} µs",
+                redis::TESTS
+                    .map(|t| num(redis_cpu(results, kind, t), 1))
+                    .join(" / ")
+            )
+        };
+        let _ = writeln!(md, "| {} | {} | {cpu} |", kind.name(), rates.join(" | "));
+    }
 }
 
 /// The project's targets for the relay: (target, measured, met).
@@ -879,6 +981,33 @@ fn json(results: &Results, s: &Settings) -> Json {
                 ])
             }),
         ));
+        fields.push((
+            "redis_tcp_unix_requests_per_second".into(),
+            Json::Obj(
+                peer.redis
+                    .iter()
+                    .map(|(test, series)| {
+                        (
+                            test.to_string(),
+                            Json::obj([
+                                ("samples", Json::nums(&series.samples)),
+                                ("median", Json::opt(series.median())),
+                                (
+                                    "ratio_to_direct",
+                                    Json::opt(redis_ratio(results, *kind, test)),
+                                ),
+                                ("requests", Json::Num(series.requests as f64)),
+                                ("relay_cpu_seconds", Json::Num(series.cpu_seconds)),
+                                (
+                                    "relay_cpu_us_per_request",
+                                    Json::opt(series.cpu_us_per_request()),
+                                ),
+                            ]),
+                        )
+                    })
+                    .collect(),
+            ),
+        ));
         peers.push((kind.name().to_string(), Json::Obj(fields)));
     }
     Json::obj([
@@ -916,6 +1045,26 @@ fn json(results: &Results, s: &Settings) -> Json {
         (
             "notes",
             Json::Arr(results.notes.iter().cloned().map(Json::Str).collect()),
+        ),
+        (
+            "redis",
+            Json::obj([
+                ("server", Json::str(results.redis.server_version.clone())),
+                ("benchmark", Json::str(results.redis.client_version.clone())),
+                (
+                    "skipped",
+                    results.redis.skipped.clone().map_or(Json::Null, Json::Str),
+                ),
+                ("route", Json::str(Route::TcpToUnix.key())),
+                ("command", Json::str(results.redis.command.clone())),
+                ("requests_per_run", Json::Num(s.redis_requests as f64)),
+                ("clients", Json::Num(s.redis_clients as f64)),
+                ("repetitions", Json::Num(s.reps as f64)),
+                (
+                    "tests",
+                    Json::Arr(redis::TESTS.iter().map(|t| Json::str(*t)).collect()),
+                ),
+            ]),
         ),
         ("peers", Json::Obj(peers)),
     ])
@@ -1112,6 +1261,21 @@ fn svg(results: &Results) -> String {
                 |k, route| conn_ratio(results, k, route),
             ),
             lines: vec![(1.0, "direct".into()), (0.75, "0.75".into())],
+            format: |v| format!("{v:.2}"),
+            log: false,
+        },
+        Panel {
+            title: match &results.redis.skipped {
+                None => "Redis requests/s through each relay (redis-benchmark, TCP→Unix), ratio to direct (higher is better)".into(),
+                Some(why) => format!("Redis through the relay: not measured ({why})"),
+            },
+            groups: bar_groups(
+                &redis::TESTS,
+                |test| test.to_uppercase(),
+                &peers,
+                |k, test| redis_ratio(results, k, test),
+            ),
+            lines: vec![(1.0, "direct".into())],
             format: |v| format!("{v:.2}"),
             log: false,
         },
