@@ -17,9 +17,9 @@
 //!   who a client is; `endpoint`, `timespan`, `log`, `failure`: the
 //!   vocabulary.
 
-pub mod cli;
+mod cli;
 mod completions;
-pub mod config;
+mod config;
 mod connections;
 mod connector;
 pub mod endpoint;
@@ -33,7 +33,7 @@ mod pipe;
 mod relay;
 mod resolver;
 mod runtime;
-pub mod sandbox;
+mod sandbox;
 mod server;
 mod shutdown;
 mod startup;

@@ -28,7 +28,6 @@ use crate::connections::{Connections, Entry};
 use crate::identity::proxy_header;
 use crate::listener::{Listener, Opened};
 use crate::relay::{self, Outcome};
-use crate::shutdown::AsyncSignals;
 use crate::timespan;
 
 /// How long the accept loop pauses after an error such as EMFILE before it
@@ -50,6 +49,23 @@ struct Accepted {
 
 type Incoming = Pin<Box<dyn Stream<Item = io::Result<Accepted>>>>;
 
+/// Requests to stop: SIGTERM and SIGINT in the program, anything a test
+/// sends. The first stops accepting; the next ends the drain at once.
+pub struct Stops(async_channel::Receiver<()>);
+
+impl Stops {
+    pub fn new(requests: async_channel::Receiver<()>) -> Stops {
+        Stops(requests)
+    }
+
+    /// Waits for the next request (forever, once no sender is left).
+    async fn next(&self) {
+        if self.0.recv().await.is_err() {
+            future::pending::<()>().await;
+        }
+    }
+}
+
 /// Why the accept loop stopped.
 enum Stop {
     Signal,
@@ -64,7 +80,7 @@ enum Stop {
 pub async fn serve(
     opened: Opened,
     config: Rc<Config>,
-    signals: AsyncSignals,
+    signals: Stops,
     ready_fd: Option<OwnedFd>,
 ) -> io::Result<bool> {
     let connections = Connections::new();
@@ -446,7 +462,7 @@ impl Connection {
 /// After a stop signal: lets open connections finish within `timeout`; a
 /// second signal ends the wait at once. Connections still open then are
 /// cut with a reset.
-async fn drain(connections: &Connections, timeout: Option<Duration>, signals: &AsyncSignals) {
+async fn drain(connections: &Connections, timeout: Option<Duration>, signals: &Stops) {
     let open = connections.active();
     if open == 0 {
         crate::info!("stopping: no open connections");
@@ -550,5 +566,23 @@ mod tests {
             "{} bytes",
             std::mem::size_of_val(&task)
         );
+    }
+
+    /// The server stops when asked, whoever asks: here a test, not a signal.
+    #[test]
+    fn a_stop_request_ends_serving() {
+        let args: Vec<std::ffi::OsString> = ["127.0.0.1:0", "127.0.0.1:9"]
+            .iter()
+            .map(|s| s.into())
+            .collect();
+        let Ok(crate::cli::Command::Run(config)) = crate::cli::parse("relay", &args) else {
+            panic!("arguments")
+        };
+        let opened = crate::listener::open(&config.listen, Default::default()).unwrap();
+        let (stop, stops) = async_channel::unbounded();
+        stop.try_send(()).unwrap();
+        let served =
+            crate::runtime::block_on(serve(opened, Rc::new(*config), Stops::new(stops), None));
+        assert!(served.unwrap(), "a clean stop");
     }
 }

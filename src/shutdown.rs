@@ -20,7 +20,7 @@ pub struct Signals {
 
 impl Signals {
     /// Installs the handlers. From now on SIGTERM/SIGINT no longer kill the
-    /// process; they are queued for [`AsyncSignals::next`].
+    /// process; they are queued for [`Signals::into_async`]'s receiver.
     pub fn install() -> io::Result<Signals> {
         let (read, write) = UnixStream::pair()?;
         signal_hook::low_level::pipe::register(SIGTERM, write.try_clone()?)?;
@@ -30,10 +30,11 @@ impl Signals {
         Ok(Signals { read, hangup })
     }
 
-    /// Registers the pipe with the reactor and forwards each signal from a
+    /// Registers the pipe with the reactor and forwards each signal, as one
+    /// stop request on the returned channel, from a
     /// task of its own, so that waiting for a signal costs the accept loop
     /// no system call when it wakes for other reasons.
-    pub fn into_async(self) -> io::Result<AsyncSignals> {
+    pub fn into_async(self) -> io::Result<async_channel::Receiver<()>> {
         let read = Async::new(self.read)?;
         let hangup = Async::new(self.hangup)?;
         crate::runtime::spawn(async move {
@@ -56,21 +57,6 @@ impl Signals {
                 }
             }
         });
-        Ok(AsyncSignals { receiver })
-    }
-}
-
-/// Signals, awaitable.
-pub struct AsyncSignals {
-    receiver: async_channel::Receiver<()>,
-}
-
-impl AsyncSignals {
-    /// Waits for the next SIGTERM or SIGINT.
-    pub async fn next(&self) {
-        if self.receiver.recv().await.is_err() {
-            // The forwarding task is gone (the pipe failed): no more signals.
-            futures_lite::future::pending::<()>().await;
-        }
+        Ok(receiver)
     }
 }

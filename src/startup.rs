@@ -99,7 +99,7 @@ fn run(config: Config) -> Result<(), Failure> {
     runtime::block_on(async move {
         notify::start();
         resolver::start();
-        match server::serve(opened, config, signals, ready_fd).await {
+        match server::serve(opened, config, server::Stops::new(signals), ready_fd).await {
             Ok(true) => Ok(()),
             Ok(false) => Err(Failure::Startup(
                 "the inherited connection could not be relayed".into(),
