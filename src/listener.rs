@@ -6,12 +6,10 @@
 //! before the async runtime starts, while the process is single-threaded, so
 //! that the sandbox applied afterwards covers every thread.
 
-use std::ffi::CString;
 use std::fmt;
 use std::io;
 use std::net::{IpAddr, Ipv6Addr, SocketAddr, ToSocketAddrs};
 use std::os::fd::{FromRawFd, RawFd};
-use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
@@ -232,15 +230,16 @@ fn chmod(path: &Path, mode: u32) -> io::Result<()> {
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
 }
 
+/// Sets the group of the socket file itself (not of a symlink's target).
 fn chown_group(path: &Path, gid: libc::gid_t) -> io::Result<()> {
-    let c_path = CString::new(path.as_os_str().as_bytes())?;
-    // SAFETY: a valid NUL-terminated path; uid -1 leaves the owner alone.
-    let rc = unsafe { libc::lchown(c_path.as_ptr(), u32::MAX, gid) };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
-    }
+    let gid = rustix::fs::Gid::from_raw(gid);
+    Ok(rustix::fs::chownat(
+        rustix::fs::CWD,
+        path,
+        None,
+        Some(gid),
+        rustix::fs::AtFlags::SYMLINK_NOFOLLOW,
+    )?)
 }
 
 /// A socket file the relay created; removed on drop if it is still the same

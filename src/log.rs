@@ -4,7 +4,6 @@
 //! line at the right priority.
 
 use std::io::Write;
-use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -146,14 +145,9 @@ fn stderr_is_journal() -> bool {
     let (Ok(dev), Ok(ino)) = (dev.parse::<u64>(), ino.parse::<u64>()) else {
         return false;
     };
-    let mut stat = std::mem::MaybeUninit::<libc::stat>::uninit();
-    // SAFETY: fstat writes a whole `stat` into the buffer on success.
-    let rc = unsafe { libc::fstat(std::io::stderr().as_raw_fd(), stat.as_mut_ptr()) };
-    if rc != 0 {
+    let Ok(stat) = rustix::fs::fstat(std::io::stderr()) else {
         return false;
-    }
-    // SAFETY: fstat succeeded, so the struct is initialised.
-    let stat = unsafe { stat.assume_init() };
+    };
     stat.st_dev == dev && stat.st_ino == ino
 }
 
