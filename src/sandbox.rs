@@ -42,7 +42,7 @@ pub struct Policy {
     pub remove_beneath: Option<PathBuf>,
     /// Directories beneath which files may be read: none for the relay
     /// itself; everything for its name resolution helper (see
-    /// `crate::resolver`), since the files the C library reads may be
+    /// the resolver module), since the files the C library reads may be
     /// replaced, or symlinked elsewhere, at any time.
     pub read_beneath: Vec<PathBuf>,
     /// Directories whose Unix sockets may be connected to (Landlock ABI 9
