@@ -539,6 +539,17 @@ pub fn lookup_user(text: &str) -> Result<libc::uid_t, String> {
     }
 }
 
+/// The configuration for these arguments, for the unit tests of other
+/// modules; panics on a usage error.
+#[cfg(test)]
+pub(crate) fn config_for(args: &[&str]) -> Config {
+    let args: Vec<OsString> = args.iter().map(OsString::from).collect();
+    match parse("relay", &args) {
+        Ok(Command::Run(config)) => *config,
+        _ => panic!("bad test arguments {args:?}"),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -537,11 +537,7 @@ mod tests {
     use super::*;
 
     fn policy(args: &[&str]) -> Policy {
-        let args: Vec<std::ffi::OsString> = args.iter().map(|s| s.into()).collect();
-        let Ok(crate::cli::Command::Run(config)) = crate::cli::parse("relay", &args) else {
-            panic!("bad test arguments {args:?}")
-        };
-        Policy::derive(&config)
+        Policy::derive(&crate::cli::config_for(args))
     }
 
     #[test]

@@ -541,19 +541,13 @@ mod tests {
     /// Each held connection pays for its task's state: keep it small.
     #[test]
     fn connection_task_is_small() {
-        let args: Vec<std::ffi::OsString> = ["127.0.0.1:0", "127.0.0.1:9"]
-            .iter()
-            .map(|s| s.into())
-            .collect();
-        let Ok(crate::cli::Command::Run(config)) = crate::cli::parse("relay", &args) else {
-            panic!("arguments")
-        };
+        let config = crate::cli::config_for(&["127.0.0.1:0", "127.0.0.1:9"]);
         let (socket, _peer) =
             Socket::pair(socket2::Domain::UNIX, socket2::Type::STREAM, None).unwrap();
         let connections = Connections::new();
         let connection = Connection {
             entry: connections.open(socket.as_raw_fd()),
-            config: Rc::new(*config),
+            config: Rc::new(config),
         };
         let task = connection.run(Accepted {
             socket,
@@ -571,18 +565,12 @@ mod tests {
     /// The server stops when asked, whoever asks: here a test, not a signal.
     #[test]
     fn a_stop_request_ends_serving() {
-        let args: Vec<std::ffi::OsString> = ["127.0.0.1:0", "127.0.0.1:9"]
-            .iter()
-            .map(|s| s.into())
-            .collect();
-        let Ok(crate::cli::Command::Run(config)) = crate::cli::parse("relay", &args) else {
-            panic!("arguments")
-        };
+        let config = crate::cli::config_for(&["127.0.0.1:0", "127.0.0.1:9"]);
         let opened = crate::listener::open(&config.listen, Default::default()).unwrap();
         let (stop, stops) = async_channel::unbounded();
         stop.try_send(()).unwrap();
         let served =
-            crate::runtime::block_on(serve(opened, Rc::new(*config), Stops::new(stops), None));
+            crate::runtime::block_on(serve(opened, Rc::new(config), Stops::new(stops), None));
         assert!(served.unwrap(), "a clean stop");
     }
 }
