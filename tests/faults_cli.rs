@@ -416,22 +416,24 @@ fn connections_max_is_a_plain_decimal_number() {
     }
 }
 
-#[test]
-fn allow_uid_rejects_signs_and_ids_systemd_rejects() {
+/// Checks that `flag` (`--allow-uid`, `--allow-gid`) refuses, as a usage
+/// error naming it, an id with a sign and the ids systemd refuses.
+fn assert_flag_rejects_signs_and_ids_systemd_rejects(flag: &str) {
     let dir = TempDir::new();
     let listen = dir.arg("relay.sock");
-    for uid in ["+0", "4294967295", "65535"] {
-        assert_usage_error_naming(&["--allow-uid", uid, &listen, CONNECT], "--allow-uid");
+    for id in ["+0", "4294967295", "65535"] {
+        assert_usage_error_naming(&[flag, id, &listen, CONNECT], flag);
     }
 }
 
 #[test]
+fn allow_uid_rejects_signs_and_ids_systemd_rejects() {
+    assert_flag_rejects_signs_and_ids_systemd_rejects("--allow-uid");
+}
+
+#[test]
 fn allow_gid_rejects_signs_and_ids_systemd_rejects() {
-    let dir = TempDir::new();
-    let listen = dir.arg("relay.sock");
-    for gid in ["+0", "4294967295", "65535"] {
-        assert_usage_error_naming(&["--allow-gid", gid, &listen, CONNECT], "--allow-gid");
-    }
+    assert_flag_rejects_signs_and_ids_systemd_rejects("--allow-gid");
 }
 
 #[test]
@@ -522,11 +524,9 @@ fn listen_in_a_directory_the_user_may_not_write_says_permission_denied() {
         skip("needs root to run the relay as nobody in a root-owned directory");
         return;
     }
-    let bin = TempDir::new();
-    std::fs::set_permissions(&bin.0, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let bin = open_dir();
     let relay_copy = relay_anyone_may_run(&bin);
-    let dir = TempDir::new();
-    std::fs::set_permissions(&dir.0, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let dir = open_dir();
     let listen = dir.arg("x.sock");
     let mut relay = Command::new(&relay_copy);
     relay.args([&listen, CONNECT]);

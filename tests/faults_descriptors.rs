@@ -212,6 +212,28 @@ impl Injected {
     fn trace(&self) -> String {
         std::fs::read_to_string(&self.trace).unwrap_or_default()
     }
+
+    /// Fails unless strace has failed `count` calls of `syscall` so far.
+    fn check_injected(&self, count: usize, syscall: &str) -> Result<(), String> {
+        if self.injected() != count {
+            return Err(format!(
+                "expected {count} injected {syscall} failures:\n{}",
+                self.trace()
+            ));
+        }
+        Ok(())
+    }
+
+    /// Checks that `data` from a new client comes back whole; the failure
+    /// message carries the log.
+    fn check_echoes(&self, data: Vec<u8>) -> Result<(), String> {
+        let data = Arc::new(data);
+        check_echo(
+            round_trip(self.relay.address(), data.clone(), DEADLINE),
+            &data,
+        )
+        .map_err(|e| format!("{e}\nlog:\n{}", self.relay.log()))
+    }
 }
 
 /// Runs `case` once per shortage and fails with every shortage's outcome.
@@ -324,12 +346,7 @@ fn accept4_failing_for_want_of_descriptors_or_memory_delays_the_waiting_client()
         );
         check_echo(client.join().unwrap(), &data)
             .map_err(|e| format!("{e}\nlog:\n{}", relay.relay.log()))?;
-        if relay.injected() != 3 {
-            return Err(format!(
-                "expected 3 injected accept4 failures:\n{}",
-                relay.trace()
-            ));
-        }
+        relay.check_injected(3, "accept4")?;
         let text = strerror(code);
         if !logged_within(&relay.relay, &text, 1, Duration::from_secs(2)) {
             return Err(format!(
@@ -369,19 +386,8 @@ fn socket_for_connect_failing_for_want_of_descriptors_or_memory_delays_the_clien
             ],
             &[],
         );
-        let data = Arc::new(payload(200_000, 100 + code as u64));
-        check_echo(
-            round_trip(relay.relay.address(), data.clone(), DEADLINE),
-            &data,
-        )
-        .map_err(|e| format!("{e}\nlog:\n{}", relay.relay.log()))?;
-        if relay.injected() != 3 {
-            return Err(format!(
-                "expected 3 injected socket failures:\n{}",
-                relay.trace()
-            ));
-        }
-        Ok(())
+        relay.check_echoes(payload(200_000, 100 + code as u64))?;
+        relay.check_injected(3, "socket")
     });
 }
 
@@ -407,12 +413,7 @@ fn pipe2_failing_for_want_of_descriptors_or_memory_falls_back_to_copying() {
             &["-v", "127.0.0.1:0", &backend.connect_arg],
             &[],
         );
-        let data = Arc::new(payload(MIB, 200 + code as u64));
-        check_echo(
-            round_trip(relay.relay.address(), data.clone(), DEADLINE),
-            &data,
-        )
-        .map_err(|e| format!("{e}\nlog:\n{}", relay.relay.log()))?;
+        relay.check_echoes(payload(MIB, 200 + code as u64))?;
         if relay.injected() == 0 {
             return Err(format!("pipe2 was never called:\n{}", relay.trace()));
         }

@@ -15,15 +15,13 @@
 mod common;
 use common::*;
 
-use std::ffi::CString;
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, TcpStream};
 use std::os::fd::{AsRawFd, OwnedFd};
-use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::fs::MetadataExt;
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -204,13 +202,6 @@ fn v2_header_of_a_client_that_reset_in_the_backlog_is_proxy_inet_or_none() {
     assert_every_header_names_the_real_client("v2");
 }
 
-/// A directory anyone may traverse, for a socket that other users reach.
-fn open_dir() -> TempDir {
-    let dir = TempDir::new();
-    std::fs::set_permissions(&dir.0, std::fs::Permissions::from_mode(0o755)).unwrap();
-    dir
-}
-
 /// Who a client process is: the ids it takes before it connects.
 #[derive(Clone, Copy)]
 struct Identity {
@@ -262,6 +253,24 @@ fn talk(mut stream: UnixStream, data: &[u8]) -> Vec<u8> {
     out
 }
 
+/// Checks that a client `who` is relayed: `data` comes back from the echo
+/// backend behind the relay on `at`.
+fn assert_admitted(relay: &Relay, at: &SharedSocket, who: Identity, data: &[u8]) {
+    let stream = connect_as(Path::new(&at.socket), who).unwrap();
+    assert_eq!(talk(stream, data), data, "log:\n{}", relay.log());
+}
+
+/// Checks that a client `who` sending `data` is refused for its uid, and
+/// that the backend never sees it.
+fn assert_refused_for_its_uid(relay: &mut Relay, at: &SharedSocket, who: Identity, data: &[u8]) {
+    let stream = connect_as(Path::new(&at.socket), who).unwrap();
+    assert_eq!(talk(stream, data), b"");
+    // Refused for who it is, not because its credentials "cannot be read".
+    let line = relay.wait_for_line("refused");
+    assert!(line.contains(&format!("uid {}", who.uid)), "{line}");
+    assert_eq!(at.backend.connections(), 0, "the backend never sees it");
+}
+
 const NOBODY: Identity = Identity {
     uid: 65534,
     gid: 65534,
@@ -294,21 +303,19 @@ fn client_outside_the_relays_pid_namespace_is_judged_by_its_uid() {
         skip("needs root, unshare and PID namespaces");
         return;
     }
-    let dir = open_dir();
-    let backend = Backend::tcp(echo);
-    let socket = dir.arg("pidns.sock");
+    let at = SharedSocket::new("pidns.sock");
     let _relay = Relay::start_command(
-        in_own_pid_namespace(&["--allow-uid", "0", &socket, &backend.connect_arg]),
+        in_own_pid_namespace(&["--allow-uid", "0", &at.socket, &at.backend.connect_arg]),
         1,
     );
-    let stream = UnixStream::connect(&socket).unwrap();
+    let stream = UnixStream::connect(&at.socket).unwrap();
     stream.set_read_timeout(Some(DEADLINE)).unwrap();
     assert_eq!(
         talk(stream, b"root from outside"),
         b"root from outside",
         "a root client (pid 0 as the relay sees it) is admitted by --allow-uid 0"
     );
-    assert_eq!(backend.connections(), 1);
+    assert_eq!(at.backend.connections(), 1);
 }
 
 #[test]
@@ -317,26 +324,12 @@ fn client_outside_the_relays_pid_namespace_with_another_uid_is_refused_for_its_u
         skip("needs root, unshare and PID namespaces");
         return;
     }
-    let dir = open_dir();
-    let backend = Backend::tcp(echo);
-    let socket = dir.arg("pidns.sock");
+    let at = SharedSocket::new("pidns.sock");
     let mut relay = Relay::start_command(
-        in_own_pid_namespace(&[
-            "--socket-mode",
-            "0666",
-            "--allow-uid",
-            "0",
-            &socket,
-            &backend.connect_arg,
-        ]),
+        in_own_pid_namespace(&at.allowlist_args("--allow-uid", "0")),
         1,
     );
-    let stream = connect_as(Path::new(&socket), NOBODY).unwrap();
-    assert_eq!(talk(stream, b"let me in"), b"");
-    // Refused for who it is, not because its credentials "cannot be read".
-    let line = relay.wait_for_line("refused");
-    assert!(line.contains("uid 65534"), "{line}");
-    assert_eq!(backend.connections(), 0, "the backend never sees it");
+    assert_refused_for_its_uid(&mut relay, &at, NOBODY, b"let me in");
 }
 
 /// 300 supplementary groups: more than fit a 256-entry `SO_PEERGROUPS` buffer.
@@ -362,25 +355,10 @@ fn client_in_300_groups_is_admitted_by_its_300th_group() {
         skip("needs root to run a client with 300 supplementary groups");
         return;
     }
-    let dir = open_dir();
-    let backend = Backend::tcp(echo);
-    let socket = dir.arg("groups.sock");
-    let relay = Relay::start(&[
-        "--socket-mode",
-        "0666",
-        "--allow-gid",
-        "20299",
-        &socket,
-        &backend.connect_arg,
-    ]);
-    let stream = connect_as(Path::new(&socket), IN_300_GROUPS).unwrap();
-    assert_eq!(
-        talk(stream, b"member of 20299"),
-        b"member of 20299",
-        "log:\n{}",
-        relay.log()
-    );
-    assert_eq!(backend.connections(), 1);
+    let at = SharedSocket::new("groups.sock");
+    let relay = Relay::start(&at.allowlist_args("--allow-gid", "20299"));
+    assert_admitted(&relay, &at, IN_300_GROUPS, b"member of 20299");
+    assert_eq!(at.backend.connections(), 1);
 }
 
 #[test]
@@ -392,58 +370,18 @@ fn client_in_300_groups_is_refused_when_none_is_allowed() {
         skip("needs root to run a client with 300 supplementary groups");
         return;
     }
-    let dir = open_dir();
-    let backend = Backend::tcp(echo);
-    let socket = dir.arg("groups.sock");
-    let mut relay = Relay::start(&[
-        "--socket-mode",
-        "0666",
-        "--allow-gid",
-        "20999",
-        &socket,
-        &backend.connect_arg,
-    ]);
-    let stream = connect_as(Path::new(&socket), IN_300_GROUPS).unwrap();
-    assert_eq!(talk(stream, b"not a member"), b"");
-    let line = relay.wait_for_line("refused");
-    assert!(line.contains("uid 65534"), "{line}");
-    assert_eq!(backend.connections(), 0, "the backend never sees it");
+    let at = SharedSocket::new("groups.sock");
+    let mut relay = Relay::start(&at.allowlist_args("--allow-gid", "20999"));
+    assert_refused_for_its_uid(&mut relay, &at, IN_300_GROUPS, b"not a member");
 }
 
-/// Runs the relay in a mount namespace of its own where `target` (a file in
-/// `/etc`) is the file `source`. The namespace is private, so nothing
-/// reaches the machine's own `/etc`.
-fn with_private_file(command: &mut Command, source: &Path, target: &str) {
-    let source = CString::new(source.as_os_str().as_bytes()).unwrap();
-    let target = CString::new(target).unwrap();
-    let root = CString::new("/").unwrap();
-    // SAFETY: plain system calls on strings allocated before the fork.
-    unsafe {
-        command.pre_exec(move || {
-            let check = |rc: libc::c_int| {
-                if rc < 0 {
-                    Err(io::Error::last_os_error())
-                } else {
-                    Ok(())
-                }
-            };
-            check(libc::unshare(libc::CLONE_NEWNS))?;
-            check(libc::mount(
-                std::ptr::null(),
-                root.as_ptr(),
-                std::ptr::null(),
-                libc::MS_REC | libc::MS_PRIVATE,
-                std::ptr::null(),
-            ))?;
-            check(libc::mount(
-                source.as_ptr(),
-                target.as_ptr(),
-                std::ptr::null(),
-                libc::MS_BIND,
-                std::ptr::null(),
-            ))
-        });
-    }
+/// Starts the relay with `args` in a mount namespace of its own where
+/// `target` (a file in `/etc`) is the file `source`. The namespace is
+/// private, so nothing reaches the machine's own `/etc`.
+fn start_with_private_file(args: &[&str], source: &Path, target: &str) -> Relay {
+    let mut relay = command(args);
+    bind_in_private_mount_namespace(&mut relay, source, Path::new(target));
+    Relay::start_command(relay, 1)
 }
 
 fn mount_namespaces_work() -> bool {
@@ -451,61 +389,90 @@ fn mount_namespaces_work() -> bool {
         return false;
     }
     let mut probe = Command::new("/bin/true");
-    with_private_file(&mut probe, Path::new("/etc/group"), "/etc/group");
+    let group = Path::new("/etc/group");
+    bind_in_private_mount_namespace(&mut probe, group, group);
     probe.status().is_ok_and(|s| s.success())
+}
+
+/// Skips the test (see [`skip`]) where there can be no private `file` (an
+/// `/etc` file) for want of root or mount namespaces; returns whether it did.
+fn skip_without_a_private(file: &str) -> bool {
+    let works = mount_namespaces_work();
+    if !works {
+        skip(&format!(
+            "needs root and mount namespaces for a private {file}"
+        ));
+    }
+    !works
 }
 
 const BIG_GID: libc::gid_t = 54321;
 const BIG_UID: libc::uid_t = 54322;
 
-/// A copy of `/etc/group` with `biggroup` (gid [`BIG_GID`]), whose record
-/// lists 9000 members: about 100 KiB, more than 64 KiB.
-fn group_file_with_a_big_group(dir: &TempDir) -> std::path::PathBuf {
-    let mut text = std::fs::read_to_string("/etc/group").unwrap();
+/// A client whose group is `biggroup`.
+const BIG_GROUP_MEMBER: Identity = Identity {
+    uid: 65534,
+    gid: BIG_GID,
+    groups: &[],
+};
+
+/// A client that is `biguser`.
+const BIG_USER: Identity = Identity {
+    uid: BIG_UID,
+    gid: 65534,
+    groups: &[],
+};
+
+/// A copy of `/etc/NAME` (`group`, `passwd`) in `dir` with `record`, which
+/// must be more than 64 KiB, added at the end.
+fn etc_file_with_a_big_record(dir: &TempDir, name: &str, record: &str) -> PathBuf {
+    let mut text = std::fs::read_to_string(Path::new("/etc").join(name)).unwrap();
     if !text.ends_with('\n') && !text.is_empty() {
         text.push('\n');
     }
-    let members: Vec<String> = (0..9000).map(|i| format!("member{i:05}")).collect();
-    let record = format!("biggroup:x:{BIG_GID}:{}\n", members.join(","));
     assert!(record.len() > 64 * 1024);
-    text.push_str(&record);
-    let path = dir.join("group");
+    text.push_str(record);
+    let path = dir.join(name);
     std::fs::write(&path, text).unwrap();
     path
+}
+
+/// A copy of `/etc/group` with `biggroup` (gid [`BIG_GID`]), whose record
+/// lists 9000 members: about 100 KiB, more than 64 KiB.
+fn group_file_with_a_big_group(dir: &TempDir) -> PathBuf {
+    let members: Vec<String> = (0..9000).map(|i| format!("member{i:05}")).collect();
+    let record = format!("biggroup:x:{BIG_GID}:{}\n", members.join(","));
+    etc_file_with_a_big_record(dir, "group", &record)
 }
 
 /// A copy of `/etc/passwd` with `biguser` (uid [`BIG_UID`]), whose GECOS
 /// field makes its record about 100 KiB, more than 64 KiB.
-fn passwd_file_with_a_big_user(dir: &TempDir) -> std::path::PathBuf {
-    let mut text = std::fs::read_to_string("/etc/passwd").unwrap();
-    if !text.ends_with('\n') && !text.is_empty() {
-        text.push('\n');
-    }
+fn passwd_file_with_a_big_user(dir: &TempDir) -> PathBuf {
     let gecos = "Big User ".repeat(11_000);
     let record = format!("biguser:x:{BIG_UID}:65534:{gecos}:/nonexistent:/usr/sbin/nologin\n");
-    assert!(record.len() > 64 * 1024);
-    text.push_str(&record);
-    let path = dir.join("passwd");
-    std::fs::write(&path, text).unwrap();
-    path
+    etc_file_with_a_big_record(dir, "passwd", &record)
 }
 
 #[test]
 fn socket_group_names_a_group_whose_record_is_over_64_kib() {
-    if !mount_namespaces_work() {
-        skip("needs root and mount namespaces for a private /etc/group");
+    if skip_without_a_private("/etc/group") {
         return;
     }
     let files = TempDir::new();
     let group = group_file_with_a_big_group(&files);
-    let dir = open_dir();
-    let backend = Backend::tcp(echo);
-    let socket = dir.arg("big-group.sock");
-    let mut relay = command(&["--socket-group", "biggroup", &socket, &backend.connect_arg]);
-    with_private_file(&mut relay, &group, "/etc/group");
-    let relay = Relay::start_command(relay, 1);
+    let at = SharedSocket::new("big-group.sock");
+    let relay = start_with_private_file(
+        &[
+            "--socket-group",
+            "biggroup",
+            &at.socket,
+            &at.backend.connect_arg,
+        ],
+        &group,
+        "/etc/group",
+    );
     assert_eq!(
-        std::fs::metadata(&socket).unwrap().gid(),
+        std::fs::metadata(&at.socket).unwrap().gid(),
         BIG_GID,
         "log:\n{}",
         relay.log()
@@ -514,71 +481,27 @@ fn socket_group_names_a_group_whose_record_is_over_64_kib() {
 
 #[test]
 fn allow_gid_names_a_group_whose_record_is_over_64_kib() {
-    if !mount_namespaces_work() {
-        skip("needs root and mount namespaces for a private /etc/group");
+    if skip_without_a_private("/etc/group") {
         return;
     }
     let files = TempDir::new();
     let group = group_file_with_a_big_group(&files);
-    let dir = open_dir();
-    let backend = Backend::tcp(echo);
-    let socket = dir.arg("big-group.sock");
-    let mut relay = command(&[
-        "--socket-mode",
-        "0666",
-        "--allow-gid",
-        "biggroup",
-        &socket,
-        &backend.connect_arg,
-    ]);
-    with_private_file(&mut relay, &group, "/etc/group");
-    let relay = Relay::start_command(relay, 1);
+    let at = SharedSocket::new("big-group.sock");
+    let args = at.allowlist_args("--allow-gid", "biggroup");
+    let relay = start_with_private_file(&args, &group, "/etc/group");
     // The name resolved to the right id: a client whose group it is gets in.
-    let member = Identity {
-        uid: 65534,
-        gid: BIG_GID,
-        groups: &[],
-    };
-    let stream = connect_as(Path::new(&socket), member).unwrap();
-    assert_eq!(
-        talk(stream, b"in biggroup"),
-        b"in biggroup",
-        "log:\n{}",
-        relay.log()
-    );
+    assert_admitted(&relay, &at, BIG_GROUP_MEMBER, b"in biggroup");
 }
 
 #[test]
 fn allow_uid_names_a_user_whose_record_is_over_64_kib() {
-    if !mount_namespaces_work() {
-        skip("needs root and mount namespaces for a private /etc/passwd");
+    if skip_without_a_private("/etc/passwd") {
         return;
     }
     let files = TempDir::new();
     let passwd = passwd_file_with_a_big_user(&files);
-    let dir = open_dir();
-    let backend = Backend::tcp(echo);
-    let socket = dir.arg("big-user.sock");
-    let mut relay = command(&[
-        "--socket-mode",
-        "0666",
-        "--allow-uid",
-        "biguser",
-        &socket,
-        &backend.connect_arg,
-    ]);
-    with_private_file(&mut relay, &passwd, "/etc/passwd");
-    let relay = Relay::start_command(relay, 1);
-    let user = Identity {
-        uid: BIG_UID,
-        gid: 65534,
-        groups: &[],
-    };
-    let stream = connect_as(Path::new(&socket), user).unwrap();
-    assert_eq!(
-        talk(stream, b"i am biguser"),
-        b"i am biguser",
-        "log:\n{}",
-        relay.log()
-    );
+    let at = SharedSocket::new("big-user.sock");
+    let args = at.allowlist_args("--allow-uid", "biguser");
+    let relay = start_with_private_file(&args, &passwd, "/etc/passwd");
+    assert_admitted(&relay, &at, BIG_USER, b"i am biguser");
 }

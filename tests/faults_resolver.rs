@@ -12,11 +12,8 @@
 mod common;
 use common::*;
 
-use std::ffi::CString;
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
-use std::os::unix::ffi::OsStrExt;
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
@@ -90,39 +87,7 @@ impl PrivateEtc {
     /// Makes `command` run in a mount namespace of its own with `etc/`
     /// bind-mounted over `/etc`.
     fn apply(&self, command: &mut Command) {
-        let source = CString::new(self.etc.as_os_str().as_bytes()).unwrap();
-        let target = CString::new("/etc").unwrap();
-        let root = CString::new("/").unwrap();
-        // SAFETY: unshare and mount are plain system calls; the strings were
-        // allocated before the fork and live in the closure.
-        unsafe {
-            command.pre_exec(move || {
-                check(libc::unshare(libc::CLONE_NEWNS))?;
-                // Keep the bind mount from propagating back to the machine.
-                check(libc::mount(
-                    std::ptr::null(),
-                    root.as_ptr(),
-                    std::ptr::null(),
-                    libc::MS_REC | libc::MS_PRIVATE,
-                    std::ptr::null(),
-                ))?;
-                check(libc::mount(
-                    source.as_ptr(),
-                    target.as_ptr(),
-                    std::ptr::null(),
-                    libc::MS_BIND,
-                    std::ptr::null(),
-                ))
-            });
-        }
-    }
-}
-
-fn check(rc: libc::c_int) -> std::io::Result<()> {
-    if rc < 0 {
-        Err(std::io::Error::last_os_error())
-    } else {
-        Ok(())
+        bind_in_private_mount_namespace(command, &self.etc, Path::new("/etc"));
     }
 }
 
@@ -166,19 +131,37 @@ fn reached(relay: &Relay) -> String {
     }
 }
 
-/// A relay to `backend.test:PORT` under `etc`, with the default sandbox,
-/// that has already relayed one client to A.
-fn relay_resolving_through(etc: &PrivateEtc, port: u16) -> Relay {
-    let mut command = command(&["127.0.0.1:0", &format!("{NAME}:{port}")]);
-    etc.apply(&mut command);
-    let relay = Relay::start_command(command, 1);
-    assert_eq!(
-        reached(&relay),
-        "A",
-        "before any change; log:\n{}",
-        relay.log()
-    );
-    relay
+/// Asserts that the next client through `relay` reaches the backend called
+/// `letter`; `when` says at which step, for the failure message.
+fn assert_reaches(relay: &Relay, letter: &str, when: &str) {
+    assert_eq!(reached(relay), letter, "{when}; log:\n{}", relay.log());
+}
+
+/// Backends A and B on one port, and a relay to `backend.test:PORT` under a
+/// private `/etc` that maps the name to A, with the default sandbox, that
+/// has already relayed one client to A. Dropped in the order of the fields.
+struct Resolving {
+    relay: Relay,
+    etc: PrivateEtc,
+    _b: Backend,
+    _a: Backend,
+}
+
+impl Resolving {
+    fn to_a() -> Resolving {
+        let (a, b, port) = backends_a_and_b();
+        let etc = PrivateEtc::new("127.0.0.1");
+        let mut command = command(&["127.0.0.1:0", &format!("{NAME}:{port}")]);
+        etc.apply(&mut command);
+        let relay = Relay::start_command(command, 1);
+        assert_reaches(&relay, "A", "before any change");
+        Resolving {
+            relay,
+            etc,
+            _b: b,
+            _a: a,
+        }
+    }
 }
 
 #[test]
@@ -186,18 +169,11 @@ fn a_hosts_file_renamed_over_the_old_one_is_used_for_the_next_client() {
     if !is_root() {
         return skip("mount namespaces need root");
     }
-    let (_a, _b, port) = backends_a_and_b();
-    let etc = PrivateEtc::new("127.0.0.1");
-    let relay = relay_resolving_through(&etc, port);
+    let resolving = Resolving::to_a();
 
-    etc.rename_hosts_to("127.0.0.2");
+    resolving.etc.rename_hosts_to("127.0.0.2");
 
-    assert_eq!(
-        reached(&relay),
-        "B",
-        "after the rename; log:\n{}",
-        relay.log()
-    );
+    assert_reaches(&resolving.relay, "B", "after the rename");
 }
 
 #[test]
@@ -205,18 +181,11 @@ fn a_hosts_file_replaced_by_a_symlink_elsewhere_is_used_for_the_next_client() {
     if !is_root() {
         return skip("mount namespaces need root");
     }
-    let (_a, _b, port) = backends_a_and_b();
-    let etc = PrivateEtc::new("127.0.0.1");
-    let relay = relay_resolving_through(&etc, port);
+    let resolving = Resolving::to_a();
 
-    etc.symlink_hosts_to("127.0.0.2");
+    resolving.etc.symlink_hosts_to("127.0.0.2");
 
-    assert_eq!(
-        reached(&relay),
-        "B",
-        "after the symlink swap; log:\n{}",
-        relay.log()
-    );
+    assert_reaches(&resolving.relay, "B", "after the symlink swap");
 }
 
 #[test]
@@ -224,23 +193,11 @@ fn hosts_renamed_then_swapped_for_a_symlink_keeps_resolving_each_time() {
     if !is_root() {
         return skip("mount namespaces need root");
     }
-    let (_a, _b, port) = backends_a_and_b();
-    let etc = PrivateEtc::new("127.0.0.1");
-    let relay = relay_resolving_through(&etc, port);
+    let resolving = Resolving::to_a();
 
-    etc.rename_hosts_to("127.0.0.2");
-    assert_eq!(
-        reached(&relay),
-        "B",
-        "after the rename; log:\n{}",
-        relay.log()
-    );
+    resolving.etc.rename_hosts_to("127.0.0.2");
+    assert_reaches(&resolving.relay, "B", "after the rename");
 
-    etc.symlink_hosts_to("127.0.0.1");
-    assert_eq!(
-        reached(&relay),
-        "A",
-        "after the symlink swap; log:\n{}",
-        relay.log()
-    );
+    resolving.etc.symlink_hosts_to("127.0.0.1");
+    assert_reaches(&resolving.relay, "A", "after the symlink swap");
 }

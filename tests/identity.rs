@@ -264,35 +264,18 @@ fn as_nobody(path: &str, data: &[u8]) -> Option<Vec<u8>> {
     Some(out)
 }
 
-/// A directory anyone may traverse, for a socket that `nobody` must reach.
-fn open_dir() -> TempDir {
-    let dir = TempDir::new();
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(&dir.0, std::fs::Permissions::from_mode(0o755)).unwrap();
-    dir
-}
-
 #[test]
 fn allowlist_admits_the_owner_and_closes_others_before_connecting() {
-    let dir = open_dir();
-    let backend = Backend::tcp(echo);
-    let socket = dir.arg("only-root.sock");
-    let mut relay = Relay::start(&[
-        "--socket-mode",
-        "0666",
-        "--allow-uid",
-        "0",
-        &socket,
-        &backend.connect_arg,
-    ]);
+    let at = SharedSocket::new("only-root.sock");
+    let mut relay = Relay::start(&at.allowlist_args("--allow-uid", "0"));
     if is_root() {
         assert_eq!(
-            exchange(connect(&socket), b"root passes".to_vec()),
+            exchange(connect(&at.socket), b"root passes".to_vec()),
             b"root passes"
         );
-        assert_eq!(backend.connections(), 1);
+        assert_eq!(at.backend.connections(), 1);
     }
-    let Some(out) = as_nobody(&socket, b"let me in") else {
+    let Some(out) = as_nobody(&at.socket, b"let me in") else {
         return;
     };
     assert!(out.is_empty(), "nobody got {out:?}");
@@ -302,7 +285,7 @@ fn allowlist_admits_the_owner_and_closes_others_before_connecting() {
         "{line}"
     );
     assert_eq!(
-        backend.connections(),
+        at.backend.connections(),
         1,
         "the backend must never see the refused client"
     );
@@ -310,22 +293,13 @@ fn allowlist_admits_the_owner_and_closes_others_before_connecting() {
 
 #[test]
 fn allowlist_by_group_admits_members() {
-    let dir = open_dir();
-    let backend = Backend::tcp(echo);
-    let socket = dir.arg("nogroup.sock");
-    let _relay = Relay::start(&[
-        "--socket-mode",
-        "0666",
-        "--allow-gid",
-        "65534",
-        &socket,
-        &backend.connect_arg,
-    ]);
-    let Some(out) = as_nobody(&socket, b"member") else {
+    let at = SharedSocket::new("nogroup.sock");
+    let _relay = Relay::start(&at.allowlist_args("--allow-gid", "65534"));
+    let Some(out) = as_nobody(&at.socket, b"member") else {
         return;
     };
     assert_eq!(out, b"member");
-    assert_eq!(backend.connections(), 1);
+    assert_eq!(at.backend.connections(), 1);
 }
 
 #[test]

@@ -15,7 +15,8 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
-use std::process::{Command, ExitStatus, Stdio};
+use std::path::PathBuf;
+use std::process::{Command, ExitStatus, Output, Stdio};
 use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
@@ -451,28 +452,37 @@ fn sd_listen_refuses_sockets_meant_for_another_process() {
 // --connect-retry
 // ---------------------------------------------------------------------------
 
+/// A client through `relay` that has sent `data` while CONNECT is not up:
+/// checks that it hears nothing for 700 ms (`what` names it).
+fn client_before_the_backend(relay: &Relay, data: &[u8], what: &str) -> Box<dyn Conn> {
+    let mut client = connect(relay.address());
+    client.write_all(data).unwrap();
+    assert_silent(&mut *client, Duration::from_millis(700), what);
+    client
+}
+
+/// Half-closes `client`, which sent `data` before `backend` was up, and
+/// checks that the backend, reached once, echoed all of it.
+fn assert_echoed_once_up(relay: &Relay, mut client: Box<dyn Conn>, data: &[u8], backend: &Backend) {
+    client.shutdown_write();
+    assert_eq!(read_to_end(&mut *client), data, "log:\n{}", relay.log());
+    assert_eq!(backend.connections(), 1);
+}
+
 #[test]
 fn connect_retry_waits_for_a_tcp_backend_that_starts_late() {
     let (socket, address) = refusing_port();
     let mut relay = Relay::start(&["--connect-retry", "127.0.0.1:0", &address]);
-    let mut client = connect(relay.address());
-    client.write_all(b"sent before the backend is up").unwrap();
-    assert_silent(
-        &mut *client,
-        Duration::from_millis(700),
+    let data = b"sent before the backend is up";
+    let client = client_before_the_backend(
+        &relay,
+        data,
         "a client while CONNECT refuses, with --connect-retry",
     );
     assert!(relay.running());
     socket.listen(16).unwrap();
     let backend = Backend::tcp_on(socket.into(), echo);
-    client.shutdown_write();
-    assert_eq!(
-        read_to_end(&mut *client),
-        b"sent before the backend is up",
-        "log:\n{}",
-        relay.log()
-    );
-    assert_eq!(backend.connections(), 1);
+    assert_echoed_once_up(&relay, client, data, &backend);
 }
 
 #[test]
@@ -530,22 +540,14 @@ fn connect_retry_waits_for_a_unix_socket_file_that_does_not_exist_yet() {
     let dir = TempDir::new();
     let path = dir.arg("backend.sock");
     let relay = Relay::start(&["--connect-retry", "127.0.0.1:0", &path]);
-    let mut client = connect(relay.address());
-    client.write_all(b"sent before the socket exists").unwrap();
-    assert_silent(
-        &mut *client,
-        Duration::from_millis(700),
+    let data = b"sent before the socket exists";
+    let client = client_before_the_backend(
+        &relay,
+        data,
         "a client while CONNECT does not exist, with --connect-retry",
     );
     let backend = Backend::unix(&dir.join("backend.sock"), echo);
-    client.shutdown_write();
-    assert_eq!(
-        read_to_end(&mut *client),
-        b"sent before the socket exists",
-        "log:\n{}",
-        relay.log()
-    );
-    assert_eq!(backend.connections(), 1);
+    assert_echoed_once_up(&relay, client, data, &backend);
 }
 
 // ---------------------------------------------------------------------------
@@ -714,6 +716,42 @@ fn completions_for_an_unknown_shell_are_a_usage_error() {
     assert!(finished.stdout.is_empty(), "{}", finished.stdout);
 }
 
+/// Writes the completion `script` to `name` in `dir` and checks that
+/// `shell flag FILE` (its syntax check) accepts it. Returns the file, or
+/// `None` if `shell` does not run.
+fn write_and_check_syntax(
+    dir: &TempDir,
+    name: &str,
+    script: &str,
+    shell: &str,
+    flag: &str,
+) -> Option<PathBuf> {
+    let file = dir.join(name);
+    std::fs::write(&file, script).unwrap();
+    let check = Command::new(shell).arg(flag).arg(&file).output().ok()?;
+    assert!(
+        check.status.success(),
+        "{shell} {flag}: {}\n{script}",
+        String::from_utf8_lossy(&check.stderr)
+    );
+    Some(file)
+}
+
+/// What a shell's completion run that must have succeeded offered: the
+/// option `candidate` takes from each line of its output.
+fn offered_options(output: &Output, candidate: impl Fn(&str) -> Option<&str>) -> BTreeSet<String> {
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .filter_map(candidate)
+        .map(str::to_string)
+        .collect()
+}
+
 #[test]
 fn bash_completion_offers_every_option_and_parses() {
     let options = help_options();
@@ -721,18 +759,11 @@ fn bash_completion_offers_every_option_and_parses() {
     assert_offers_all("bash", "the script's words", &words(&script), &options);
 
     let dir = TempDir::new();
-    let file = dir.join("simpletcpunixrelay.bash");
-    std::fs::write(&file, &script).unwrap();
-    let check = Command::new("bash").arg("-n").arg(&file).output();
-    let Ok(check) = check else {
+    let Some(file) = write_and_check_syntax(&dir, "simpletcpunixrelay.bash", &script, "bash", "-n")
+    else {
         eprintln!("note: bash is not installed; its completion script was not run");
         return;
     };
-    assert!(
-        check.status.success(),
-        "bash -n: {}\n{script}",
-        String::from_utf8_lossy(&check.stderr)
-    );
 
     // What bash really offers after `simpletcpunixrelay -<TAB>`.
     let complete = r#"
@@ -749,15 +780,7 @@ fn bash_completion_offers_every_option_and_parses() {
         .arg(&file)
         .output()
         .unwrap();
-    assert!(
-        offered.status.success(),
-        "{}",
-        String::from_utf8_lossy(&offered.stderr)
-    );
-    let offered: BTreeSet<String> = String::from_utf8_lossy(&offered.stdout)
-        .lines()
-        .map(|l| l.trim().to_string())
-        .collect();
+    let offered = offered_options(&offered, |l| Some(l.trim()));
     assert_offers_all("bash", "simpletcpunixrelay -<TAB>", &offered, &options);
 }
 
@@ -778,14 +801,7 @@ fn zsh_completion_offers_every_option_and_parses() {
         return;
     }
     let dir = TempDir::new();
-    let file = dir.join("_simpletcpunixrelay");
-    std::fs::write(&file, &script).unwrap();
-    let check = Command::new("zsh").arg("-n").arg(&file).output().unwrap();
-    assert!(
-        check.status.success(),
-        "zsh -n: {}\n{script}",
-        String::from_utf8_lossy(&check.stderr)
-    );
+    write_and_check_syntax(&dir, "_simpletcpunixrelay", &script, "zsh", "-n").expect("zsh runs");
 }
 
 #[test]
@@ -804,18 +820,14 @@ fn fish_completion_offers_every_option_and_parses() {
         return;
     }
     let dir = TempDir::new();
-    let file = dir.join("simpletcpunixrelay.fish");
-    std::fs::write(&file, &script).unwrap();
-    let check = Command::new("fish")
-        .arg("--no-execute")
-        .arg(&file)
-        .output()
-        .unwrap();
-    assert!(
-        check.status.success(),
-        "fish --no-execute: {}\n{script}",
-        String::from_utf8_lossy(&check.stderr)
-    );
+    let file = write_and_check_syntax(
+        &dir,
+        "simpletcpunixrelay.fish",
+        &script,
+        "fish",
+        "--no-execute",
+    )
+    .expect("fish runs");
 
     // What fish really offers after `simpletcpunixrelay -<TAB>`.
     let offered = Command::new("fish")
@@ -828,15 +840,6 @@ fn fish_completion_offers_every_option_and_parses() {
         .env("HOME", &dir.0)
         .output()
         .unwrap();
-    assert!(
-        offered.status.success(),
-        "{}",
-        String::from_utf8_lossy(&offered.stderr)
-    );
-    let offered: BTreeSet<String> = String::from_utf8_lossy(&offered.stdout)
-        .lines()
-        .filter_map(|l| l.split('\t').next())
-        .map(str::to_string)
-        .collect();
+    let offered = offered_options(&offered, |l| l.split('\t').next());
     assert_offers_all("fish", "simpletcpunixrelay -<TAB>", &offered, &options);
 }

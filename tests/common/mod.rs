@@ -411,6 +411,15 @@ impl Drop for TempDir {
     }
 }
 
+/// A fresh [`TempDir`] that anyone may traverse (mode 0755), for a socket or
+/// a program that other users reach.
+pub fn open_dir() -> TempDir {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = TempDir::new();
+    std::fs::set_permissions(&dir.0, std::fs::Permissions::from_mode(0o755)).unwrap();
+    dir
+}
+
 /// Reports that a test cannot run here and why. Returns normally (the test
 /// then returns early) except in CI (`CI` set), which runs as root with every
 /// tool installed: there a skip means a missing install step, and fails.

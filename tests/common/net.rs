@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::thread;
 use std::time::Duration;
 
-use super::{DEADLINE, Digest, wait_until};
+use super::{DEADLINE, Digest, TempDir, open_dir, wait_until};
 
 /// A byte stream to either kind of socket, so tests read the same for both.
 pub trait Conn: Read + Write + Send {
@@ -167,6 +167,43 @@ pub fn exchange(conn: Box<dyn Conn>, data: Vec<u8>) -> Vec<u8> {
 
 /// What a backend does with each connection it accepts (on its own thread).
 pub type Handler = Arc<dyn Fn(Box<dyn Conn>) + Send + Sync>;
+
+/// A Unix socket path that other users reach (in an [`open_dir`], kept while
+/// this lives) and an echo backend for a relay on it to connect to.
+pub struct SharedSocket {
+    /// The socket's path, as a command-line argument.
+    pub socket: String,
+    pub backend: Backend,
+    _dir: TempDir,
+}
+
+impl SharedSocket {
+    /// A socket path called `name` and a TCP echo backend.
+    pub fn new(name: &str) -> SharedSocket {
+        let dir = open_dir();
+        let backend = Backend::tcp(echo);
+        let socket = dir.arg(name);
+        SharedSocket {
+            socket,
+            backend,
+            _dir: dir,
+        }
+    }
+
+    /// The arguments of a relay from the socket, which anyone may connect to
+    /// (`--socket-mode 0666`), to the backend, that admits only the clients
+    /// `flag` (`--allow-uid`, `--allow-gid`) with `id` names.
+    pub fn allowlist_args<'a>(&'a self, flag: &'a str, id: &'a str) -> [&'a str; 6] {
+        [
+            "--socket-mode",
+            "0666",
+            flag,
+            id,
+            &self.socket,
+            &self.backend.connect_arg,
+        ]
+    }
+}
 
 /// A test backend: accepts connections on its own thread and runs a handler
 /// on each, on a thread of its own. Counts connections so tests can tell

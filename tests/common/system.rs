@@ -137,24 +137,29 @@ pub fn set_umask(command: &mut Command, mask: u32) {
 /// changes nothing) where they are missing.
 pub fn private_hosts(command: &mut Command, hosts: &Path) -> bool {
     static WORKS: OnceLock<bool> = OnceLock::new();
+    let etc_hosts = Path::new("/etc/hosts");
     let works = *WORKS.get_or_init(|| {
         if !is_root() {
             return false;
         }
         // Try it once on a harmless command.
         let mut probe = Command::new("/bin/true");
-        add_private_hosts(&mut probe, Path::new("/etc/hosts"));
+        bind_in_private_mount_namespace(&mut probe, etc_hosts, etc_hosts);
         probe.status().is_ok_and(|s| s.success())
     });
     if works {
-        add_private_hosts(command, hosts);
+        bind_in_private_mount_namespace(command, hosts, etc_hosts);
     }
     works
 }
 
-fn add_private_hosts(command: &mut Command, hosts: &Path) {
-    let source = CString::new(hosts.as_os_str().as_bytes()).unwrap();
-    let target = CString::new("/etc/hosts").unwrap();
+/// Runs the child in a mount namespace of its own where `target` (a file or
+/// a directory) is `source`, bind-mounted over it. The namespace is private,
+/// so the mount never reaches the machine's own tree. Needs root and mount
+/// namespaces: without them the child fails to start.
+pub fn bind_in_private_mount_namespace(command: &mut Command, source: &Path, target: &Path) {
+    let source = CString::new(source.as_os_str().as_bytes()).unwrap();
+    let target = CString::new(target.as_os_str().as_bytes()).unwrap();
     let root = CString::new("/").unwrap();
     // SAFETY: unshare and mount are plain system calls; the strings were
     // allocated before the fork and live in the closure.
