@@ -137,7 +137,9 @@ pub async fn serve(
     };
     crate::notify::ready(&ready);
     if let Some(fd) = ready_fd {
-        // s6: a newline on the notification descriptor, which is then closed.
+        // s6: a newline on the notification descriptor, which is then
+        // closed; never blocking, even on a full pipe.
+        let _ = rustix::io::ioctl_fionbio(&fd, true);
         if let Err(e) = rustix::io::write(&fd, b"\n") {
             crate::warn!("cannot write to --ready-fd {}: {e}", fd.as_raw_fd());
         }

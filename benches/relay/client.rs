@@ -173,19 +173,43 @@ pub fn parallel(addr: &Addr, dir: Dir, streams: usize, total: u64) -> io::Result
     })
 }
 
+/// One connection in the backend's echo mode, for ping-pongs of a fixed
+/// size.
+pub struct PingPong {
+    socket: Socket,
+    message: Vec<u8>,
+    answer: Vec<u8>,
+}
+
+impl PingPong {
+    pub fn open(addr: &Addr, size: usize) -> io::Result<PingPong> {
+        let socket = connect(addr, IO_TIMEOUT)?;
+        let mut message = vec![b'p'; size.max(1)];
+        message[0] = b'E';
+        let answer = vec![0u8; message.len()];
+        Ok(PingPong {
+            socket,
+            message,
+            answer,
+        })
+    }
+
+    /// Sends the message and reads its echo.
+    pub fn round_trip(&mut self) -> io::Result<()> {
+        self.socket.write_all(&self.message)?;
+        self.socket.read_exact(&mut self.answer)
+    }
+}
+
 /// Round-trip times of `messages` ping-pongs of `size` bytes, in
 /// nanoseconds, after a short warm-up.
 pub fn ping_pong(addr: &Addr, messages: usize, size: usize) -> io::Result<Vec<u32>> {
-    let mut socket = connect(addr, IO_TIMEOUT)?;
-    let mut message = vec![b'p'; size.max(1)];
-    message[0] = b'E';
-    let mut answer = vec![0u8; message.len()];
+    let mut connection = PingPong::open(addr, size)?;
     let warm_up = (messages / 10).clamp(1, 1000);
     let mut times = Vec::with_capacity(messages);
     for i in 0..warm_up + messages {
         let started = Instant::now();
-        socket.write_all(&message)?;
-        socket.read_exact(&mut answer)?;
+        connection.round_trip()?;
         if i >= warm_up {
             times.push(started.elapsed().as_nanos().min(u32::MAX as u128) as u32);
         }

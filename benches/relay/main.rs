@@ -6,8 +6,10 @@
 //! direct connection to the same backend and against every peer it finds
 //! (socat, haproxy, systemd-socket-proxyd): bulk throughput both ways over
 //! both routes (TCP→Unix, Unix→TCP) with the relay's CPU time, round-trip
-//! latency with everything pinned to one CPU, connection rate, idle
-//! connections under a 20000-descriptor limit and the memory they cost, and
+//! latency with everything pinned to one CPU and the system calls a round
+//! trip costs the relay (counted with strace, `syscalls.rs`), connection
+//! rate, idle connections under a 20000-descriptor limit and the memory
+//! they cost, and
 //! how throughput and connection rate hold up with many streams or many
 //! open connections; and a real application: requests per second of
 //! `redis-benchmark` against a `redis-server` on a Unix socket, directly and
@@ -34,6 +36,7 @@ mod peers;
 mod procfs;
 mod redis;
 mod report;
+mod syscalls;
 
 use std::collections::BTreeMap;
 use std::io;
@@ -57,6 +60,9 @@ pub struct Settings {
     /// Ping-pongs per latency measurement, and their size.
     pub rtt_messages: usize,
     pub rtt_size: usize,
+    /// Ping-pongs (of `rtt_size` bytes) counted under strace for the
+    /// system calls per round trip.
+    pub syscall_round_trips: usize,
     /// Client threads and duration of a connection-rate measurement.
     pub conn_threads: usize,
     pub conn_duration: Duration,
@@ -87,6 +93,7 @@ impl Settings {
                 bulk: 8 << 20,
                 rtt_messages: 300,
                 rtt_size: 64,
+                syscall_round_trips: 300,
                 conn_threads: 8,
                 conn_duration: Duration::from_millis(150),
                 streams: [1, 16, 256],
@@ -107,6 +114,7 @@ impl Settings {
                 bulk: 1 << 30,
                 rtt_messages: 20_000,
                 rtt_size: 64,
+                syscall_round_trips: 2000,
                 conn_threads: 8,
                 conn_duration: Duration::from_secs(1),
                 streams: [1, 16, 256],
@@ -202,6 +210,9 @@ pub struct PeerResult {
     pub rtt_pinned: BTreeMap<Route, Series>,
     pub rtt_pinned_p99: BTreeMap<Route, Vec<f64>>,
     pub rtt_free: BTreeMap<Route, Series>,
+    /// System calls of the relay's processes over ping-pongs through the
+    /// pinned relays (traced runs of their own).
+    pub syscalls: BTreeMap<Route, syscalls::Count>,
     /// Aggregate bytes per second of N parallel streams (Unix→TCP).
     pub streams: BTreeMap<(Dir, usize), Series>,
     /// The relay's pipes by capacity after the parallel-stream runs.
@@ -219,6 +230,7 @@ pub struct Results {
     pub peers: BTreeMap<Kind, PeerResult>,
     pub notes: Vec<String>,
     pub redis: redis::AppRun,
+    pub syscalls: syscalls::Run,
     pub load_before: String,
     pub load_after: String,
     pub seconds: f64,
@@ -551,6 +563,77 @@ fn measure_rtt(
     }
 }
 
+/// System calls per round trip: strace attached to each relay of `lineup`
+/// (the pinned one, as for the latency figure) while a client pinned to
+/// `cpu` makes ping-pongs through it; runs of their own, after the
+/// untraced latency runs.
+fn measure_syscalls(
+    lineup: &Lineup,
+    kinds: &[Kind],
+    s: &Settings,
+    cpu: Option<usize>,
+    dir: &Path,
+    results: &mut Results,
+) {
+    let Some(strace) = syscalls::Strace::find() else {
+        let note = format!(
+            "strace not found: system calls per round trip not counted (install: {})",
+            syscalls::INSTALL_HINT
+        );
+        println!("note: {note}");
+        results.notes.push(note);
+        results.syscalls.skipped = Some("strace not installed".into());
+        return;
+    };
+    results.syscalls.version = strace.version();
+    for route in Route::ALL {
+        println!(
+            "system calls per round trip {} (strace -f -c, {} round trips)",
+            route.label(),
+            s.syscall_round_trips
+        );
+        for &kind in kinds.iter().filter(|k| **k != Kind::Direct) {
+            let (Some(addr), Some(pid)) = (lineup.addr(kind, route), lineup.pid(kind, route))
+            else {
+                continue;
+            };
+            let out = dir.join(format!("strace-{}-{}.txt", kind.name(), route.key()));
+            match syscalls::count(
+                &strace,
+                addr,
+                pid,
+                s.syscall_round_trips,
+                s.rtt_size,
+                cpu,
+                &out,
+            ) {
+                Ok(count) => {
+                    println!(
+                        "  {:<22} {:.1} per round trip: {}",
+                        kind.name(),
+                        count.total_per_round_trip(),
+                        count.describe(0.05)
+                    );
+                    results.peer(kind).syscalls.insert(route, count);
+                }
+                Err(syscalls::Failure::Client(e)) => results.error(
+                    kind,
+                    format!("system calls per round trip {}: {e}", route.label()),
+                ),
+                Err(syscalls::Failure::Trace(e)) => {
+                    let note = format!(
+                        "strace could not count {} {}: {e}",
+                        kind.name(),
+                        route.label()
+                    );
+                    println!("note: {note}");
+                    results.notes.push(note);
+                }
+            }
+        }
+    }
+}
+
 /// Holds as many idle connections as each relay allows (up to the target)
 /// through a fresh instance, and what they cost.
 fn measure_idle(
@@ -691,6 +774,7 @@ fn run(settings: &Settings, only: Option<Vec<String>>) -> io::Result<Results> {
         peers: BTreeMap::new(),
         notes: Vec::new(),
         redis: redis::AppRun::default(),
+        syscalls: syscalls::Run::default(),
         load_before: procfs::load_average(),
         load_after: String::new(),
         seconds: 0.0,
@@ -763,6 +847,14 @@ fn run(settings: &Settings, only: Option<Vec<String>>) -> io::Result<Results> {
             &mut results,
         );
         measure_rtt(&pinned, &pinned_kinds, settings, Some(cpu), &mut results);
+        measure_syscalls(
+            &pinned,
+            &pinned_kinds,
+            settings,
+            Some(cpu),
+            dir,
+            &mut results,
+        );
     }
 
     // Before the idle phase, whose thousands of socat processes (exiting

@@ -8,7 +8,7 @@ use std::path::Path;
 use crate::client::Dir;
 use crate::json::Json;
 use crate::peers::{Kind, Route};
-use crate::{Results, Series, Settings, redis};
+use crate::{Results, Series, Settings, redis, syscalls};
 
 const CELLS: [(Route, Dir); 4] = [
     (Route::TcpToUnix, Dir::Up),
@@ -89,6 +89,15 @@ fn rtt(results: &Results, kind: Kind, route: Route) -> Option<f64> {
 
 fn added_rtt(results: &Results, kind: Kind, route: Route) -> Option<f64> {
     Some(rtt(results, kind, route)? - rtt(results, Kind::Direct, route)?)
+}
+
+fn syscall_count(results: &Results, kind: Kind, route: Route) -> Option<&syscalls::Count> {
+    results.peers.get(&kind)?.syscalls.get(&route)
+}
+
+/// System calls of the relay's processes per round trip.
+fn syscalls_per_rt(results: &Results, kind: Kind, route: Route) -> Option<f64> {
+    syscall_count(results, kind, route).map(syscalls::Count::total_per_round_trip)
 }
 
 fn conn_rate(results: &Results, kind: Kind, route: Route) -> Option<f64> {
@@ -246,24 +255,25 @@ fn markdown(results: &Results, s: &Settings) -> String {
         "Throughput and connection rate as a ratio to a direct connection from the client to the same backend \
          (the direct row gives absolute figures); CPU is the relay's own (all its processes), per 10⁹ bytes relayed; \
          added RTT is the round trip of a {}-byte ping-pong through the relay minus the direct one, with client, \
-         relay and backend all pinned to one CPU; Redis is what `redis-benchmark` gets through the relay from a \
+         relay and backend all pinned to one CPU, and syscalls per round trip what the relay's processes make for one \
+         such round trip (counted with strace in separate runs, see below); Redis is what `redis-benchmark` gets through the relay from a \
          `redis-server` on a Unix socket (requests per second, see below).\n",
         s.rtt_size
     );
     let _ = writeln!(
         md,
-        "| peer | TCP→Unix up / down | Unix→TCP up / down | CPU s/GB TCP→Unix up / down | CPU s/GB Unix→TCP up / down | added RTT pinned TCP→Unix / Unix→TCP | conn/s TCP→Unix / Unix→TCP | memory per held conn | max held conns (of {}) | memory returned after close | Redis {} |",
+        "| peer | TCP→Unix up / down | Unix→TCP up / down | CPU s/GB TCP→Unix up / down | CPU s/GB Unix→TCP up / down | added RTT pinned TCP→Unix / Unix→TCP | syscalls per round trip TCP→Unix / Unix→TCP | conn/s TCP→Unix / Unix→TCP | memory per held conn | max held conns (of {}) | memory returned after close | Redis {} |",
         s.idle_target,
         redis::TESTS.map(str::to_uppercase).join(" / "),
     );
-    let _ = writeln!(md, "|---|---|---|---|---|---|---|---|---|---|---|");
+    let _ = writeln!(md, "|---|---|---|---|---|---|---|---|---|---|---|---|");
     for &kind in kinds {
         let mut row = format!("| {} |", kind.name());
         if kind == Kind::Direct {
             let abs = |cell| gb(throughput(results, kind, cell).and_then(Series::median));
             let _ = write!(
                 row,
-                " {} / {} GB/s | {} / {} GB/s | – | – | {} / {} µs RTT | {} / {} conn/s | – | – | – | {} req/s |",
+                " {} / {} GB/s | {} / {} GB/s | – | – | {} / {} µs RTT | – | {} / {} conn/s | – | – | – | {} req/s |",
                 abs(CELLS[0]),
                 abs(CELLS[1]),
                 abs(CELLS[2]),
@@ -282,7 +292,7 @@ fn markdown(results: &Results, s: &Settings) -> String {
             let idle = results.peers.get(&kind).and_then(|p| p.idle.as_ref());
             let _ = write!(
                 row,
-                " {} / {} | {} / {} | {} / {} | {} / {} | {} / {} µs | {} / {} | {} | {} | {} | {} |",
+                " {} / {} | {} / {} | {} / {} | {} / {} | {} / {} µs | {} / {} | {} / {} | {} | {} | {} | {} |",
                 r(CELLS[0]),
                 r(CELLS[1]),
                 r(CELLS[2]),
@@ -293,6 +303,8 @@ fn markdown(results: &Results, s: &Settings) -> String {
                 c(CELLS[3]),
                 num(added_rtt(results, kind, Route::TcpToUnix), 1),
                 num(added_rtt(results, kind, Route::UnixToTcp), 1),
+                num(syscalls_per_rt(results, kind, Route::TcpToUnix), 1),
+                num(syscalls_per_rt(results, kind, Route::UnixToTcp), 1),
                 num(conn_ratio(results, kind, Route::TcpToUnix), 2),
                 num(conn_ratio(results, kind, Route::UnixToTcp), 2),
                 bytes(idle.and_then(|i| i.per_connection())),
@@ -437,6 +449,8 @@ fn markdown(results: &Results, s: &Settings) -> String {
         );
     }
 
+    syscalls_section(&mut md, results, s);
+
     let _ = writeln!(md, "\n## Idle connections (Unix→TCP)\n");
     let _ = writeln!(
         md,
@@ -527,6 +541,8 @@ fn markdown(results: &Results, s: &Settings) -> String {
          - Latency: one connection, {} round trips of {} bytes after a warm-up; median per run. Pinned: the client thread, \
          a separate backend and separate relays all restricted to CPU {}, so every hand-off between threads or processes \
          costs a context switch on that CPU.\n\
+         - System calls per round trip: the same pinned set-up, in separate runs under `strace -f -c` ({} round trips \
+         on one warm connection, counted between attach and detach), summed over the relay's processes and threads.\n\
          - Connection rate: {} client threads for {:.1} s each connect, send 32 bytes, read the 32-byte answer and the \
          backend's close, then close.\n\
          - Relays run with `--connections-max 20000` where they have such a limit (simpletcpunixrelay, \
@@ -540,6 +556,7 @@ fn markdown(results: &Results, s: &Settings) -> String {
         s.rtt_messages,
         s.rtt_size,
         results.pinned_cpu,
+        s.syscall_round_trips,
         s.conn_threads,
         s.conn_duration.as_secs_f64(),
         s.redis_timeout.as_secs_f64(),
@@ -549,6 +566,69 @@ fn markdown(results: &Results, s: &Settings) -> String {
         "\nRaw figures: `target/bench/results.json`. Chart: `bench.svg` beside this file.\n\n![chart](bench.svg)"
     );
     md
+}
+
+/// System calls per round trip, by route and system call.
+fn syscalls_section(md: &mut String, results: &Results, s: &Settings) {
+    let run = &results.syscalls;
+    let _ = writeln!(md, "\n## System calls per round trip\n");
+    if let Some(why) = &run.skipped {
+        let _ = writeln!(
+            md,
+            "Not counted: {why} (install: {}).",
+            syscalls::INSTALL_HINT
+        );
+        return;
+    }
+    let _ = writeln!(
+        md,
+        "What one {}-byte round trip costs the relay in system calls: `strace -f -c -q -o FILE -p PID …` ({}) attached to \
+         every process of the relay (all their threads, and with `-f` anything they fork; for socat the listener and the \
+         child relaying this connection) while one connection makes {} ping-pongs through the pinned relays of the latency \
+         section, client pinned too. The connection is opened and warmed up ({} round trips) before strace attaches and \
+         closed after it has detached (SIGINT), so its set-up and teardown are not counted. Separate runs: tracing slows \
+         every call, so the latency figures above come from untraced runs. Calls per round trip, per system call those \
+         made at least 0.05 times per round trip; in brackets the calls that failed (strace's errors column: it does not \
+         say which error, on these non-blocking descriptors EAGAIN).\n",
+        s.rtt_size,
+        if run.version.is_empty() {
+            "strace"
+        } else {
+            run.version.as_str()
+        },
+        s.syscall_round_trips,
+        syscalls::WARM_UP,
+    );
+    let _ = writeln!(
+        md,
+        "| peer | route | calls per round trip | of which failed | processes / threads traced | system calls per round trip |"
+    );
+    let _ = writeln!(md, "|---|---|---|---|---|---|");
+    for &kind in results.kinds.iter().filter(|k| **k != Kind::Direct) {
+        for route in Route::ALL {
+            let Some(count) = syscall_count(results, kind, route) else {
+                let _ = writeln!(
+                    md,
+                    "| {} | {} | – | – | – | not counted |",
+                    kind.name(),
+                    route.label()
+                );
+                continue;
+            };
+            let total = count.total();
+            let _ = writeln!(
+                md,
+                "| {} | {} | {:.1} | {:.1} | {} / {} | {} |",
+                kind.name(),
+                route.label(),
+                count.per_round_trip(total.calls),
+                count.per_round_trip(total.errors),
+                count.processes,
+                count.threads,
+                count.describe(0.05),
+            );
+        }
+    }
 }
 
 /// The real application: `redis-benchmark` through each relay.
@@ -707,6 +787,22 @@ fn targets(results: &Results, s: &Settings) -> Vec<(String, String, Option<bool>
             },
         ));
     }
+    for route in Route::ALL {
+        let mine = syscalls_per_rt(results, me, route);
+        let proxyd = syscalls_per_rt(results, Kind::SocketProxyd, route);
+        rows.push((
+            format!(
+                "system calls per round trip ≤ systemd-socket-proxyd's, {}",
+                route.label()
+            ),
+            format!("{}; systemd-socket-proxyd {}", num(mine, 1), num(proxyd, 1)),
+            match (mine, proxyd) {
+                // Compared as printed, to one decimal.
+                (Some(m), Some(p)) => Some((m * 10.0).round() <= (p * 10.0).round()),
+                _ => None,
+            },
+        ));
+    }
     let conn: Vec<Option<f64>> = Route::ALL
         .iter()
         .map(|r| conn_ratio(results, me, *r))
@@ -829,6 +925,51 @@ fn series_json(series: &Series) -> Json {
     ])
 }
 
+fn count_json(count: &syscalls::Count) -> Json {
+    let total = count.total();
+    Json::obj([
+        ("round_trips", Json::Num(count.round_trips as f64)),
+        ("processes", Json::Num(count.processes as f64)),
+        ("threads", Json::Num(count.threads as f64)),
+        ("calls", Json::Num(total.calls as f64)),
+        ("errors", Json::Num(total.errors as f64)),
+        (
+            "calls_per_round_trip",
+            Json::opt(Some(count.total_per_round_trip())),
+        ),
+        (
+            "errors_per_round_trip",
+            Json::opt(Some(count.per_round_trip(total.errors))),
+        ),
+        (
+            "by_syscall",
+            Json::Obj(
+                count
+                    .top(0.0)
+                    .into_iter()
+                    .map(|(name, c)| {
+                        (
+                            name.to_string(),
+                            Json::obj([
+                                ("calls", Json::Num(c.calls as f64)),
+                                ("errors", Json::Num(c.errors as f64)),
+                                (
+                                    "calls_per_round_trip",
+                                    Json::opt(Some(count.per_round_trip(c.calls))),
+                                ),
+                                (
+                                    "errors_per_round_trip",
+                                    Json::opt(Some(count.per_round_trip(c.errors))),
+                                ),
+                            ]),
+                        )
+                    })
+                    .collect(),
+            ),
+        ),
+    ])
+}
+
 fn memory_json(m: &crate::procfs::Memory) -> Json {
     Json::obj([
         ("rss_bytes", Json::Num(m.rss as f64)),
@@ -931,6 +1072,15 @@ fn json(results: &Results, s: &Settings) -> Json {
         ));
         fields.push(("rtt_unpinned".into(), rtt(&peer.rtt_free)));
         fields.push((
+            "syscalls_pinned".into(),
+            Json::Obj(
+                peer.syscalls
+                    .iter()
+                    .map(|(route, count)| (route.key().to_string(), count_json(count)))
+                    .collect(),
+            ),
+        ));
+        fields.push((
             "parallel_streams_unix_tcp_bytes_per_second".into(),
             Json::Obj(
                 peer.streams
@@ -1032,6 +1182,10 @@ fn json(results: &Results, s: &Settings) -> Json {
                 ("rtt_messages", Json::Num(s.rtt_messages as f64)),
                 ("rtt_repetitions", Json::Num(s.rtt_reps as f64)),
                 ("rtt_message_bytes", Json::Num(s.rtt_size as f64)),
+                (
+                    "syscall_round_trips",
+                    Json::Num(s.syscall_round_trips as f64),
+                ),
                 ("conn_rate_threads", Json::Num(s.conn_threads as f64)),
                 (
                     "conn_rate_seconds",
@@ -1064,6 +1218,25 @@ fn json(results: &Results, s: &Settings) -> Json {
                     "tests",
                     Json::Arr(redis::TESTS.iter().map(|t| Json::str(*t)).collect()),
                 ),
+            ]),
+        ),
+        (
+            "syscalls",
+            Json::obj([
+                ("tool", Json::str(results.syscalls.version.clone())),
+                (
+                    "skipped",
+                    results
+                        .syscalls
+                        .skipped
+                        .clone()
+                        .map_or(Json::Null, Json::Str),
+                ),
+                ("command", Json::str("strace -f -c -q -o FILE -p PID …")),
+                ("round_trips", Json::Num(s.syscall_round_trips as f64)),
+                ("warm_up_round_trips", Json::Num(syscalls::WARM_UP as f64)),
+                ("message_bytes", Json::Num(s.rtt_size as f64)),
+                ("pinned_cpu", Json::Num(results.pinned_cpu as f64)),
             ]),
         ),
         ("peers", Json::Obj(peers)),
@@ -1250,6 +1423,22 @@ fn svg(results: &Results) -> String {
             ),
             lines: vec![],
             format: |v| format!("{v:.1} µs"),
+            log: false,
+        },
+        Panel {
+            title: match &results.syscalls.skipped {
+                None => "System calls per round trip, the relay's processes, strace -c (lower is better)"
+                    .into(),
+                Some(why) => format!("System calls per round trip: not counted ({why})"),
+            },
+            groups: bar_groups(
+                &Route::ALL,
+                |route| route.label().to_string(),
+                &peers,
+                |k, route| syscalls_per_rt(results, k, route),
+            ),
+            lines: vec![],
+            format: |v| format!("{v:.1}"),
             log: false,
         },
         Panel {
