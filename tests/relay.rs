@@ -364,10 +364,17 @@ fn a_backend_reset_closes_the_client_side() {
 
 #[test]
 fn refused_backend_closes_the_client_with_no_bytes_and_the_relay_goes_on() {
-    // A TCP port nobody listens on.
-    let free = TcpListener::bind("127.0.0.1:0").unwrap();
-    let address = free.local_addr().unwrap();
-    drop(free);
+    // A TCP port nobody listens on yet: bound, so nothing else takes it,
+    // but not listening, so connects are refused.
+    let port = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    port.bind(
+        &"127.0.0.1:0"
+            .parse::<std::net::SocketAddr>()
+            .unwrap()
+            .into(),
+    )
+    .unwrap();
+    let address = port.local_addr().unwrap().as_socket().unwrap();
     let mut relay = Relay::start(&["127.0.0.1:0", &address.to_string()]);
     let started = Instant::now();
     let (bytes, _) = read_until_closed(&mut *connect(relay.address()));
@@ -388,18 +395,12 @@ fn refused_backend_closes_the_client_with_no_bytes_and_the_relay_goes_on() {
     );
     assert!(relay.running());
     // Once the backend is up at that address, a new connection works.
-    match TcpListener::bind(address) {
-        Ok(listener) => {
-            let _backend = Backend::tcp_on(listener, echo);
-            assert_eq!(
-                exchange(connect(relay.address()), b"up now".to_vec()),
-                b"up now"
-            );
-        }
-        Err(e) => skip(&format!(
-            "the second half: {address} was taken meanwhile ({e})"
-        )),
-    }
+    port.listen(16).unwrap();
+    let _backend = Backend::tcp_on(port.into(), echo);
+    assert_eq!(
+        exchange(connect(relay.address()), b"up now".to_vec()),
+        b"up now"
+    );
 }
 
 #[test]
