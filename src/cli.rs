@@ -160,6 +160,10 @@ struct Args {
     #[argh(option, arg_name = "N")]
     ready_fd: Option<CountArg>,
 
+    /// hand the listeners to systemd's file descriptor store once bound, and adopt them from it at the next start, so that clients arriving during a restart wait in the backlog instead of being refused (needs FileDescriptorStoreMax= > 0; implied when systemd sets $FDSTORE)
+    #[argh(switch)]
+    fd_store: bool,
+
     /// print a completion script for SHELL (bash, zsh or fish) and exit
     #[argh(option, arg_name = "SHELL")]
     #[allow(dead_code)] // handled before argh runs, so that no endpoints are needed
@@ -446,6 +450,11 @@ impl Args {
             proxy_protocol,
             allow,
             connect_retry: self.connect_retry,
+            fd_store: self.fd_store
+                || std::env::var("FDSTORE")
+                    .ok()
+                    .and_then(|n| parse_number::<u32>(&n))
+                    .is_some_and(|n| n > 0),
             keepalive,
             ready_fd,
             level,

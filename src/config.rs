@@ -40,6 +40,8 @@ pub struct Config {
     pub allow: Allowlist,
     /// Retry a refused or missing CONNECT until `connect_timeout`.
     pub connect_retry: bool,
+    /// Store the listeners in systemd's file descriptor store.
+    pub fd_store: bool,
     /// `SO_KEEPALIVE` on TCP sockets, with this idle time before the first probe.
     pub keepalive: Option<Duration>,
     /// Where to write a newline once ready (s6's `notification-fd`).

@@ -42,9 +42,18 @@ pub struct FileOptions {
     pub group: Option<libc::gid_t>,
 }
 
+/// The name listeners are stored under in systemd's file descriptor store,
+/// and passed back under at the next start (`LISTEN_FDNAMES`).
+pub const STORED_NAME: &str = "listener";
+
 /// Opens LISTEN. Nothing is left behind on failure: a socket file created
 /// before a later step failed is removed again by [`Listener`]'s drop.
+/// Listeners a previous instance left in systemd's file descriptor store
+/// are adopted instead of bound again, when they are LISTEN's.
 pub fn open(endpoint: &Endpoint, file_options: FileOptions) -> Result<Opened, Failure> {
+    if let Some(listeners) = adopt_stored(endpoint)? {
+        return Ok(Opened::Listeners(listeners));
+    }
     let listeners = match endpoint {
         Endpoint::Tcp { host, port } => bind_tcp(host, *port)?,
         Endpoint::Unix(UnixAddr::Path(path)) => vec![bind_unix_path(path, file_options)?],
@@ -66,6 +75,14 @@ impl Listener {
             address,
             file,
         })
+    }
+
+    /// Leaves the socket file in place at exit: the listener lives on in
+    /// systemd's file descriptor store, for the next instance.
+    pub fn keep_file(&mut self) {
+        if let Some(file) = self.file.take() {
+            std::mem::forget(file);
+        }
     }
 
     /// Splits off the socket, keeping the file guard, for conversion to async.
@@ -309,6 +326,91 @@ fn inherit_systemd(name: Option<&str>) -> Result<Opened, Failure> {
         (true, 1) => Ok(Opened::Connection(connections.pop().expect("one connection"))),
         _ => Err(usage("mixes connected and listening sockets; pass one connection (Accept=yes) or listening sockets".into())),
     }
+}
+
+/// The listeners of LISTEN that systemd passed back from its file
+/// descriptor store, if every one is there: a TCP LISTEN whose addresses
+/// all match (any port for port 0), the same socket path (whose file still
+/// exists) or abstract name. `None`: bind as usual.
+fn adopt_stored(endpoint: &Endpoint) -> Result<Option<Vec<Listener>>, Failure> {
+    if !matches!(endpoint, Endpoint::Tcp { .. } | Endpoint::Unix(_)) {
+        return Ok(None);
+    }
+    let Ok(passed) = passed_sockets() else {
+        return Ok(None);
+    };
+    let stored: Vec<RawFd> = passed
+        .into_iter()
+        .filter(|(_, name)| name == STORED_NAME)
+        .map(|(fd, _)| fd)
+        .collect();
+    if stored.is_empty() {
+        return Ok(None);
+    }
+    let mut sockets = Vec::new();
+    for fd in stored {
+        match adopt(fd) {
+            Ok((socket, true)) => sockets.push(socket),
+            Ok((socket, false)) => drop(socket),
+            Err(reason) => crate::warn!("stored descriptor {fd} {reason}: ignored"),
+        }
+    }
+    let local = |s: &Socket| s.local_addr().ok();
+    let matching = match endpoint {
+        Endpoint::Tcp { host, port } => {
+            let wanted: Vec<IpAddr> = match host {
+                Host::Ip(ip) => vec![*ip],
+                Host::Any => vec![IpAddr::V6(Ipv6Addr::UNSPECIFIED)],
+                Host::Name(name) => (name.as_str(), *port)
+                    .to_socket_addrs()
+                    .map(|a| a.map(|a| a.ip()).collect())
+                    .unwrap_or_default(),
+            };
+            let found: Vec<Socket> = sockets
+                .into_iter()
+                .filter(|s| {
+                    local(s).and_then(|a| a.as_socket()).is_some_and(|a| {
+                        wanted.contains(&a.ip()) && (*port == 0 || a.port() == *port)
+                    })
+                })
+                .collect();
+            (!wanted.is_empty() && found.len() == wanted.len()).then_some(found)
+        }
+        Endpoint::Unix(UnixAddr::Path(path)) => {
+            let exists = std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_socket());
+            let found: Vec<Socket> = sockets
+                .into_iter()
+                .filter(|s| local(s).is_some_and(|a| a.as_pathname() == Some(path.as_path())))
+                .take(1)
+                .collect();
+            (exists && found.len() == 1).then_some(found)
+        }
+        Endpoint::Unix(UnixAddr::Abstract(name)) => {
+            let found: Vec<Socket> = sockets
+                .into_iter()
+                .filter(|s| {
+                    local(s).is_some_and(|a| a.as_abstract_namespace() == Some(name.as_slice()))
+                })
+                .take(1)
+                .collect();
+            (found.len() == 1).then_some(found)
+        }
+        _ => None,
+    };
+    let Some(found) = matching else {
+        return Ok(None);
+    };
+    let listeners = found
+        .into_iter()
+        .map(|socket| Listener::new(socket, None))
+        .collect::<Result<Vec<_>, _>>()?;
+    for listener in &listeners {
+        crate::info!(
+            "adopted {} from the file descriptor store (not bound again)",
+            listener.address
+        );
+    }
+    Ok(Some(listeners))
 }
 
 /// The sockets passed by socket activation: descriptors 3, 4, … per

@@ -54,6 +54,29 @@ pub fn connect() {
     }
 }
 
+/// Hands `fds` to systemd's file descriptor store (`FDSTORE=1`) under
+/// `name`, at once (before the runtime starts). systemd refuses silently
+/// when the unit has no store (`FileDescriptorStoreMax=0`).
+pub fn store(name: &str, fds: &[std::os::fd::BorrowedFd<'_>]) -> io::Result<()> {
+    use rustix::net::{SendAncillaryBuffer, SendAncillaryMessage, SendFlags};
+    let guard = SOCKET.get().map(|s| s.lock().expect("not poisoned"));
+    let Some(socket) = guard.as_ref().and_then(|g| g.as_ref()) else {
+        return Err(io::Error::other("NOTIFY_SOCKET is not set"));
+    };
+    let text = format!("FDSTORE=1\nFDNAME={name}\n");
+    let mut space =
+        vec![std::mem::MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(fds.len()))];
+    let mut control = SendAncillaryBuffer::new(&mut space);
+    control.push(SendAncillaryMessage::ScmRights(fds));
+    rustix::net::sendmsg(
+        socket,
+        &[io::IoSlice::new(text.as_bytes())],
+        &mut control,
+        SendFlags::NOSIGNAL | SendFlags::DONTWAIT,
+    )?;
+    Ok(())
+}
+
 /// Starts the task that sends the messages; from then on the functions
 /// below queue them. Call on the runtime's thread.
 pub fn start() {

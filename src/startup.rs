@@ -89,6 +89,12 @@ fn run(config: Config) -> Result<(), Failure> {
     // 4. The notification socket is connected before the sandbox, which
     //    would refuse an abstract one.
     notify::connect();
+    let mut opened = opened;
+    if config.fd_store
+        && let Opened::Listeners(listeners) = &mut opened
+    {
+        store_listeners(listeners);
+    }
     // 5. Confine the process while it has a single thread.
     confine(&config)?;
     // 6. Only now start the runtime's threads.
@@ -107,6 +113,25 @@ fn run(config: Config) -> Result<(), Failure> {
             Err(e) => Err(Failure::Startup(e.to_string())),
         }
     })
+}
+
+/// Hands the listeners to systemd's file descriptor store, so that the
+/// next instance adopts them; their socket files then stay at exit (the
+/// unit's `RuntimeDirectory=` goes on `systemctl stop`).
+fn store_listeners(listeners: &mut [listener::Listener]) {
+    use std::os::fd::AsFd;
+    let fds: Vec<_> = listeners.iter().map(|l| l.socket.as_fd()).collect();
+    match notify::store(listener::STORED_NAME, &fds) {
+        Ok(()) => {
+            for listener in listeners.iter_mut() {
+                listener.keep_file();
+            }
+            info!("listeners handed to systemd's file descriptor store: a restart refuses nobody");
+        }
+        Err(e) => warn!(
+            "cannot store the listeners ({e}): clients that connect during a restart will be refused"
+        ),
+    }
 }
 
 /// Takes `--ready-fd N`: it must be open, and is closed on exec.

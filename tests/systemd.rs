@@ -1005,6 +1005,47 @@ fn units_under_systemd_in_nspawn() {
         client(&container, "", "127.0.0.1:8081", "reexposed"),
         "reexposed",
     );
+    // Its listener is in systemd's file descriptor store: a restart, and a
+    // crash (Restart=on-failure), adopt it instead of binding again, and
+    // `systemctl stop` empties the store.
+    let reexpose = "simpletcpunixrelay-reexpose@foobar.service";
+    let stored = |c: &Container| {
+        c.ok(&format!(
+            "systemctl show -p NFileDescriptorStore --value {reexpose}"
+        ))
+    };
+    assert_eq!(stored(&container), "1\n");
+    container.ok(&format!("systemctl stop {reexpose}"));
+    assert_eq!(
+        stored(&container),
+        "0\n",
+        "stop leaves nothing in the store"
+    );
+    container.ok(&format!("systemctl start {reexpose}"));
+    container.ok(&format!("systemctl restart {reexpose}"));
+    let adoptions = format!(
+        "journalctl -o cat -u {reexpose} | grep -c 'adopted 127.0.0.1:8081 from the file descriptor store'"
+    );
+    container.wait_for_output(&adoptions, "1");
+    served(
+        client(&container, "", "127.0.0.1:8081", "restarted"),
+        "restarted",
+    );
+    let pid = container.ok(&format!("systemctl show -p MainPID --value {reexpose}"));
+    container.ok(&format!("kill -9 {}", pid.trim()));
+    container.wait_for_output(&adoptions, "2");
+    served(
+        client(&container, "", "127.0.0.1:8081", "crashed"),
+        "crashed",
+    );
+    assert_eq!(stored(&container), "1\n");
+    container.ok(&format!("systemctl stop {reexpose}"));
+    assert_eq!(
+        stored(&container),
+        "0\n",
+        "stop leaves nothing in the store"
+    );
+    container.ok(&format!("systemctl start {reexpose}"));
 
     // 3. The same, socket-activated on 127.0.0.1:8082.
     let activated = "simpletcpunixrelay-activated@8082.service";
