@@ -31,8 +31,45 @@ pub struct Listener {
 /// What LISTEN gave: sockets to serve, or one already accepted connection
 /// (`fd:N` or `sd-listen` with `Accept=yes`, inetd, s6-tcpserver).
 pub enum Opened {
-    Listeners(Vec<Listener>),
+    Listeners(Listeners),
     Connection(Socket),
+}
+
+/// One listener or more, by construction.
+pub struct Listeners {
+    first: Listener,
+    rest: Vec<Listener>,
+}
+
+impl Listeners {
+    /// `None` for an empty list.
+    fn from_vec(mut all: Vec<Listener>) -> Option<Listeners> {
+        if all.is_empty() {
+            return None;
+        }
+        let first = all.remove(0);
+        Some(Listeners { first, rest: all })
+    }
+
+    fn one(listener: Listener) -> Listeners {
+        Listeners {
+            first: listener,
+            rest: Vec::new(),
+        }
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &Listener> {
+        std::iter::once(&self.first).chain(&self.rest)
+    }
+
+    pub fn iter_mut(&mut self) -> impl Iterator<Item = &mut Listener> {
+        std::iter::once(&mut self.first).chain(&mut self.rest)
+    }
+
+    /// The first listener and the others.
+    pub fn into_parts(self) -> (Listener, Vec<Listener>) {
+        (self.first, self.rest)
+    }
 }
 
 /// Options that shape a socket file the relay creates.
@@ -55,9 +92,15 @@ pub fn open(endpoint: &Endpoint, file_options: FileOptions) -> Result<Opened, Fa
         return Ok(Opened::Listeners(listeners));
     }
     let listeners = match endpoint {
-        Endpoint::Tcp { host, port } => bind_tcp(host, *port)?,
-        Endpoint::Unix(UnixAddr::Path(path)) => vec![bind_unix_path(path, file_options)?],
-        Endpoint::Unix(UnixAddr::Abstract(name)) => vec![bind_abstract(name)?],
+        Endpoint::Tcp { host, port } => {
+            Listeners::from_vec(bind_tcp(host, *port)?).ok_or_else(|| {
+                Failure::Startup(format!(
+                    "cannot listen on {endpoint}: the name resolved to no address"
+                ))
+            })?
+        }
+        Endpoint::Unix(UnixAddr::Path(path)) => Listeners::one(bind_unix_path(path, file_options)?),
+        Endpoint::Unix(UnixAddr::Abstract(name)) => Listeners::one(bind_abstract(name)?),
         Endpoint::SdListen(name) => return inherit_systemd(name.as_deref()),
         Endpoint::Fd(fd) => return inherit_fd(*fd, &endpoint.to_string()),
     };
@@ -321,10 +364,13 @@ fn inherit_systemd(name: Option<&str>) -> Result<Opened, Failure> {
             (socket, false) => connections.push(socket),
         }
     }
-    match (listeners.is_empty(), connections.len()) {
-        (_, 0) => Ok(Opened::Listeners(listeners)),
-        (true, 1) => Ok(Opened::Connection(connections.pop().expect("one connection"))),
-        _ => Err(usage("mixes connected and listening sockets; pass one connection (Accept=yes) or listening sockets".into())),
+    let mixed = || {
+        usage("mixes connected and listening sockets; pass one connection (Accept=yes) or listening sockets".into())
+    };
+    match (Listeners::from_vec(listeners), connections.pop()) {
+        (Some(listeners), None) => Ok(Opened::Listeners(listeners)),
+        (None, Some(connection)) if connections.is_empty() => Ok(Opened::Connection(connection)),
+        _ => Err(mixed()),
     }
 }
 
@@ -332,7 +378,7 @@ fn inherit_systemd(name: Option<&str>) -> Result<Opened, Failure> {
 /// descriptor store, if every one is there: a TCP LISTEN whose addresses
 /// all match (any port for port 0), the same socket path (whose file still
 /// exists) or abstract name. `None`: bind as usual.
-fn adopt_stored(endpoint: &Endpoint) -> Result<Option<Vec<Listener>>, Failure> {
+fn adopt_stored(endpoint: &Endpoint) -> Result<Option<Listeners>, Failure> {
     if !matches!(endpoint, Endpoint::Tcp { .. } | Endpoint::Unix(_)) {
         return Ok(None);
     }
@@ -410,7 +456,7 @@ fn adopt_stored(endpoint: &Endpoint) -> Result<Option<Vec<Listener>>, Failure> {
             listener.address
         );
     }
-    Ok(Some(listeners))
+    Ok(Listeners::from_vec(listeners))
 }
 
 /// The sockets passed by socket activation: descriptors 3, 4, … per
@@ -450,7 +496,9 @@ fn inherit_fd(fd: RawFd, argument: &str) -> Result<Opened, Failure> {
     let (socket, listening) =
         adopt(fd).map_err(|r| Failure::Usage(format!("LISTEN '{argument}': fd {fd} {r}")))?;
     if listening {
-        Ok(Opened::Listeners(vec![Listener::new(socket, None)?]))
+        Ok(Opened::Listeners(Listeners::one(Listener::new(
+            socket, None,
+        )?)))
     } else {
         Ok(Opened::Connection(socket))
     }

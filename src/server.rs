@@ -91,17 +91,15 @@ pub async fn serve(
                 .iter()
                 .map(|l| l.address.clone())
                 .collect::<Vec<_>>();
-            let mut streams = Vec::new();
-            for listener in listeners {
+            let (first, rest) = listeners.into_parts();
+            let (mut merged, file) = accept_stream(first)?;
+            files.extend(file);
+            for listener in rest {
                 let (stream, file) = accept_stream(listener)?;
                 files.extend(file);
-                streams.push(stream);
+                merged = Box::pin(futures_lite::stream::race(merged, stream));
             }
             let endpoints = format!("{} -> {}", addresses.join(", "), config.connect);
-            let merged = streams
-                .into_iter()
-                .reduce(|a, b| Box::pin(futures_lite::stream::race(a, b)))
-                .expect("at least one listener");
             let status = crate::notify::status_text(&endpoints, 0, 0);
             (merged, endpoints, status, false)
         }

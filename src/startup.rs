@@ -118,7 +118,7 @@ fn run(config: Config) -> Result<(), Failure> {
 /// Hands the listeners to systemd's file descriptor store, so that the
 /// next instance adopts them; their socket files then stay at exit (the
 /// unit's `RuntimeDirectory=` goes on `systemctl stop`).
-fn store_listeners(listeners: &mut [listener::Listener]) {
+fn store_listeners(listeners: &mut listener::Listeners) {
     use std::os::fd::AsFd;
     let fds: Vec<_> = listeners.iter().map(|l| l.socket.as_fd()).collect();
     match notify::store(listener::STORED_NAME, &fds) {
