@@ -191,24 +191,14 @@ pub enum Command {
     Run(Box<Config>),
 }
 
-/// Options that take a value, so that `-h` right after one is that value.
-const VALUE_OPTIONS: &[&str] = &[
-    "-c",
-    "--connections-max",
-    "--connect-timeout",
-    "--idle-timeout",
-    "--exit-idle-time",
-    "--shutdown-timeout",
-    "--socket-mode",
-    "--socket-group",
-    "--sandbox",
-    "--proxy-protocol",
-    "--allow-uid",
-    "--allow-gid",
-    "--keepalive",
-    "--ready-fd",
-    "--completions",
-];
+/// Whether `option` (`--idle-timeout`, `-c`) takes a value, so that a `-h`
+/// right after it is that value, not a request for help.
+fn takes_a_value(option: &str) -> bool {
+    Args::get_args_info().flags.iter().any(|flag| {
+        matches!(flag.kind, argh::FlagInfoKind::Option { .. })
+            && (flag.long == option || flag.short.is_some_and(|c| option == format!("-{c}")))
+    })
+}
 
 /// Parses the arguments after the program name, as the bytes Linux passed.
 pub fn parse(program: &str, args: &[OsString]) -> Result<Command, Failure> {
@@ -230,10 +220,7 @@ pub fn parse(program: &str, args: &[OsString]) -> Result<Command, Failure> {
         .iter()
         .enumerate()
         .map(|(index, arg)| {
-            let value_of_option = index > 0
-                && args[index - 1]
-                    .to_str()
-                    .is_some_and(|o| VALUE_OPTIONS.contains(&o));
+            let value_of_option = index > 0 && args[index - 1].to_str().is_some_and(takes_a_value);
             let before_dashdash = index < before_dashdash.len();
             if arg == "-h" && !value_of_option && before_dashdash {
                 OsString::from("--help")

@@ -194,6 +194,22 @@ impl Tools {
 /// Makes a child die with the benchmark (`PR_SET_PDEATHSIG`; children are
 /// only ever spawned from the main thread), optionally pinned to `cpu` (all
 /// its threads and forks inherit the mask) and with an open-file limit.
+/// The first line `program ARG` prints (its version, for `--version`,
+/// `-V`…), or nothing if it cannot run.
+pub fn first_line_of(program: &Path, arg: &str) -> String {
+    Command::new(program)
+        .arg(arg)
+        .stdin(Stdio::null())
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default()
+        .lines()
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_string()
+}
+
 pub fn prepare(command: &mut Command, cpu: Option<usize>, nofile: Option<u64>) {
     // SAFETY: cpu_set_t is plain data that CPU_ZERO/CPU_SET write inside.
     let cpus = cpu.map(|cpu| unsafe {

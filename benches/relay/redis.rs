@@ -147,21 +147,6 @@ fn ping(addr: &Addr) -> io::Result<()> {
     }
 }
 
-/// The first line of `program --version`.
-fn version(program: &Path) -> String {
-    Command::new(program)
-        .arg("--version")
-        .stdin(Stdio::null())
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
-        .unwrap_or_default()
-        .lines()
-        .next()
-        .unwrap_or("")
-        .trim()
-        .to_string()
-}
-
 /// The arguments that say where `redis-benchmark` connects.
 fn target_args(addr: &Addr) -> Vec<String> {
     match addr {
@@ -281,12 +266,12 @@ pub fn measure(tools: &Tools, dir: &Path, kinds: &[Kind], s: &Settings, results:
         return;
     };
     // "Redis server v=7.0.15 sha=… malloc=… build=…": the version is enough.
-    results.redis.server_version = version(&server_program)
+    results.redis.server_version = crate::peers::first_line_of(&server_program, "--version")
         .split(" sha=")
         .next()
         .unwrap_or("")
         .to_string();
-    results.redis.client_version = version(&client_program);
+    results.redis.client_version = crate::peers::first_line_of(&client_program, "--version");
     results.redis.command = format!(
         "redis-benchmark -h 127.0.0.1 -p PORT {}",
         load_args("TEST", s.redis_requests, s.redis_clients).join(" ")

@@ -119,17 +119,7 @@ impl Strace {
     }
 
     pub fn version(&self) -> String {
-        Command::new(&self.path)
-            .arg("-V")
-            .stdin(Stdio::null())
-            .output()
-            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
-            .unwrap_or_default()
-            .lines()
-            .next()
-            .unwrap_or("")
-            .trim()
-            .to_string()
+        crate::peers::first_line_of(&self.path, "-V")
     }
 
     /// Attaches to every process in `pids` (with all their threads and
