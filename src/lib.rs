@@ -23,6 +23,7 @@ mod config;
 mod connections;
 mod connector;
 pub mod endpoint;
+mod engine;
 mod failure;
 mod identity;
 mod listener;

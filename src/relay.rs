@@ -10,18 +10,19 @@
 //!   they are in flight, so memory is bounded by one pipe per direction and
 //!   an idle connection holds none; where splice does not apply, through a
 //!   buffer with the same rules.
-//! - Every operation is tried before waiting for readiness: data is usually
-//!   there already, and asking the reactor first would cost a round trip per
-//!   message.
+//! - Readiness comes from the engine (`crate::engine`): each socket is
+//!   registered once, edge-triggered, and remembers whether it may be read
+//!   or written; an operation is tried only when it may succeed, and one
+//!   that returns EAGAIN waits for the next edge. No system call is spent
+//!   on asking or re-arming.
 
-use std::future::Future;
+use std::cell::Cell;
 use std::io::{self, Read, Write};
 use std::net::Shutdown;
-use std::pin::Pin;
-use std::task::{Context, Poll, ready};
-use std::time::{Duration, Instant};
+use std::task::{Poll, ready};
+use std::time::Duration;
 
-use async_io::{Async, Timer};
+use async_io::Async;
 use socket2::Socket;
 
 use crate::pipe::{self, Pipe};
@@ -49,46 +50,73 @@ pub struct Totals {
     pub down: u64,
 }
 
-/// Relays between `client` and `backend` until both directions are done,
-/// then closes both.
-pub fn relay(
-    client: Async<Socket>,
-    backend: Async<Socket>,
-    idle_timeout: Option<Duration>,
-) -> Relay {
-    Relay {
-        client,
-        backend,
-        up: Direction::default(),
-        down: Direction::default(),
-        idle: idle_timeout.map(|span| {
-            Box::new(Idle {
-                span,
-                last: Instant::now(),
-                timer: Timer::after(span),
-            })
-        }),
+/// A socket and what its last readiness events said: whether a read or a
+/// write may make progress. Set by the engine from edge-triggered events,
+/// cleared by an operation that returns EAGAIN.
+pub struct Edge {
+    socket: Socket,
+    readable: Cell<bool>,
+    writable: Cell<bool>,
+}
+
+impl Edge {
+    /// A socket that has not been tried yet: both may succeed.
+    pub fn new(socket: Socket) -> Edge {
+        Edge {
+            socket,
+            readable: Cell::new(true),
+            writable: Cell::new(true),
+        }
+    }
+
+    pub fn socket(&self) -> &Socket {
+        &self.socket
+    }
+
+    /// What an event said: readable, writable (an error or hang-up counts
+    /// as both, so that the next operation reports it).
+    pub fn mark(&self, readable: bool, writable: bool) {
+        if readable {
+            self.readable.set(true);
+        }
+        if writable {
+            self.writable.set(true);
+        }
+    }
+
+    /// The socket is drained: wait for the next edge.
+    fn read_blocked(&self) -> Poll<io::Result<()>> {
+        self.readable.set(false);
+        Poll::Pending
+    }
+
+    /// The socket is full: wait for the next edge.
+    fn write_blocked(&self) -> Poll<io::Result<()>> {
+        self.writable.set(false);
+        Poll::Pending
     }
 }
 
-/// One connection being relayed; resolves to the bytes moved and how it ended.
+/// Relays between `client` and `backend` until both directions are done,
+/// then closes both.
+pub fn relay(client: Socket, backend: Socket) -> Relay {
+    Relay {
+        client: Edge::new(client),
+        backend: Edge::new(backend),
+        up: Direction::default(),
+        down: Direction::default(),
+    }
+}
+
+/// One connection being relayed: [`Relay::step`] moves what can be moved
+/// and says when it is over.
 pub struct Relay {
-    client: Async<Socket>,
-    backend: Async<Socket>,
+    pub client: Edge,
+    pub backend: Edge,
     /// Client → backend.
     up: Direction,
     /// Backend → client.
     down: Direction,
-    /// Boxed: most relays have no idle timeout, and every byte of this
-    /// struct is paid for each held connection.
-    idle: Option<Box<Idle>>,
-}
-
-/// `--idle-timeout`: when a byte last moved, and a timer for the deadline.
-struct Idle {
-    span: Duration,
-    last: Instant,
-    timer: Timer,
 }
 
 /// One direction's state.
@@ -124,62 +152,47 @@ enum Carrier {
     BufferOnce,
 }
 
-impl Future for Relay {
-    type Output = (Totals, Outcome);
+impl Relay {
+    /// Bytes moved so far, both ways.
+    pub fn moved(&self) -> u64 {
+        self.up.moved + self.down.moved
+    }
 
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let this = self.get_mut();
-        let before = this.up.moved + this.down.moved;
-        let up = this.up.poll(&this.client, &this.backend, cx);
-        let down = this.down.poll(&this.backend, &this.client, cx);
-        let outcome = match (up, down) {
-            (Poll::Ready(Err(e)), _) | (_, Poll::Ready(Err(e))) => Some(Outcome::Failed(e)),
-            (Poll::Ready(Ok(())), Poll::Ready(Ok(()))) => Some(Outcome::Done),
-            _ => None,
-        };
-        let outcome = outcome.or_else(|| {
-            let moved = this.up.moved + this.down.moved != before;
-            this.idle.as_mut().and_then(|idle| idle.poll(moved, cx))
-        });
-        match outcome {
-            None => Poll::Pending,
-            Some(outcome) => {
-                if matches!(outcome, Outcome::Failed(_)) {
-                    // Close with a reset rather than a FIN so the other side
-                    // sees an abort, not a clean end of stream.
-                    for socket in [&this.client, &this.backend] {
-                        let _ = socket.get_ref().set_linger(Some(Duration::ZERO));
-                    }
-                }
-                Poll::Ready((
-                    Totals {
-                        up: this.up.moved,
-                        down: this.down.moved,
-                    },
-                    outcome,
-                ))
-            }
+    /// Bytes moved in each direction.
+    pub fn totals(&self) -> Totals {
+        Totals {
+            up: self.up.moved,
+            down: self.down.moved,
         }
     }
-}
 
-impl Idle {
-    /// Restarts the deadline when bytes moved; `Some(Idle)` once it passes.
-    fn poll(&mut self, moved: bool, cx: &mut Context<'_>) -> Option<Outcome> {
-        if moved {
-            self.last = Instant::now();
-            self.timer.set_at(self.last + self.span);
+    /// Moves every byte that can move now; `Some` once the connection is
+    /// over (both directions ended, or a reset or error on either side).
+    pub fn step(&mut self) -> Option<Outcome> {
+        let up = self.up.poll(&self.client, &self.backend);
+        let down = self.down.poll(&self.backend, &self.client);
+        let outcome = match (up, down) {
+            (Poll::Ready(Err(e)), _) | (_, Poll::Ready(Err(e))) => Outcome::Failed(e),
+            (Poll::Ready(Ok(())), Poll::Ready(Ok(()))) => Outcome::Done,
+            _ => return None,
+        };
+        if matches!(outcome, Outcome::Failed(_)) {
+            // Close with a reset rather than a FIN so the other side sees
+            // an abort, not a clean end of stream.
+            self.abort();
         }
-        loop {
-            Pin::new(&mut self.timer)
-                .poll(cx)
-                .is_ready()
-                .then_some(())?;
-            let deadline = self.last + self.span;
-            if Instant::now() >= deadline {
-                return Some(Outcome::Idle);
-            }
-            self.timer.set_at(deadline);
+        Some(outcome)
+    }
+
+    /// The two sockets, client first, for closing.
+    pub fn into_sockets(self) -> (Socket, Socket) {
+        (self.client.socket, self.backend.socket)
+    }
+
+    /// Makes closing both sockets a reset (`SO_LINGER` 0).
+    pub fn abort(&self) {
+        for side in [&self.client, &self.backend] {
+            let _ = side.socket.set_linger(Some(Duration::ZERO));
         }
     }
 }
@@ -187,18 +200,13 @@ impl Idle {
 impl Direction {
     /// Moves bytes `from` → `to` until EOF (then half-closes `to`), an
     /// error, or nothing can move now.
-    fn poll(
-        &mut self,
-        from: &Async<Socket>,
-        to: &Async<Socket>,
-        cx: &mut Context<'_>,
-    ) -> Poll<io::Result<()>> {
+    fn poll(&mut self, from: &Edge, to: &Edge) -> Poll<io::Result<()>> {
         if self.done {
             return Poll::Ready(Ok(()));
         }
-        ready!(self.pump(from, to, cx))?;
+        ready!(self.pump(from, to))?;
         self.done = true;
-        match to.get_ref().shutdown(Shutdown::Write) {
+        match to.socket.shutdown(Shutdown::Write) {
             // The other side may already be gone entirely; the other
             // direction will notice.
             Err(e) if e.kind() != io::ErrorKind::NotConnected => Poll::Ready(Err(e)),
@@ -207,14 +215,17 @@ impl Direction {
     }
 
     /// Ready(Ok) at EOF with nothing left in flight.
-    fn pump(
-        &mut self,
-        from: &Async<Socket>,
-        to: &Async<Socket>,
-        cx: &mut Context<'_>,
-    ) -> Poll<io::Result<()>> {
-        let (source, sink) = (from.get_ref(), to.get_ref());
+    fn pump(&mut self, from: &Edge, to: &Edge) -> Poll<io::Result<()>> {
+        let (source, sink) = (&from.socket, &to.socket);
         loop {
+            let reading = matches!(
+                self.carrier,
+                Carrier::Idle | Carrier::BufferIdle | Carrier::BufferOnce
+            );
+            // Only what may succeed is tried: no EAGAIN for the asking.
+            if reading && !from.readable.get() || !reading && !to.writable.get() {
+                return Poll::Pending;
+            }
             match &mut self.carrier {
                 Carrier::Idle => {
                     let Some(pipe) = pipe::take() else {
@@ -236,7 +247,7 @@ impl Direction {
                         }
                         Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                             pipe::give(pipe);
-                            ready!(from.poll_readable(cx))?;
+                            return from.read_blocked();
                         }
                         // Not spliceable (not a socket the kernel can splice).
                         Err(e) if e.raw_os_error() == Some(libc::EINVAL) && self.moved == 0 => {
@@ -264,7 +275,7 @@ impl Direction {
                             }
                         }
                         Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                            ready!(to.poll_writable(cx))?
+                            return to.write_blocked();
                         }
                         // The pipe still holds bytes: it is dropped, not pooled.
                         Err(e) => return Poll::Ready(Err(e)),
@@ -272,7 +283,7 @@ impl Direction {
                 }
                 Carrier::BufferIdle | Carrier::BufferOnce => {
                     let mut buffer = vec![0; CHUNK].into_boxed_slice();
-                    match retry(|| from.get_ref().read(&mut buffer)) {
+                    match retry(|| (&from.socket).read(&mut buffer)) {
                         Ok(0) => return Poll::Ready(Ok(())),
                         Ok(end) => {
                             self.carrier = Carrier::Buffer {
@@ -284,7 +295,7 @@ impl Direction {
                         }
                         // The buffer is dropped: idle connections hold none.
                         Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                            ready!(from.poll_readable(cx))?
+                            return from.read_blocked();
                         }
                         Err(e) => return Poll::Ready(Err(e)),
                     }
@@ -294,7 +305,7 @@ impl Direction {
                     start,
                     end,
                     again,
-                } => match retry(|| to.get_ref().write(&buffer[*start as usize..*end as usize])) {
+                } => match retry(|| (&to.socket).write(&buffer[*start as usize..*end as usize])) {
                     Ok(0) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
                     Ok(n) => {
                         self.moved += n as u64;
@@ -308,7 +319,7 @@ impl Direction {
                         }
                     }
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                        ready!(to.poll_writable(cx))?
+                        return to.write_blocked();
                     }
                     Err(e) => return Poll::Ready(Err(e)),
                 },
@@ -347,7 +358,7 @@ mod tests {
     #[test]
     fn relay_state_is_small() {
         let (a, b) = Socket::pair(socket2::Domain::UNIX, socket2::Type::STREAM, None).unwrap();
-        let relay = relay(Async::new(a).unwrap(), Async::new(b).unwrap(), None);
+        let relay = relay(a, b);
         assert!(
             std::mem::size_of_val(&relay) <= 256,
             "{} bytes",

@@ -333,8 +333,24 @@ impl Connection {
             self.entry.forget_sockets();
             return;
         };
-        let (totals, outcome) = relay::relay(client, backend, self.config.idle_timeout).await;
+        let ended = crate::engine::relay(client, backend, self.config.idle_timeout).await;
+        // The sockets close at the end of this function: out of the
+        // registry first.
         self.entry.forget_sockets();
+        let (totals, outcome) = match ended {
+            Ok(crate::engine::Ended {
+                totals,
+                outcome,
+                sockets,
+            }) => {
+                drop(sockets);
+                (totals, outcome)
+            }
+            Err(e) => {
+                crate::warn!("cannot relay a connection: {e}");
+                return;
+            }
+        };
         if let Some(debug) = debug {
             let (started, peer) = *debug;
             let how = match &outcome {
@@ -356,7 +372,7 @@ impl Connection {
 
     /// Admits the client, connects to CONNECT and sends the PROXY header:
     /// the two sockets to relay between, or `None` (the client is closed).
-    async fn open(&self, accepted: Accepted) -> Option<(Async<Socket>, Async<Socket>)> {
+    async fn open(&self, accepted: Accepted) -> Option<(Socket, Socket)> {
         let config = &self.config;
         let Accepted {
             socket,
@@ -415,12 +431,11 @@ impl Connection {
             );
             return None;
         }
-        // Accepted non-blocking (accept4), or made so for an inherited
-        // connection: no system call to set it again.
-        match Async::new_nonblocking(socket) {
-            Ok(client) => Some((client, backend)),
+        // The backend leaves the runtime's reactor for the engine's.
+        match backend.into_inner() {
+            Ok(backend) => Some((socket, backend)),
             Err(e) => {
-                crate::warn!("cannot register a client: {e}");
+                crate::warn!("cannot hand a connection over: {e}");
                 None
             }
         }

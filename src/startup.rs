@@ -97,7 +97,10 @@ fn run(config: Config) -> Result<(), Failure> {
     }
     // 5. Confine the process while it has a single thread.
     confine(&config)?;
-    // 6. Only now start the runtime's threads.
+    // 6. Only now start the other threads: the engine that moves the
+    //    bytes, then the runtime.
+    crate::engine::start()
+        .map_err(|e| Failure::Startup(format!("cannot start the relay engine: {e}")))?;
     let config = Rc::new(config);
     let signals = signals
         .into_async()

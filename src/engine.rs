@@ -1,0 +1,302 @@
+//! The thread that moves the bytes. Every relayed connection's two sockets
+//! are registered once with an epoll instance of this thread's own,
+//! edge-triggered, and the thread sleeps in one `epoll_wait` until
+//! something happens: per message, one wait and the splices themselves. The
+//! async runtime's reactor (one-shot registrations re-armed for every wait,
+//! a timerfd set for every sleep, a wake-up descriptor to drain) would add
+//! five system calls to each round trip (docs/bench.md).
+//!
+//! The accept loop, limits, connecting and the PROXY header stay on the
+//! runtime; a connection comes here once both sockets exist, and its task
+//! waits for it to end. The thread starts before the first accept (its
+//! descriptors do not compete with clients'), after the sandbox (it is
+//! confined like every other).
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
+use std::io;
+use std::os::fd::{AsFd, OwnedFd};
+use std::sync::mpsc;
+use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use rustix::event::epoll::{self, EventData, EventFlags};
+use socket2::Socket;
+
+use crate::relay::{self, Outcome, Relay, Totals};
+
+/// A connection for the engine, and where to say how it ended.
+struct Job {
+    relay: Relay,
+    idle_timeout: Option<Duration>,
+    done: async_channel::Sender<Ended>,
+}
+
+/// How a connection ended; the sockets come back to be closed by the task
+/// (which first takes them out of the registry of live connections).
+pub struct Ended {
+    pub totals: Totals,
+    pub outcome: Outcome,
+    pub sockets: (Socket, Socket),
+}
+
+/// The engine's inbox: jobs, and a descriptor that wakes it.
+struct Inbox {
+    jobs: Mutex<mpsc::Sender<Job>>,
+    wake: OwnedFd,
+}
+
+static INBOX: OnceLock<Inbox> = OnceLock::new();
+
+/// The event data of the wake-up descriptor; connections use their slot.
+const WAKE: u64 = u64::MAX;
+
+/// Relays between `client` and `backend` on the engine thread until the
+/// connection ends (`idle_timeout`: no byte either way for that long).
+pub async fn relay(
+    client: Socket,
+    backend: Socket,
+    idle_timeout: Option<Duration>,
+) -> io::Result<Ended> {
+    let inbox = INBOX
+        .get()
+        .ok_or_else(|| io::Error::other("the relay engine is not running"))?;
+    let (done, ended) = async_channel::bounded(1);
+    let job = Job {
+        relay: relay::relay(client, backend),
+        idle_timeout,
+        done,
+    };
+    inbox
+        .jobs
+        .lock()
+        .expect("not poisoned")
+        .send(job)
+        .map_err(|_| io::Error::other("the relay engine is gone"))?;
+    rustix::io::write(&inbox.wake, &1u64.to_ne_bytes())?;
+    ended
+        .recv()
+        .await
+        .map_err(|_| io::Error::other("the relay engine is gone"))
+}
+
+/// Starts the engine thread, once, before the first accept: its
+/// descriptors must not compete with clients'. Call after the sandbox, so
+/// that the thread is confined too.
+pub fn start() -> io::Result<()> {
+    if INBOX.get().is_some() {
+        return Ok(());
+    }
+    let _ = INBOX.set(spawn()?);
+    Ok(())
+}
+
+fn spawn() -> io::Result<Inbox> {
+    let epoll = epoll::create(epoll::CreateFlags::CLOEXEC)?;
+    let wake = rustix::event::eventfd(
+        0,
+        rustix::event::EventfdFlags::CLOEXEC | rustix::event::EventfdFlags::NONBLOCK,
+    )?;
+    epoll::add(&epoll, &wake, EventData::new_u64(WAKE), EventFlags::IN)?;
+    let (jobs, inbox) = mpsc::channel();
+    let wake_for_thread = wake.try_clone()?;
+    std::thread::Builder::new()
+        .name("relay-io".into())
+        .spawn(move || Engine::new(epoll, wake_for_thread, inbox).run())?;
+    Ok(Inbox {
+        jobs: Mutex::new(jobs),
+        wake,
+    })
+}
+
+/// One connection on the engine.
+struct Connection {
+    relay: Relay,
+    done: async_channel::Sender<Ended>,
+    idle: Option<Idle>,
+}
+
+/// `--idle-timeout`: the span, and when a byte last moved.
+struct Idle {
+    span: Duration,
+    last: Instant,
+    moved: u64,
+}
+
+struct Engine {
+    epoll: OwnedFd,
+    wake: OwnedFd,
+    inbox: mpsc::Receiver<Job>,
+    connections: HashMap<u64, Connection>,
+    next: u64,
+    /// Idle deadlines to check, earliest first (checked lazily: a deadline
+    /// whose connection moved bytes meanwhile is pushed again, later).
+    deadlines: BinaryHeap<Reverse<(Instant, u64)>>,
+}
+
+impl Engine {
+    fn new(epoll: OwnedFd, wake: OwnedFd, inbox: mpsc::Receiver<Job>) -> Engine {
+        Engine {
+            epoll,
+            wake,
+            inbox,
+            connections: HashMap::new(),
+            next: 0,
+            deadlines: BinaryHeap::new(),
+        }
+    }
+
+    fn run(mut self) {
+        let mut events: Vec<epoll::Event> = Vec::with_capacity(256);
+        loop {
+            let timeout = self.deadlines.peek().map(|Reverse((at, _))| {
+                let left = at.saturating_duration_since(Instant::now());
+                rustix::event::Timespec {
+                    tv_sec: left.as_secs() as i64,
+                    tv_nsec: left.subsec_nanos() as i64,
+                }
+            });
+            events.clear();
+            match epoll::wait(
+                &self.epoll,
+                rustix::buffer::spare_capacity(&mut events),
+                timeout.as_ref(),
+            ) {
+                Ok(_) => {}
+                Err(rustix::io::Errno::INTR) => continue,
+                Err(e) => {
+                    crate::error!("relay engine: epoll_wait failed: {e}");
+                    return;
+                }
+            }
+            for event in events.iter() {
+                let key = event.data.u64();
+                if key == WAKE {
+                    self.take_jobs();
+                    continue;
+                }
+                let (id, backend) = (key >> 1, key & 1 == 1);
+                let Some(connection) = self.connections.get_mut(&id) else {
+                    continue;
+                };
+                let flags = event.flags;
+                let trouble = flags.intersects(EventFlags::ERR | EventFlags::HUP);
+                let readable = trouble || flags.intersects(EventFlags::IN | EventFlags::RDHUP);
+                let writable = trouble || flags.contains(EventFlags::OUT);
+                let side = if backend {
+                    &connection.relay.backend
+                } else {
+                    &connection.relay.client
+                };
+                side.mark(readable, writable);
+                self.step(id);
+            }
+            self.check_deadlines();
+        }
+    }
+
+    /// Registers the connections the runtime handed over.
+    fn take_jobs(&mut self) {
+        let mut counter = [0u8; 8];
+        let _ = rustix::io::read(&self.wake, &mut counter);
+        while let Ok(job) = self.inbox.try_recv() {
+            let id = self.next;
+            self.next += 1;
+            let flags = EventFlags::IN | EventFlags::OUT | EventFlags::RDHUP | EventFlags::ET;
+            let registered = epoll::add(
+                &self.epoll,
+                job.relay.client.socket(),
+                EventData::new_u64(id << 1),
+                flags,
+            )
+            .and_then(|()| {
+                epoll::add(
+                    &self.epoll,
+                    job.relay.backend.socket(),
+                    EventData::new_u64(id << 1 | 1),
+                    flags,
+                )
+            });
+            let idle = job.idle_timeout.map(|span| {
+                self.deadlines.push(Reverse((Instant::now() + span, id)));
+                Idle {
+                    span,
+                    last: Instant::now(),
+                    moved: 0,
+                }
+            });
+            let connection = Connection {
+                relay: job.relay,
+                done: job.done,
+                idle,
+            };
+            if let Err(e) = registered {
+                connection.relay.abort();
+                self.connections.insert(id, connection);
+                self.finish(id, Outcome::Failed(e.into()));
+                continue;
+            }
+            self.connections.insert(id, connection);
+            // Bytes may have arrived before the registration: try at once.
+            self.step(id);
+        }
+    }
+
+    /// Moves what can move on one connection.
+    fn step(&mut self, id: u64) {
+        let Some(connection) = self.connections.get_mut(&id) else {
+            return;
+        };
+        let outcome = connection.relay.step();
+        if let Some(idle) = &mut connection.idle {
+            let moved = connection.relay.moved();
+            if moved != idle.moved {
+                idle.moved = moved;
+                idle.last = Instant::now();
+            }
+        }
+        if let Some(outcome) = outcome {
+            self.finish(id, outcome);
+        }
+    }
+
+    /// Closes connections that stayed idle past their `--idle-timeout`.
+    fn check_deadlines(&mut self) {
+        let now = Instant::now();
+        while let Some(Reverse((at, id))) = self.deadlines.peek().copied() {
+            if at > now {
+                return;
+            }
+            self.deadlines.pop();
+            let Some(connection) = self.connections.get(&id) else {
+                continue;
+            };
+            let Some(idle) = &connection.idle else {
+                continue;
+            };
+            let due = idle.last + idle.span;
+            if due > now {
+                self.deadlines.push(Reverse((due, id)));
+            } else {
+                self.finish(id, Outcome::Idle);
+            }
+        }
+    }
+
+    /// Deregisters a connection and hands its sockets back.
+    fn finish(&mut self, id: u64, outcome: Outcome) {
+        let Some(connection) = self.connections.remove(&id) else {
+            return;
+        };
+        let relay = connection.relay;
+        let _ = epoll::delete(&self.epoll, relay.client.socket().as_fd());
+        let _ = epoll::delete(&self.epoll, relay.backend.socket().as_fd());
+        let totals = relay.totals();
+        let sockets = relay.into_sockets();
+        let _ = connection.done.try_send(Ended {
+            totals,
+            outcome,
+            sockets,
+        });
+    }
+}
