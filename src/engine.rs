@@ -13,11 +13,11 @@
 //! confined like every other).
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap};
+use std::collections::BinaryHeap;
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
-use std::sync::mpsc;
-use std::sync::{Mutex, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock, mpsc};
+use std::task::{Poll, Waker};
 use std::time::{Duration, Instant};
 
 use rustix::event::epoll::{self, EventData, EventFlags};
@@ -29,7 +29,41 @@ use crate::relay::{self, Outcome, Relay, Totals};
 struct Job {
     relay: Relay,
     idle_timeout: Option<Duration>,
-    done: async_channel::Sender<Ended>,
+    done: Done,
+}
+
+/// Where the engine puts how a connection ended, and the waker of the task
+/// that waits for it: one small allocation per connection.
+struct Done(Arc<Mutex<Completion>>);
+
+#[derive(Default)]
+struct Completion {
+    ended: Option<Ended>,
+    waker: Option<Waker>,
+    /// The engine let go without an answer (its thread is gone).
+    abandoned: bool,
+}
+
+impl Done {
+    fn complete(self, ended: Ended) {
+        let mut completion = self.0.lock().expect("not poisoned");
+        completion.ended = Some(ended);
+        if let Some(waker) = completion.waker.take() {
+            waker.wake();
+        }
+    }
+}
+
+impl Drop for Done {
+    fn drop(&mut self) {
+        let mut completion = self.0.lock().expect("not poisoned");
+        if completion.ended.is_none() {
+            completion.abandoned = true;
+            if let Some(waker) = completion.waker.take() {
+                waker.wake();
+            }
+        }
+    }
 }
 
 /// How a connection ended; the sockets come back to be closed by the task
@@ -48,8 +82,35 @@ struct Inbox {
 
 static INBOX: OnceLock<Inbox> = OnceLock::new();
 
-/// The event data of the wake-up descriptor; connections use their slot.
+/// The event data of the wake-up descriptor; a connection's sockets carry
+/// its [`Key`] and which side they are.
 const WAKE: u64 = u64::MAX;
+
+/// A connection's slot and generation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+struct Key {
+    slot: u32,
+    generation: u32,
+}
+
+impl Key {
+    fn event_data(self, backend: bool) -> EventData {
+        EventData::new_u64(
+            (u64::from(self.slot) << 32 | u64::from(self.generation)) << 1 | u64::from(backend),
+        )
+    }
+
+    fn from_event_data(data: u64) -> (Key, bool) {
+        let key = data >> 1;
+        (
+            Key {
+                slot: (key >> 32) as u32,
+                generation: key as u32 & 0x7fff_ffff,
+            },
+            data & 1 == 1,
+        )
+    }
+}
 
 /// Relays between `client` and `backend` on the engine thread until the
 /// connection ends (`idle_timeout`: no byte either way for that long).
@@ -61,11 +122,11 @@ pub async fn relay(
     let inbox = INBOX
         .get()
         .ok_or_else(|| io::Error::other("the relay engine is not running"))?;
-    let (done, ended) = async_channel::bounded(1);
+    let completion = Arc::new(Mutex::new(Completion::default()));
     let job = Job {
         relay: relay::relay(client, backend),
         idle_timeout,
-        done,
+        done: Done(completion.clone()),
     };
     inbox
         .jobs
@@ -74,10 +135,18 @@ pub async fn relay(
         .send(job)
         .map_err(|_| io::Error::other("the relay engine is gone"))?;
     rustix::io::write(&inbox.wake, &1u64.to_ne_bytes())?;
-    ended
-        .recv()
-        .await
-        .map_err(|_| io::Error::other("the relay engine is gone"))
+    futures_lite::future::poll_fn(|cx| {
+        let mut state = completion.lock().expect("not poisoned");
+        if let Some(ended) = state.ended.take() {
+            return Poll::Ready(Ok(ended));
+        }
+        if state.abandoned {
+            return Poll::Ready(Err(io::Error::other("the relay engine is gone")));
+        }
+        state.waker = Some(cx.waker().clone());
+        Poll::Pending
+    })
+    .await
 }
 
 /// Starts the engine thread, once, before the first accept: its
@@ -112,8 +181,11 @@ fn spawn() -> io::Result<Inbox> {
 /// One connection on the engine.
 struct Connection {
     relay: Relay,
-    done: async_channel::Sender<Ended>,
-    idle: Option<Idle>,
+    done: Done,
+    /// Boxed: most connections have no idle timeout.
+    idle: Option<Box<Idle>>,
+    /// Tells this connection from an earlier one in the same slot.
+    generation: u32,
 }
 
 /// `--idle-timeout`: the span, and when a byte last moved.
@@ -127,11 +199,13 @@ struct Engine {
     epoll: OwnedFd,
     wake: OwnedFd,
     inbox: mpsc::Receiver<Job>,
-    connections: HashMap<u64, Connection>,
-    next: u64,
+    /// By slot; boxed, so that a free slot costs a pointer.
+    connections: Vec<Option<Box<Connection>>>,
+    free: Vec<u32>,
+    generation: u32,
     /// Idle deadlines to check, earliest first (checked lazily: a deadline
     /// whose connection moved bytes meanwhile is pushed again, later).
-    deadlines: BinaryHeap<Reverse<(Instant, u64)>>,
+    deadlines: BinaryHeap<Reverse<(Instant, Key)>>,
 }
 
 impl Engine {
@@ -140,8 +214,9 @@ impl Engine {
             epoll,
             wake,
             inbox,
-            connections: HashMap::new(),
-            next: 0,
+            connections: Vec::new(),
+            free: Vec::new(),
+            generation: 0,
             deadlines: BinaryHeap::new(),
         }
     }
@@ -175,8 +250,8 @@ impl Engine {
                     self.take_jobs();
                     continue;
                 }
-                let (id, backend) = (key >> 1, key & 1 == 1);
-                let Some(connection) = self.connections.get_mut(&id) else {
+                let (id, backend) = Key::from_event_data(key);
+                let Some(connection) = self.get(id) else {
                     continue;
                 };
                 let flags = event.flags;
@@ -200,51 +275,71 @@ impl Engine {
         let mut counter = [0u8; 8];
         let _ = rustix::io::read(&self.wake, &mut counter);
         while let Ok(job) = self.inbox.try_recv() {
-            let id = self.next;
-            self.next += 1;
+            // 31 bits: the generation shares the event data with the slot.
+            self.generation = self.generation.wrapping_add(1) & 0x7fff_ffff;
+            let slot = match self.free.pop() {
+                Some(slot) => slot,
+                None => {
+                    self.connections.push(None);
+                    (self.connections.len() - 1) as u32
+                }
+            };
+            let id = Key {
+                slot,
+                generation: self.generation,
+            };
             let flags = EventFlags::IN | EventFlags::OUT | EventFlags::RDHUP | EventFlags::ET;
             let registered = epoll::add(
                 &self.epoll,
                 job.relay.client.socket(),
-                EventData::new_u64(id << 1),
+                id.event_data(false),
                 flags,
             )
             .and_then(|()| {
                 epoll::add(
                     &self.epoll,
                     job.relay.backend.socket(),
-                    EventData::new_u64(id << 1 | 1),
+                    id.event_data(true),
                     flags,
                 )
             });
             let idle = job.idle_timeout.map(|span| {
                 self.deadlines.push(Reverse((Instant::now() + span, id)));
-                Idle {
+                Box::new(Idle {
                     span,
                     last: Instant::now(),
                     moved: 0,
-                }
+                })
             });
-            let connection = Connection {
+            self.connections[slot as usize] = Some(Box::new(Connection {
                 relay: job.relay,
                 done: job.done,
                 idle,
-            };
+                generation: id.generation,
+            }));
             if let Err(e) = registered {
-                connection.relay.abort();
-                self.connections.insert(id, connection);
+                if let Some(connection) = self.get(id) {
+                    connection.relay.abort();
+                }
                 self.finish(id, Outcome::Failed(e.into()));
                 continue;
             }
-            self.connections.insert(id, connection);
             // Bytes may have arrived before the registration: try at once.
             self.step(id);
         }
     }
 
+    /// The live connection with this key.
+    fn get(&mut self, id: Key) -> Option<&mut Connection> {
+        self.connections
+            .get_mut(id.slot as usize)?
+            .as_deref_mut()
+            .filter(|c| c.generation == id.generation)
+    }
+
     /// Moves what can move on one connection.
-    fn step(&mut self, id: u64) {
-        let Some(connection) = self.connections.get_mut(&id) else {
+    fn step(&mut self, id: Key) {
+        let Some(connection) = self.get(id) else {
             return;
         };
         let outcome = connection.relay.step();
@@ -268,7 +363,7 @@ impl Engine {
                 return;
             }
             self.deadlines.pop();
-            let Some(connection) = self.connections.get(&id) else {
+            let Some(connection) = self.get(id) else {
                 continue;
             };
             let Some(idle) = &connection.idle else {
@@ -284,16 +379,21 @@ impl Engine {
     }
 
     /// Deregisters a connection and hands its sockets back.
-    fn finish(&mut self, id: u64, outcome: Outcome) {
-        let Some(connection) = self.connections.remove(&id) else {
+    fn finish(&mut self, id: Key, outcome: Outcome) {
+        if self.get(id).is_none() {
+            return;
+        }
+        let Some(connection) = self.connections[id.slot as usize].take() else {
             return;
         };
+        self.free.push(id.slot);
+        let connection = *connection;
         let relay = connection.relay;
         let _ = epoll::delete(&self.epoll, relay.client.socket().as_fd());
         let _ = epoll::delete(&self.epoll, relay.backend.socket().as_fd());
         let totals = relay.totals();
         let sockets = relay.into_sockets();
-        let _ = connection.done.try_send(Ended {
+        connection.done.complete(Ended {
             totals,
             outcome,
             sockets,
