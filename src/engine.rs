@@ -82,6 +82,12 @@ struct Inbox {
 
 static INBOX: OnceLock<Inbox> = OnceLock::new();
 
+/// The events every socket is watched for: readable (and the peer's end of
+/// sending), edge-triggered.
+fn read_events() -> EventFlags {
+    EventFlags::IN | EventFlags::RDHUP | EventFlags::ET
+}
+
 /// The event data of the wake-up descriptor; a connection's sockets carry
 /// its [`Key`] and which side they are.
 const WAKE: u64 = u64::MAX;
@@ -288,7 +294,9 @@ impl Engine {
                 slot,
                 generation: self.generation,
             };
-            let flags = EventFlags::IN | EventFlags::OUT | EventFlags::RDHUP | EventFlags::ET;
+            // Writability is watched only while a write is blocked (see
+            // `Edge::write_watch_change`): most of the time nothing is.
+            let flags = read_events();
             let registered = epoll::add(
                 &self.epoll,
                 job.relay.client.socket(),
@@ -339,10 +347,30 @@ impl Engine {
 
     /// Moves what can move on one connection.
     fn step(&mut self, id: Key) {
-        let Some(connection) = self.get(id) else {
+        let epoll = &self.epoll;
+        let Some(connection) = self
+            .connections
+            .get_mut(id.slot as usize)
+            .and_then(|c| c.as_deref_mut().filter(|c| c.generation == id.generation))
+        else {
             return;
         };
-        let outcome = connection.relay.step();
+        let mut outcome = connection.relay.step();
+        for (side, backend) in [
+            (&connection.relay.client, false),
+            (&connection.relay.backend, true),
+        ] {
+            if let Some(watch) = side.write_watch_change() {
+                let flags = if watch {
+                    read_events() | EventFlags::OUT
+                } else {
+                    read_events()
+                };
+                if let Err(e) = epoll::modify(epoll, side.socket(), id.event_data(backend), flags) {
+                    outcome.get_or_insert(Outcome::Failed(e.into()));
+                }
+            }
+        }
         if let Some(idle) = &mut connection.idle {
             let moved = connection.relay.moved();
             if moved != idle.moved {

@@ -57,6 +57,10 @@ pub struct Edge {
     socket: Socket,
     readable: Cell<bool>,
     writable: Cell<bool>,
+    /// Whether the engine watches this socket for writability: only while
+    /// a write is blocked, so that a socket being drained by its peer does
+    /// not wake the engine for every read the peer makes.
+    watching_writes: Cell<bool>,
 }
 
 impl Edge {
@@ -66,6 +70,7 @@ impl Edge {
             socket,
             readable: Cell::new(true),
             writable: Cell::new(true),
+            watching_writes: Cell::new(false),
         }
     }
 
@@ -82,6 +87,13 @@ impl Edge {
         if writable {
             self.writable.set(true);
         }
+    }
+
+    /// `Some(watch)` when the engine should start (true) or stop (false)
+    /// watching this socket for writability.
+    pub fn write_watch_change(&self) -> Option<bool> {
+        let want = !self.writable.get();
+        (want != self.watching_writes.replace(want)).then_some(want)
     }
 
     /// The socket is drained: wait for the next edge.
