@@ -96,18 +96,26 @@ impl fmt::Display for Target {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Target::Tcp {
-                host: TargetHost::Ip(IpAddr::V6(ip)),
-                port,
-            } => write!(f, "[{ip}]:{port}"),
-            Target::Tcp {
                 host: TargetHost::Ip(ip),
                 port,
-            } => write!(f, "{ip}:{port}"),
+            } => write!(f, "{}:{port}", Bracketed(ip)),
             Target::Tcp {
                 host: TargetHost::Name(name),
                 port,
             } => write!(f, "{name}:{port}"),
             Target::Unix(address) => write!(f, "{address}"),
+        }
+    }
+}
+
+/// An IP address as it stands before `:PORT`: IPv6 in brackets.
+struct Bracketed<'a>(&'a IpAddr);
+
+impl fmt::Display for Bracketed<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            IpAddr::V6(ip) => write!(f, "[{ip}]"),
+            IpAddr::V4(ip) => write!(f, "{ip}"),
         }
     }
 }
@@ -366,13 +374,9 @@ impl fmt::Display for Endpoint {
                 port,
             } => write!(f, ":{port}"),
             Endpoint::Tcp {
-                host: Host::Ip(IpAddr::V6(ip)),
-                port,
-            } => write!(f, "[{ip}]:{port}"),
-            Endpoint::Tcp {
                 host: Host::Ip(ip),
                 port,
-            } => write!(f, "{ip}:{port}"),
+            } => write!(f, "{}:{port}", Bracketed(ip)),
             Endpoint::Tcp {
                 host: Host::Name(name),
                 port,

@@ -197,6 +197,12 @@ fn set_name(set: CapSet) -> &'static str {
 /// ABI's rights are asked for as a hard requirement in a ruleset that is
 /// never enforced. 0 without Landlock.
 pub fn kernel_abi() -> i32 {
+    // Asked once: start-up checks it for --sandbox strict and again to apply.
+    static ABI_IN_EFFECT: std::sync::OnceLock<i32> = std::sync::OnceLock::new();
+    *ABI_IN_EFFECT.get_or_init(probe_abi)
+}
+
+fn probe_abi() -> i32 {
     let cap = std::env::var(ABI_MAX_VARIABLE)
         .ok()
         .and_then(|v| v.parse::<i32>().ok())
