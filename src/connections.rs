@@ -31,11 +31,20 @@ struct Registry {
     peak: Cell<usize>,
     /// When the last connection ended (or the relay started).
     idle_since: Cell<Instant>,
+    /// Connections not yet relaying (being admitted, connecting).
+    opening: Cell<usize>,
     /// The sockets of each live connection, by slot; `None` marks a free slot.
-    slots: RefCell<Vec<Option<[Option<RawFd>; 2]>>>,
+    slots: RefCell<Vec<Option<Slot>>>,
     free: RefCell<Vec<usize>>,
     /// Tasks waiting for the relay to become idle.
     waiting: RefCell<Vec<Waker>>,
+}
+
+/// What the registry knows of one connection.
+struct Slot {
+    sockets: [Option<RawFd>; 2],
+    /// Handed to the engine (no longer counted as opening).
+    relaying: bool,
 }
 
 /// One live connection; dropped when its task ends.
@@ -52,6 +61,7 @@ impl Connections {
             unreached: Cell::new(0),
             peak: Cell::new(0),
             idle_since: Cell::new(Instant::now()),
+            opening: Cell::new(0),
             slots: RefCell::new(Vec::new()),
             free: RefCell::new(Vec::new()),
             waiting: RefCell::new(Vec::new()),
@@ -65,7 +75,11 @@ impl Connections {
         registry.active.set(active);
         registry.total.set(registry.total.get() + 1);
         registry.peak.set(registry.peak.get().max(active));
-        let sockets = Some([Some(client), None]);
+        registry.opening.set(registry.opening.get() + 1);
+        let sockets = Some(Slot {
+            sockets: [Some(client), None],
+            relaying: false,
+        });
         let mut slots = registry.slots.borrow_mut();
         let slot = match registry.free.borrow_mut().pop() {
             Some(slot) => {
@@ -96,6 +110,11 @@ impl Connections {
     /// Connections that ended without reaching CONNECT.
     pub(crate) fn unreached(&self) -> u64 {
         self.0.unreached.get()
+    }
+
+    /// Connections accepted but not yet relaying.
+    pub(crate) fn opening(&self) -> usize {
+        self.0.opening.get()
     }
 
     /// Resolves once no connection is open.
@@ -132,8 +151,8 @@ impl Connections {
     /// have no reset; their peer sees ECONNRESET only if it had sent bytes
     /// the relay did not read, and otherwise an end of stream.)
     pub(crate) fn abort_all(&self) {
-        for sockets in self.0.slots.borrow().iter().flatten() {
-            for fd in sockets.iter().flatten() {
+        for slot in self.0.slots.borrow().iter().flatten() {
+            for fd in slot.sockets.iter().flatten() {
                 // SAFETY: the descriptor belongs to a live connection: its
                 // entry forgets it before the socket is closed (see
                 // `Entry::forget_sockets`), and the registry is only used
@@ -148,15 +167,25 @@ impl Connections {
 impl Entry {
     /// Records the connection's socket towards CONNECT.
     pub(crate) fn set_backend(&self, backend: RawFd) {
-        if let Some(sockets) = &mut self.registry.slots.borrow_mut()[self.slot] {
-            sockets[1] = Some(backend);
+        if let Some(slot) = &mut self.registry.slots.borrow_mut()[self.slot] {
+            slot.sockets[1] = Some(backend);
+        }
+    }
+
+    /// The connection goes to the engine: it is no longer opening.
+    pub(crate) fn relaying(&self) {
+        if let Some(slot) = &mut self.registry.slots.borrow_mut()[self.slot]
+            && !std::mem::replace(&mut slot.relaying, true)
+        {
+            let opening = &self.registry.opening;
+            opening.set(opening.get() - 1);
         }
     }
 
     /// Forgets the sockets, which are about to be closed.
     pub(crate) fn forget_sockets(&self) {
-        if let Some(sockets) = &mut self.registry.slots.borrow_mut()[self.slot] {
-            *sockets = [None, None];
+        if let Some(slot) = &mut self.registry.slots.borrow_mut()[self.slot] {
+            slot.sockets = [None, None];
         }
     }
 
@@ -169,6 +198,7 @@ impl Entry {
 
 impl Drop for Entry {
     fn drop(&mut self) {
+        self.relaying();
         let registry = &self.registry;
         registry.slots.borrow_mut()[self.slot] = None;
         registry.free.borrow_mut().push(self.slot);

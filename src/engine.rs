@@ -23,13 +23,34 @@ use std::time::{Duration, Instant};
 use rustix::event::epoll::{self, EventData, EventFlags};
 use socket2::Socket;
 
-use crate::relay::{self, Outcome, Relay, Totals};
+use crate::relay::{Outcome, Relay, Totals};
+
+/// What the engine is asked to do.
+enum Command {
+    /// Relay a connection.
+    Relay(Job),
+    /// Stop moving bytes and hand every connection back (`crate::handover`).
+    HandOver(async_channel::Sender<Vec<Taken>>),
+}
 
 /// A connection for the engine, and where to say how it ended.
 struct Job {
     relay: Relay,
     idle_timeout: Option<Duration>,
+    /// When the connection began (for a connection handed over by another
+    /// instance, before this one started).
+    started: Instant,
+    /// When a byte last moved (likewise).
+    last_moved: Instant,
     done: Done,
+}
+
+/// A connection taken off the engine for the next instance.
+pub struct Taken {
+    pub relay: Relay,
+    pub started: Instant,
+    /// When a byte last moved, where the engine kept track (`--idle-timeout`).
+    pub last_moved: Option<Instant>,
 }
 
 /// Where the engine puts how a connection ended, and the waker of the task
@@ -67,16 +88,17 @@ impl Drop for Done {
 }
 
 /// How a connection ended; the sockets come back to be closed by the task
-/// (which first takes them out of the registry of live connections).
+/// (which first takes them out of the registry of live connections), unless
+/// the connection was handed over.
 pub struct Ended {
     pub totals: Totals,
     pub outcome: Outcome,
-    pub sockets: (Socket, Socket),
+    pub sockets: Option<(Socket, Socket)>,
 }
 
 /// The engine's inbox: jobs, and a descriptor that wakes it.
 struct Inbox {
-    jobs: Mutex<mpsc::Sender<Job>>,
+    jobs: Mutex<mpsc::Sender<Command>>,
     wake: OwnedFd,
 }
 
@@ -118,29 +140,23 @@ impl Key {
     }
 }
 
-/// Relays between `client` and `backend` on the engine thread until the
-/// connection ends (`idle_timeout`: no byte either way for that long).
+/// Relays a connection on the engine thread until it ends
+/// (`idle_timeout`: no byte either way for that long, counted from
+/// `last_moved`), or is handed over.
 pub async fn relay(
-    client: Socket,
-    backend: Socket,
+    relay: Relay,
+    started: Instant,
+    last_moved: Instant,
     idle_timeout: Option<Duration>,
 ) -> io::Result<Ended> {
-    let inbox = INBOX
-        .get()
-        .ok_or_else(|| io::Error::other("the relay engine is not running"))?;
     let completion = Arc::new(Mutex::new(Completion::default()));
-    let job = Job {
-        relay: relay::relay(client, backend),
+    send(Command::Relay(Job {
+        relay,
         idle_timeout,
+        started,
+        last_moved,
         done: Done(completion.clone()),
-    };
-    inbox
-        .jobs
-        .lock()
-        .expect("not poisoned")
-        .send(job)
-        .map_err(|_| io::Error::other("the relay engine is gone"))?;
-    rustix::io::write(&inbox.wake, &1u64.to_ne_bytes())?;
+    }))?;
     futures_lite::future::poll_fn(|cx| {
         let mut state = completion.lock().expect("not poisoned");
         if let Some(ended) = state.ended.take() {
@@ -153,6 +169,31 @@ pub async fn relay(
         Poll::Pending
     })
     .await
+}
+
+/// Stops moving bytes and takes every connection off the engine, with
+/// what it has in flight; their tasks learn [`Outcome::HandedOver`].
+pub async fn hand_over() -> io::Result<Vec<Taken>> {
+    let (sender, receiver) = async_channel::bounded(1);
+    send(Command::HandOver(sender))?;
+    receiver
+        .recv()
+        .await
+        .map_err(|_| io::Error::other("the relay engine is gone"))
+}
+
+fn send(command: Command) -> io::Result<()> {
+    let inbox = INBOX
+        .get()
+        .ok_or_else(|| io::Error::other("the relay engine is not running"))?;
+    inbox
+        .jobs
+        .lock()
+        .expect("not poisoned")
+        .send(command)
+        .map_err(|_| io::Error::other("the relay engine is gone"))?;
+    rustix::io::write(&inbox.wake, &1u64.to_ne_bytes())?;
+    Ok(())
 }
 
 /// Starts the engine thread, once, before the first accept: its
@@ -188,6 +229,7 @@ fn spawn() -> io::Result<Inbox> {
 struct Connection {
     relay: Relay,
     done: Done,
+    started: Instant,
     /// Boxed: most connections have no idle timeout.
     idle: Option<Box<Idle>>,
     /// Tells this connection from an earlier one in the same slot.
@@ -204,7 +246,7 @@ struct Idle {
 struct Engine {
     epoll: OwnedFd,
     wake: OwnedFd,
-    inbox: mpsc::Receiver<Job>,
+    inbox: mpsc::Receiver<Command>,
     /// By slot; boxed, so that a free slot costs a pointer.
     connections: Vec<Option<Box<Connection>>>,
     free: Vec<u32>,
@@ -215,7 +257,7 @@ struct Engine {
 }
 
 impl Engine {
-    fn new(epoll: OwnedFd, wake: OwnedFd, inbox: mpsc::Receiver<Job>) -> Engine {
+    fn new(epoll: OwnedFd, wake: OwnedFd, inbox: mpsc::Receiver<Command>) -> Engine {
         Engine {
             epoll,
             wake,
@@ -280,7 +322,14 @@ impl Engine {
     fn take_jobs(&mut self) {
         let mut counter = [0u8; 8];
         let _ = rustix::io::read(&self.wake, &mut counter);
-        while let Ok(job) = self.inbox.try_recv() {
+        while let Ok(command) = self.inbox.try_recv() {
+            let job = match command {
+                Command::Relay(job) => job,
+                Command::HandOver(reply) => {
+                    let _ = reply.send_blocking(self.hand_over());
+                    continue;
+                }
+            };
             // 31 bits: the generation shares the event data with the slot.
             self.generation = self.generation.wrapping_add(1) & 0x7fff_ffff;
             let slot = match self.free.pop() {
@@ -312,16 +361,17 @@ impl Engine {
                 )
             });
             let idle = job.idle_timeout.map(|span| {
-                self.deadlines.push(Reverse((Instant::now() + span, id)));
+                self.deadlines.push(Reverse((job.last_moved + span, id)));
                 Box::new(Idle {
                     span,
-                    last: Instant::now(),
-                    moved: 0,
+                    last: job.last_moved,
+                    moved: job.relay.moved(),
                 })
             });
             self.connections[slot as usize] = Some(Box::new(Connection {
                 relay: job.relay,
                 done: job.done,
+                started: job.started,
                 idle,
                 generation: id.generation,
             }));
@@ -408,23 +458,55 @@ impl Engine {
 
     /// Deregisters a connection and hands its sockets back.
     fn finish(&mut self, id: Key, outcome: Outcome) {
-        if self.get(id).is_none() {
-            return;
-        }
-        let Some(connection) = self.connections[id.slot as usize].take() else {
+        let Some(connection) = self.remove(id) else {
             return;
         };
-        self.free.push(id.slot);
-        let connection = *connection;
         let relay = connection.relay;
-        let _ = epoll::delete(&self.epoll, relay.client.socket().as_fd());
-        let _ = epoll::delete(&self.epoll, relay.backend.socket().as_fd());
         let totals = relay.totals();
-        let sockets = relay.into_sockets();
+        let sockets = Some(relay.into_sockets());
         connection.done.complete(Ended {
             totals,
             outcome,
             sockets,
         });
+    }
+
+    /// Takes a connection off the engine.
+    fn remove(&mut self, id: Key) -> Option<Connection> {
+        self.get(id)?;
+        let connection = *self.connections[id.slot as usize].take()?;
+        self.free.push(id.slot);
+        let relay = &connection.relay;
+        let _ = epoll::delete(&self.epoll, relay.client.socket().as_fd());
+        let _ = epoll::delete(&self.epoll, relay.backend.socket().as_fd());
+        Some(connection)
+    }
+
+    /// Takes every connection off the engine, as it stands, for the next
+    /// instance; the tasks waiting for them learn that they were handed
+    /// over.
+    fn hand_over(&mut self) -> Vec<Taken> {
+        let keys: Vec<Key> = (0..self.connections.len() as u32)
+            .filter_map(|slot| {
+                let generation = self.connections[slot as usize].as_ref()?.generation;
+                Some(Key { slot, generation })
+            })
+            .collect();
+        self.deadlines.clear();
+        keys.into_iter()
+            .filter_map(|id| self.remove(id))
+            .map(|connection| {
+                connection.done.complete(Ended {
+                    totals: connection.relay.totals(),
+                    outcome: Outcome::HandedOver,
+                    sockets: None,
+                });
+                Taken {
+                    last_moved: connection.idle.map(|idle| idle.last),
+                    relay: connection.relay,
+                    started: connection.started,
+                }
+            })
+            .collect()
     }
 }

@@ -11,6 +11,8 @@
 //! - `relay`: one connection's data path; `pipe`: pipes and splice;
 //!   `connector`: reaching CONNECT; `resolver`: the name resolution helper;
 //! - `listener`: binding, inheriting, stale sockets, socket-file removal;
+//!   `handover`: live connections to and from systemd's file descriptor
+//!   store;
 //! - `sandbox`: the policy and its enforcement; `notify`: sd_notify;
 //!   `shutdown`: signals; `runtime`: everything async-std;
 //! - `cli` (parsing, `completions`) into `config`; `identity` and `peer`:
@@ -25,6 +27,7 @@ mod connector;
 pub mod endpoint;
 mod engine;
 mod failure;
+mod handover;
 mod identity;
 mod listener;
 pub mod log;

@@ -26,6 +26,8 @@ pub struct Listener {
     pub address: String,
     /// The socket file this relay created, removed when the listener is dropped.
     file: Option<SocketFile>,
+    /// Adopted from systemd's file descriptor store, where it stays.
+    pub from_store: bool,
 }
 
 /// What LISTEN gave: sockets to serve, or one already accepted connection
@@ -117,6 +119,7 @@ impl Listener {
             socket,
             address,
             file,
+            from_store: false,
         })
     }
 
@@ -347,6 +350,11 @@ fn inherit_systemd(name: Option<&str>) -> Result<Opened, Failure> {
                 .into(),
         ));
     }
+    // A stored connection is not a socket to listen on (crate::handover).
+    let passed: Vec<(RawFd, String)> = passed
+        .into_iter()
+        .filter(|(_, n)| !crate::handover::is_connection_name(n))
+        .collect();
     let chosen: Vec<(RawFd, String)> = match name {
         None => passed,
         Some(wanted) => passed.into_iter().filter(|(_, n)| n == wanted).collect(),
@@ -448,7 +456,12 @@ fn adopt_stored(endpoint: &Endpoint) -> Result<Option<Listeners>, Failure> {
     };
     let listeners = found
         .into_iter()
-        .map(|socket| Listener::new(socket, None))
+        .map(|socket| {
+            Listener::new(socket, None).map(|listener| Listener {
+                from_store: true,
+                ..listener
+            })
+        })
         .collect::<Result<Vec<_>, _>>()?;
     for listener in &listeners {
         crate::info!(
@@ -464,7 +477,7 @@ fn adopt_stored(endpoint: &Endpoint) -> Result<Option<Listeners>, Failure> {
 /// `LISTEN_PID`, when set, must be this process (the variables may have
 /// been meant for a parent); without it the sockets are taken, as the
 /// listenfd crate does for systemfd `--no-pid`.
-fn passed_sockets() -> Result<Vec<(RawFd, String)>, String> {
+pub fn passed_sockets() -> Result<Vec<(RawFd, String)>, String> {
     const FIRST: RawFd = 3;
     let Ok(count) = std::env::var("LISTEN_FDS") else {
         return Ok(Vec::new());
@@ -475,7 +488,7 @@ fn passed_sockets() -> Result<Vec<(RawFd, String)>, String> {
         return Ok(Vec::new());
     }
     let count = crate::endpoint::parse_number::<RawFd>(&count)
-        .filter(|n| *n <= 4096)
+        .filter(|n| *n <= 1 << 20)
         .ok_or_else(|| format!("LISTEN_FDS='{count}' is not a count of descriptors"))?;
     let names: Vec<String> = match std::env::var("LISTEN_FDNAMES") {
         Ok(names) => names.split(':').map(str::to_owned).collect(),

@@ -11,9 +11,10 @@
 //! room instead of stalling the relay.
 
 use std::io;
+use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::sync::OnceLock;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_io::{Async, Timer};
 use sd_notify::NotifyState;
@@ -22,8 +23,8 @@ use socket2::{Domain, SockAddr, Socket, Type};
 /// How often `STATUS=` may change (systemd shows it in `systemctl status`).
 const STATUS_INTERVAL: Duration = Duration::from_secs(1);
 
-/// The connected notification socket, until the sending task takes it.
-static SOCKET: OnceLock<std::sync::Mutex<Option<Socket>>> = OnceLock::new();
+/// The connected notification socket (the sending task has a duplicate).
+static SOCKET: OnceLock<Socket> = OnceLock::new();
 /// Messages for the sending task.
 static QUEUE: OnceLock<async_channel::Sender<String>> = OnceLock::new();
 
@@ -45,7 +46,7 @@ pub fn connect() {
     })();
     match connected {
         Ok(socket) => {
-            let _ = SOCKET.set(std::sync::Mutex::new(Some(socket)));
+            let _ = SOCKET.set(socket);
         }
         Err(e) => crate::warn!(
             "cannot connect to NOTIFY_SOCKET {}: {e}; systemd will not hear from the relay",
@@ -55,38 +56,93 @@ pub fn connect() {
 }
 
 /// Hands `fds` to systemd's file descriptor store (`FDSTORE=1`) under
-/// `name`, at once (before the runtime starts). systemd refuses silently
-/// when the unit has no store (`FileDescriptorStoreMax=0`).
-pub fn store(name: &str, fds: &[std::os::fd::BorrowedFd<'_>]) -> io::Result<()> {
+/// `name`, at once. systemd refuses silently when the unit has no store
+/// (`FileDescriptorStoreMax=0`).
+pub fn store(name: &str, fds: &[BorrowedFd<'_>]) -> io::Result<()> {
+    let text = format!("FDSTORE=1\nFDNAME={name}\n");
+    send_now(&text, fds, Instant::now() + Duration::from_secs(1))
+}
+
+/// Stores one descriptor of a live connection: systemd must not drop it
+/// when its peer hangs up (`FDPOLL=0`), the next instance sees to that.
+pub fn store_connection(name: &str, fd: BorrowedFd<'_>, deadline: Instant) -> io::Result<()> {
+    let text = format!("FDSTORE=1\nFDPOLL=0\nFDNAME={name}\n");
+    send_now(&text, &[fd], deadline)
+}
+
+/// Waits until systemd has read every message sent before
+/// (`BARRIER=1`: it closes the descriptor that comes with it).
+pub fn barrier(deadline: Instant) -> io::Result<()> {
+    use rustix::event::{PollFd, PollFlags};
+    let (read, write) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)?;
+    send_now("BARRIER=1\n", &[write.as_fd()], deadline)?;
+    drop(write);
+    let mut fds = [PollFd::new(&read, PollFlags::IN)];
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(io::ErrorKind::TimedOut.into());
+        }
+        let timeout = rustix::event::Timespec::try_from(left).ok();
+        match rustix::event::poll(&mut fds, timeout.as_ref()) {
+            Ok(0) | Err(rustix::io::Errno::INTR) => {}
+            Ok(_) => return Ok(()),
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// Drops a name from the store: its descriptor now lives here, and a copy
+/// kept by systemd would hold a closed connection open.
+pub fn remove_stored(name: &str) {
+    let Some(queue) = QUEUE.get() else {
+        return;
+    };
+    let _ = queue.try_send(format!("FDSTOREREMOVE=1\nFDNAME={name}\n"));
+}
+
+/// Sends one message with descriptors now, waiting (until `deadline`) for
+/// room in the queue, which a burst of stored descriptors can fill.
+fn send_now(text: &str, fds: &[BorrowedFd<'_>], deadline: Instant) -> io::Result<()> {
+    use rustix::event::{PollFd, PollFlags};
     use rustix::net::{SendAncillaryBuffer, SendAncillaryMessage, SendFlags};
-    let guard = SOCKET.get().map(|s| s.lock().expect("not poisoned"));
-    let Some(socket) = guard.as_ref().and_then(|g| g.as_ref()) else {
+    let Some(socket) = SOCKET.get() else {
         return Err(io::Error::other("NOTIFY_SOCKET is not set"));
     };
-    let text = format!("FDSTORE=1\nFDNAME={name}\n");
     let mut space =
         vec![std::mem::MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(fds.len()))];
-    let mut control = SendAncillaryBuffer::new(&mut space);
-    control.push(SendAncillaryMessage::ScmRights(fds));
-    rustix::net::sendmsg(
-        socket,
-        &[io::IoSlice::new(text.as_bytes())],
-        &mut control,
-        SendFlags::NOSIGNAL | SendFlags::DONTWAIT,
-    )?;
-    Ok(())
+    loop {
+        let mut control = SendAncillaryBuffer::new(&mut space);
+        control.push(SendAncillaryMessage::ScmRights(fds));
+        match rustix::net::sendmsg(
+            socket,
+            &[io::IoSlice::new(text.as_bytes())],
+            &mut control,
+            SendFlags::NOSIGNAL | SendFlags::DONTWAIT,
+        ) {
+            Ok(_) => return Ok(()),
+            Err(rustix::io::Errno::INTR) => {}
+            Err(rustix::io::Errno::AGAIN) => {
+                let left = deadline.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    return Err(io::ErrorKind::TimedOut.into());
+                }
+                let timeout = rustix::event::Timespec::try_from(left).ok();
+                let mut fds = [PollFd::new(socket, PollFlags::OUT)];
+                let _ = rustix::event::poll(&mut fds, timeout.as_ref());
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
 }
 
 /// Starts the task that sends the messages; from then on the functions
 /// below queue them. Call on the runtime's thread.
 pub fn start() {
-    let Some(socket) = SOCKET
-        .get()
-        .and_then(|s| s.lock().expect("not poisoned").take())
-    else {
+    let Some(socket) = SOCKET.get() else {
         return;
     };
-    let socket = match Async::new_nonblocking(socket) {
+    let socket = match socket.try_clone().and_then(Async::new_nonblocking) {
         Ok(socket) => socket,
         Err(e) => {
             crate::warn!("cannot notify systemd: {e}");
@@ -126,6 +182,11 @@ fn send(states: &[NotifyState<'_>]) {
 /// `READY=1` with a first status.
 pub fn ready(status: &str) {
     send(&[NotifyState::Ready, NotifyState::Status(status)]);
+}
+
+/// A new `STATUS=`.
+pub fn status(status: &str) {
+    send(&[NotifyState::Status(status)]);
 }
 
 /// `STOPPING=1` with a status saying why.

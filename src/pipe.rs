@@ -54,6 +54,11 @@ impl Pipe {
         &self.write
     }
 
+    /// The read end, to be stored for the next instance.
+    pub fn read_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        self.read.as_fd()
+    }
+
     /// How many bytes fit.
     pub fn capacity(&self) -> usize {
         self.capacity as usize
@@ -72,6 +77,20 @@ pub fn take() -> Option<Pipe> {
     Pipe::new()
         .ok()
         .filter(|pipe| pipe.capacity() >= USEFUL_CAPACITY)
+}
+
+/// A pipe holding `bytes` (at most the 64 KiB a useful pipe holds).
+pub fn filled(bytes: &[u8]) -> io::Result<Pipe> {
+    let pipe = take().ok_or_else(|| io::Error::other("no pipe to be had"))?;
+    let mut rest = bytes;
+    while !rest.is_empty() {
+        match rustix::io::write(&pipe.write, rest) {
+            Ok(n) => rest = &rest[n..],
+            Err(rustix::io::Errno::INTR) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(pipe)
 }
 
 /// Closes the pooled pipes, giving their descriptors back (when the relay

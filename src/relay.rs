@@ -39,6 +39,9 @@ pub enum Outcome {
     Idle,
     /// A reset or error on one side; both were closed.
     Failed(io::Error),
+    /// Handed to the next instance of the relay (`crate::handover`), which
+    /// goes on with it.
+    HandedOver,
 }
 
 /// Bytes moved in each direction.
@@ -164,7 +167,109 @@ enum Carrier {
     BufferOnce,
 }
 
+/// One direction of a connection taken apart for the next instance, or put
+/// together again from what it stored.
+pub struct Half {
+    /// Bytes moved so far.
+    pub moved: u64,
+    /// EOF was seen and passed on as a half-close.
+    pub ended: bool,
+    /// Splice does not apply to these sockets: bytes go through a buffer.
+    pub copying: bool,
+    /// Bytes read but not yet written.
+    pub in_flight: InFlight,
+}
+
+/// Where a direction's bytes in flight are, outside the relay.
+pub enum InFlight {
+    Nothing,
+    /// `len` bytes in this pipe.
+    Pipe(Pipe, u32),
+    Bytes(Box<[u8]>),
+}
+
+impl Direction {
+    fn into_half(self) -> Half {
+        let (copying, in_flight) = match self.carrier {
+            Carrier::Idle | Carrier::BufferOnce => (false, InFlight::Nothing),
+            Carrier::BufferIdle => (true, InFlight::Nothing),
+            Carrier::Pipe { pipe, len } => (false, InFlight::Pipe(pipe, len)),
+            Carrier::Buffer {
+                buffer,
+                start,
+                end,
+                again,
+            } => (
+                again,
+                InFlight::Bytes(buffer[start as usize..end as usize].into()),
+            ),
+        };
+        Half {
+            moved: self.moved,
+            ended: self.done,
+            copying,
+            in_flight,
+        }
+    }
+
+    fn from_half(half: Half) -> Direction {
+        let carrier = match half.in_flight {
+            InFlight::Nothing if half.copying => Carrier::BufferIdle,
+            InFlight::Nothing => Carrier::Idle,
+            InFlight::Pipe(pipe, len) => Carrier::Pipe { pipe, len },
+            InFlight::Bytes(buffer) if buffer.is_empty() => {
+                Direction::from_half(Half {
+                    in_flight: InFlight::Nothing,
+                    ..half
+                })
+                .carrier
+            }
+            InFlight::Bytes(buffer) => Carrier::Buffer {
+                end: buffer.len() as u32,
+                buffer,
+                start: 0,
+                again: half.copying,
+            },
+        };
+        Direction {
+            moved: half.moved,
+            carrier,
+            done: half.ended,
+        }
+    }
+}
+
 impl Relay {
+    /// Takes the connection apart: client, backend, up (client → backend)
+    /// and down.
+    pub fn into_halves(self) -> (Socket, Socket, Half, Half) {
+        (
+            self.client.socket,
+            self.backend.socket,
+            self.up.into_half(),
+            self.down.into_half(),
+        )
+    }
+
+    /// Puts a connection together again where [`Relay::into_halves`] left
+    /// it: the first step tries every operation.
+    pub fn from_halves(client: Socket, backend: Socket, up: Half, down: Half) -> Relay {
+        Relay {
+            client: Edge::new(client),
+            backend: Edge::new(backend),
+            up: Direction::from_half(up),
+            down: Direction::from_half(down),
+        }
+    }
+
+    /// Directions with bytes in flight: pipes a hand-over stores.
+    pub fn pipes_needed(&self) -> usize {
+        [&self.up, &self.down]
+            .into_iter()
+            .filter(|d| matches!(d.carrier, Carrier::Pipe { .. } | Carrier::Buffer { .. }))
+            .count()
+    }
+
     /// Bytes moved so far, both ways.
     pub fn moved(&self) -> u64 {
         self.up.moved + self.down.moved

@@ -28,6 +28,7 @@ use crate::connections::{Connections, Entry};
 use crate::identity::proxy_header;
 use crate::listener::{Listener, Opened};
 use crate::relay::{self, Outcome};
+use crate::shutdown::Request;
 use crate::timespan;
 
 /// How long the accept loop pauses after an error such as EMFILE before it
@@ -49,19 +50,20 @@ struct Accepted {
 
 type Incoming = Pin<Box<dyn Stream<Item = io::Result<Accepted>>>>;
 
-/// Requests to stop: SIGTERM and SIGINT in the program, anything a test
+/// Requests to stop or hand over: signals in the program, anything a test
 /// sends. The first stops accepting; the next ends the drain at once.
-pub struct Stops(async_channel::Receiver<()>);
+pub struct Stops(async_channel::Receiver<Request>);
 
 impl Stops {
-    pub fn new(requests: async_channel::Receiver<()>) -> Stops {
+    pub fn new(requests: async_channel::Receiver<Request>) -> Stops {
         Stops(requests)
     }
 
     /// Waits for the next request (forever, once no sender is left).
-    async fn next(&self) {
-        if self.0.recv().await.is_err() {
-            future::pending::<()>().await;
+    async fn next(&self) -> Request {
+        match self.0.recv().await {
+            Ok(request) => request,
+            Err(_) => future::pending().await,
         }
     }
 }
@@ -69,21 +71,80 @@ impl Stops {
 /// Why the accept loop stopped.
 enum Stop {
     Signal,
+    HandOver,
     Idle,
     /// The one inherited connection was taken.
     Exhausted,
 }
 
-/// Serves what LISTEN opened until a signal, `--exit-idle-time`, or (for one
-/// inherited connection) its end. Returns whether every connection reached
-/// CONNECT (an inherited connection that could not is a failure).
+/// What systemd's file descriptor store gave this instance, and whether it
+/// holds the listeners.
+#[derive(Default)]
+pub struct Store {
+    /// Connections a previous instance handed over.
+    pub adopted: Vec<crate::handover::Adopted>,
+    /// How many listeners are stored; `None`: no store.
+    pub listeners: Option<usize>,
+}
+
+/// How serving ended.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Served {
+    /// A clean stop.
+    Stopped,
+    /// The one inherited connection could not reach CONNECT.
+    Unreached,
+    /// Handed over (or, failing that, drained) for the next instance.
+    HandedOver,
+}
+
+/// Serves what LISTEN opened, and the connections handed over, until a
+/// signal, `--exit-idle-time`, or (for one inherited connection) its end.
 pub async fn serve(
     opened: Opened,
+    store: Store,
     config: Rc<Config>,
     signals: Stops,
     ready_fd: Option<OwnedFd>,
-) -> io::Result<bool> {
+) -> io::Result<Served> {
     let connections = Connections::new();
+    let (limiter, throttle) = async_listen::backpressure::new(config.connections_max);
+    let adopted = store.adopted.len();
+    for connection in store.adopted {
+        let names = connection.names;
+        let task = Connection {
+            entry: connections.open(connection.relay.client.socket().as_raw_fd()),
+            config: config.clone(),
+        };
+        task.entry
+            .set_backend(connection.relay.backend.socket().as_raw_fd());
+        let token = limiter.token();
+        let debug = crate::log::enabled(crate::log::Level::Debug).then(|| {
+            Box::new((
+                connection.started,
+                crate::peer::describe(connection.relay.client.socket(), connection.peer),
+            ))
+        });
+        let running = task.relay(
+            connection.relay,
+            connection.started,
+            connection.last_moved,
+            debug,
+        );
+        crate::runtime::spawn(async move {
+            running.await;
+            drop(token);
+        });
+        for name in names {
+            crate::notify::remove_stored(&name);
+        }
+    }
+    if adopted > 0 {
+        crate::info!(
+            "took over {adopted} connection{} from the previous instance",
+            if adopted == 1 { "" } else { "s" }
+        );
+    }
     let mut files = Vec::new();
     let (incoming, endpoints, ready, single): (Incoming, String, String, bool) = match opened {
         Opened::Listeners(listeners) => {
@@ -156,12 +217,15 @@ pub async fn serve(
     let mut incoming = incoming
         .log_warnings(rate_limited_accept_warning())
         .handle_errors(ACCEPT_ERROR_PAUSE)
-        .backpressure(config.connections_max);
+        .apply_backpressure(throttle)
+        .map(|accepted| (limiter.token(), accepted));
 
     let stop = async {
         let signal = async {
-            signals.next().await;
-            Stop::Signal
+            match signals.next().await {
+                Request::Stop => Stop::Signal,
+                Request::HandOver => Stop::HandOver,
+            }
         };
         match config.exit_idle_time {
             Some(span) if !single => {
@@ -192,6 +256,7 @@ pub async fn serve(
                 });
             }
             Ok(None) => break Stop::Exhausted,
+            Err(Stop::HandOver) if single => break Stop::Signal,
             Err(reason) => break reason,
         }
     };
@@ -231,8 +296,87 @@ pub async fn serve(
             ));
             drain(&connections, config.shutdown_timeout, &signals).await;
         }
+        Stop::HandOver => {
+            hand_over(&connections, &config, store.listeners, &signals).await;
+            return Ok(Served::HandedOver);
+        }
     }
-    Ok(!single || connections.unreached() == 0)
+    if single && connections.unreached() > 0 {
+        Ok(Served::Unreached)
+    } else {
+        Ok(Served::Stopped)
+    }
+}
+
+/// SIGUSR2: every connection goes to systemd's file descriptor store for
+/// the next instance, as it stands. Without a store, or when it cannot take
+/// them all, the connections left are drained as on SIGTERM, and the line
+/// says why.
+async fn hand_over(
+    connections: &Connections,
+    config: &Rc<Config>,
+    stored_listeners: Option<usize>,
+    signals: &Stops,
+) {
+    let Some(listeners) = stored_listeners else {
+        crate::warn!(
+            "hand-over: no file descriptor store (--fd-store under systemd with FileDescriptorStoreMax=): draining {} connections instead",
+            connections.active()
+        );
+        crate::notify::stopping("restarting: draining");
+        drain(connections, config.shutdown_timeout, signals).await;
+        return;
+    };
+    crate::notify::status("handing connections over to the next instance");
+    // Clients still being admitted or connected finish that first (within
+    // --connect-timeout): a half-opened connection cannot be stored.
+    let opened = async {
+        while connections.opening() > 0 {
+            Timer::after(Duration::from_millis(1)).await;
+        }
+    };
+    let patience = async {
+        Timer::after(config.connect_timeout.unwrap_or(Duration::from_secs(10))).await;
+    };
+    future::or(opened, patience).await;
+    let taken = match crate::engine::hand_over().await {
+        Ok(taken) => taken,
+        Err(e) => {
+            crate::warn!("hand-over: {e}; draining instead");
+            drain(connections, config.shutdown_timeout, signals).await;
+            return;
+        }
+    };
+    match crate::handover::store(taken, listeners) {
+        Ok(stored) => crate::info!(
+            "handed {stored} connection{} to systemd's file descriptor store: exiting for the next instance",
+            if stored == 1 { "" } else { "s" }
+        ),
+        Err((rest, why)) => {
+            crate::warn!(
+                "hand-over: {} connection{} not stored ({why}): draining them instead",
+                rest.len(),
+                if rest.len() == 1 { "" } else { "s" }
+            );
+            for taken in rest {
+                resume(connections, config, taken);
+            }
+            crate::notify::stopping("restarting: draining");
+            drain(connections, config.shutdown_timeout, signals).await;
+        }
+    }
+}
+
+/// Relays a connection taken off the engine here again, until it ends.
+fn resume(connections: &Connections, config: &Rc<Config>, taken: crate::engine::Taken) {
+    let task = Connection {
+        entry: connections.open(taken.relay.client.socket().as_raw_fd()),
+        config: config.clone(),
+    };
+    task.entry
+        .set_backend(taken.relay.backend.socket().as_raw_fd());
+    let last_moved = taken.last_moved.unwrap_or_else(Instant::now);
+    crate::runtime::spawn(task.relay(taken.relay, taken.started, last_moved, None));
 }
 
 /// A listener as a stream of accepted clients, and the socket file to
@@ -333,40 +477,62 @@ impl Connection {
             self.entry.forget_sockets();
             return;
         };
-        let ended = crate::engine::relay(client, backend, self.config.idle_timeout).await;
-        // The sockets close at the end of this function: out of the
-        // registry first.
-        self.entry.forget_sockets();
-        let (totals, outcome) = match ended {
-            Ok(crate::engine::Ended {
-                totals,
-                outcome,
-                sockets,
-            }) => {
-                drop(sockets);
-                (totals, outcome)
-            }
-            Err(e) => {
-                crate::warn!("cannot relay a connection: {e}");
-                return;
-            }
-        };
-        if let Some(debug) = debug {
-            let (started, peer) = *debug;
-            let how = match &outcome {
-                Outcome::Done => "closed".to_string(),
-                Outcome::Idle => format!(
-                    "idle for {}, closed",
-                    timespan::format(self.config.idle_timeout)
-                ),
-                Outcome::Failed(e) => format!("aborted ({e})"),
+        let now = Instant::now();
+        self.relay(relay::relay(client, backend), now, now, debug)
+            .await;
+    }
+
+    /// Hands the connection to the engine at once (so that a hand-over
+    /// finds it there), and returns what waits for its end and logs it.
+    /// Not an async fn: its future would hold the relay state for the
+    /// connection's whole life.
+    fn relay(
+        self,
+        relay: relay::Relay,
+        started: Instant,
+        last_moved: Instant,
+        debug: Option<Box<(Instant, String)>>,
+    ) -> impl std::future::Future<Output = ()> {
+        self.entry.relaying();
+        let ended = crate::engine::relay(relay, started, last_moved, self.config.idle_timeout);
+        async move {
+            let ended = ended.await;
+            // The sockets close at the end of this function: out of the
+            // registry first.
+            self.entry.forget_sockets();
+            let (totals, outcome) = match ended {
+                Ok(crate::engine::Ended {
+                    totals,
+                    outcome,
+                    sockets,
+                }) => {
+                    drop(sockets);
+                    (totals, outcome)
+                }
+                Err(e) => {
+                    crate::warn!("cannot relay a connection: {e}");
+                    return;
+                }
             };
-            crate::debug!(
-                "{peer}: {how} after {:.3}s: {} bytes up, {} bytes down",
-                started.elapsed().as_secs_f64(),
-                totals.up,
-                totals.down
-            );
+            if let Some(debug) = debug {
+                let (started, peer) = *debug;
+                let how = match &outcome {
+                    Outcome::Done => "closed".to_string(),
+                    Outcome::Idle => format!(
+                        "idle for {}, closed",
+                        timespan::format(self.config.idle_timeout)
+                    ),
+                    Outcome::Failed(e) => format!("aborted ({e})"),
+                    // The next instance logs it when it ends.
+                    Outcome::HandedOver => return,
+                };
+                crate::debug!(
+                    "{peer}: {how} after {:.3}s: {} bytes up, {} bytes down",
+                    started.elapsed().as_secs_f64(),
+                    totals.up,
+                    totals.down
+                );
+            }
         }
     }
 
@@ -585,9 +751,14 @@ mod tests {
         let config = crate::cli::config_for(&["127.0.0.1:0", "127.0.0.1:9"]);
         let opened = crate::listener::open(&config.listen, Default::default()).unwrap();
         let (stop, stops) = async_channel::unbounded();
-        stop.try_send(()).unwrap();
-        let served =
-            crate::runtime::block_on(serve(opened, Rc::new(config), Stops::new(stops), None));
-        assert!(served.unwrap(), "a clean stop");
+        stop.try_send(Request::Stop).unwrap();
+        let served = crate::runtime::block_on(serve(
+            opened,
+            Store::default(),
+            Rc::new(config),
+            Stops::new(stops),
+            None,
+        ));
+        assert_eq!(served.unwrap(), Served::Stopped, "a clean stop");
     }
 }

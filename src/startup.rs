@@ -8,7 +8,7 @@ use std::rc::Rc;
 use crate::config::Config;
 use crate::failure::Failure;
 use crate::listener::{self, FileOptions, Opened};
-use crate::{cli, endpoint, log, notify, resolver, runtime, sandbox, server, shutdown};
+use crate::{cli, endpoint, handover, log, notify, resolver, runtime, sandbox, server, shutdown};
 use crate::{debug, info, warn};
 
 /// The program: parses the command line, runs the relay, and maps the
@@ -37,7 +37,8 @@ pub fn main() -> ExitCode {
         Err(failure) => Err(failure),
     };
     match result {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(server::Served::HandedOver) => ExitCode::from(handover::EXIT_STATUS),
+        Ok(_) => ExitCode::SUCCESS,
         Err(failure) => {
             let kind = match failure {
                 Failure::Usage(_) => "usage error",
@@ -49,8 +50,8 @@ pub fn main() -> ExitCode {
     }
 }
 
-/// Runs the relay until a clean stop.
-fn run(config: Config) -> Result<(), Failure> {
+/// Runs the relay until a clean stop or a hand-over.
+fn run(config: Config) -> Result<server::Served, Failure> {
     log::init(config.level);
     let ready_fd = config.ready_fd.map(take_ready_fd).transpose()?;
     // 1. Open LISTEN with plain blocking calls: no threads exist yet.
@@ -72,6 +73,8 @@ fn run(config: Config) -> Result<(), Failure> {
             config.listen
         )));
     }
+    // Connections a previous instance stored, taken over (whatever LISTEN).
+    let (adopted, orphans) = handover::adopt(listener::passed_sockets().unwrap_or_default());
     raise_fd_limit();
     // 2. Host names for CONNECT are resolved by a helper process with a
     //    policy of its own, forked while single-threaded and before the
@@ -90,10 +93,14 @@ fn run(config: Config) -> Result<(), Failure> {
     //    would refuse an abstract one.
     notify::connect();
     let mut opened = opened;
+    let mut store = server::Store {
+        adopted,
+        listeners: None,
+    };
     if config.fd_store
         && let Opened::Listeners(listeners) = &mut opened
     {
-        store_listeners(listeners);
+        store.listeners = store_listeners(listeners);
     }
     // 5. Confine the process while it has a single thread.
     confine(&config)?;
@@ -108,11 +115,15 @@ fn run(config: Config) -> Result<(), Failure> {
     runtime::block_on(async move {
         notify::start();
         resolver::start();
-        match server::serve(opened, config, server::Stops::new(signals), ready_fd).await {
-            Ok(true) => Ok(()),
-            Ok(false) => Err(Failure::Startup(
+        for name in orphans {
+            notify::remove_stored(&name);
+        }
+        let stops = server::Stops::new(signals);
+        match server::serve(opened, store, config, stops, ready_fd).await {
+            Ok(server::Served::Unreached) => Err(Failure::Startup(
                 "the inherited connection could not be relayed".into(),
             )),
+            Ok(served) => Ok(served),
             Err(e) => Err(Failure::Startup(e.to_string())),
         }
     })
@@ -120,20 +131,39 @@ fn run(config: Config) -> Result<(), Failure> {
 
 /// Hands the listeners to systemd's file descriptor store, so that the
 /// next instance adopts them; their socket files then stay at exit (the
-/// unit's `RuntimeDirectory=` goes on `systemctl stop`).
-fn store_listeners(listeners: &mut listener::Listeners) {
+/// unit's `RuntimeDirectory=` goes on `systemctl stop`). Returns how many
+/// were stored.
+fn store_listeners(listeners: &mut listener::Listeners) -> Option<usize> {
     use std::os::fd::AsFd;
-    let fds: Vec<_> = listeners.iter().map(|l| l.socket.as_fd()).collect();
-    match notify::store(listener::STORED_NAME, &fds) {
+    let count = listeners.iter().count();
+    // An adopted listener is still in the store (systemd keeps it until
+    // the unit stops).
+    let fds: Vec<_> = listeners
+        .iter()
+        .filter(|l| !l.from_store)
+        .map(|l| l.socket.as_fd())
+        .collect();
+    let stored = if fds.is_empty() {
+        Ok(())
+    } else {
+        notify::store(listener::STORED_NAME, &fds)
+    };
+    match stored {
         Ok(()) => {
             for listener in listeners.iter_mut() {
                 listener.keep_file();
             }
-            info!("listeners handed to systemd's file descriptor store: a restart refuses nobody");
+            info!(
+                "listeners handed to systemd's file descriptor store: a restart refuses nobody, SIGUSR2 (systemctl reload) hands over open connections too"
+            );
+            Some(count)
         }
-        Err(e) => warn!(
-            "cannot store the listeners ({e}): clients that connect during a restart will be refused"
-        ),
+        Err(e) => {
+            warn!(
+                "cannot store the listeners ({e}): clients that connect during a restart will be refused"
+            );
+            None
+        }
     }
 }
 

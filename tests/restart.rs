@@ -8,9 +8,12 @@ mod common;
 
 use std::io::{Read, Write};
 use std::mem::MaybeUninit;
+use std::net::{Shutdown, TcpListener, TcpStream};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::fs::MetadataExt;
 use std::os::unix::net::{UnixDatagram, UnixStream};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -43,6 +46,14 @@ impl Manager {
 
     /// Reads messages until `READY=1`, keeping what comes with `FDSTORE=1`.
     fn until_ready(&mut self) {
+        self.receive_until("READY=1");
+    }
+
+    /// Reads messages until one has the line `wanted`, as systemd does:
+    /// `FDSTORE=1` keeps the descriptors under `FDNAME=`, `FDSTOREREMOVE=1`
+    /// drops that name, and any other descriptor (`BARRIER=1`'s) is closed
+    /// once the message is read.
+    fn receive_until(&mut self, wanted: &str) -> String {
         use rustix::net::{RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags};
         let deadline = Instant::now() + DEADLINE;
         while Instant::now() < deadline {
@@ -65,20 +76,38 @@ impl Manager {
                     fds.extend(rights);
                 }
             }
+            let name = text
+                .lines()
+                .find_map(|l| l.strip_prefix("FDNAME="))
+                .unwrap_or("stored")
+                .to_string();
             if text.lines().any(|l| l == "FDSTORE=1") {
-                let name = text
-                    .lines()
-                    .find_map(|l| l.strip_prefix("FDNAME="))
-                    .unwrap_or("stored")
-                    .to_string();
                 self.store
                     .extend(fds.into_iter().map(|fd| (name.clone(), fd)));
+            } else if text.lines().any(|l| l == "FDSTOREREMOVE=1") {
+                self.store.retain(|(n, _)| *n != name);
             }
-            if text.lines().any(|l| l == "READY=1") {
-                return;
+            if text.lines().any(|l| l == wanted) {
+                return text;
             }
         }
-        panic!("no READY=1 within {DEADLINE:?}");
+        panic!("no {wanted} within {DEADLINE:?}");
+    }
+
+    /// The names of what is stored.
+    fn names(&self) -> Vec<&str> {
+        self.store.iter().map(|(n, _)| n.as_str()).collect()
+    }
+
+    /// Asks `relay` to hand over (SIGUSR2, what `systemctl reload` sends),
+    /// keeps what it stores, and checks that it exits asking to be
+    /// restarted (status 3).
+    fn hand_over(&mut self, mut relay: Relay) -> String {
+        relay.signal(libc::SIGUSR2);
+        self.receive_until("BARRIER=1");
+        let (status, log) = relay.finish();
+        assert_eq!(status.code(), Some(3), "{log}");
+        log
     }
 
     /// A relay started with NOTIFY_SOCKET, and with the store passed back
@@ -181,4 +210,272 @@ fn a_stored_listener_for_another_path_is_not_adopted() {
     let second = manager.start(&["--fd-store", &dir.arg("b.sock"), &backend.connect_arg]);
     assert!(!second.log().contains("adopted"), "{}", second.log());
     assert_eq!(exchange(connect(&dir.arg("b.sock")), b"b".to_vec()), b"b");
+}
+
+/// A backend the test holds itself: the relay's connection to it is `accept`ed
+/// here, so the test decides when it reads and writes.
+fn held_backend() -> (TcpListener, String) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = listener.local_addr().unwrap().to_string();
+    (listener, address)
+}
+
+/// Writes `data` from a thread, counting what the kernel took.
+fn writer(
+    mut conn: Box<dyn Conn>,
+    data: Arc<Vec<u8>>,
+) -> (std::thread::JoinHandle<()>, Arc<AtomicU64>) {
+    let written = Arc::new(AtomicU64::new(0));
+    let counter = written.clone();
+    let thread = std::thread::spawn(move || {
+        for chunk in data.chunks(64 << 10) {
+            conn.write_all(chunk).unwrap();
+            counter.fetch_add(chunk.len() as u64, Ordering::SeqCst);
+        }
+    });
+    (thread, written)
+}
+
+/// Waits until a writer whose peer does not read has stopped making
+/// progress: every buffer on the way, the relay's pipe included, is full.
+fn until_stalled(written: &AtomicU64) {
+    let deadline = Instant::now() + DEADLINE;
+    let mut last = u64::MAX;
+    while Instant::now() < deadline {
+        let now = written.load(Ordering::SeqCst);
+        if now == last && now > 0 {
+            return;
+        }
+        last = now;
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    panic!("the writer never stalled");
+}
+
+#[test]
+fn a_hand_over_moves_open_connections_with_their_bytes_in_flight_to_the_next_instance() {
+    let dir = TempDir::new();
+    let socket = dir.arg("relay.sock");
+    let (backends, backend_address) = held_backend();
+    let args = ["--fd-store", "-v", &socket, &backend_address];
+    let mut manager = Manager::new();
+    let first = manager.start(&args);
+
+    let client: Box<dyn Conn> = connect(&socket);
+    let (backend, _) = backends.accept().unwrap();
+    let backend: Box<dyn Conn> = Box::new(backend);
+    // 16 MiB each way, with nobody reading: the relay holds what it read
+    // but could not write when the hand-over comes.
+    let up = Arc::new(payload(16 << 20, 1));
+    let down = Arc::new(payload(16 << 20, 2));
+    let (up_writer, up_written) = writer(client.try_clone_box(), up.clone());
+    let (down_writer, down_written) = writer(backend.try_clone_box(), down.clone());
+    until_stalled(&up_written);
+    until_stalled(&down_written);
+
+    let log = manager.hand_over(first);
+    assert!(
+        log.contains("handed 1 connection to systemd's file descriptor store"),
+        "{log}"
+    );
+    let names = manager.names();
+    assert!(names.contains(&"listener"), "{names:?}");
+    let client_name = names
+        .iter()
+        .find(|n| n.contains(".client,"))
+        .expect("the client socket stored");
+    assert!(client_name.contains("ended=-"), "{client_name}");
+    for role in ["backend", "up", "down"] {
+        assert!(
+            names.iter().any(|n| n.ends_with(&format!(".{role}"))),
+            "{role} stored (bytes in flight): {names:?}"
+        );
+    }
+
+    let second = manager.start(&args);
+    assert!(
+        second
+            .log()
+            .contains("took over 1 connection from the previous instance"),
+        "{}",
+        second.log()
+    );
+    assert_eq!(
+        manager.names(),
+        ["listener"],
+        "the adopted connection left the store"
+    );
+
+    let (mut client, mut backend) = (client, backend);
+    let backend_reader = std::thread::spawn(move || {
+        let got = read_exactly(&mut *backend, 16 << 20);
+        (backend, got)
+    });
+    let got_down = read_exactly(&mut *client, 16 << 20);
+    let (mut backend, got_up) = backend_reader.join().unwrap();
+    up_writer.join().unwrap();
+    down_writer.join().unwrap();
+    assert!(
+        got_up == *up,
+        "client -> backend: every byte, once, in order"
+    );
+    assert!(
+        got_down == *down,
+        "backend -> client: every byte, once, in order"
+    );
+
+    // Half-close still travels, and the connection ends normally.
+    client.shutdown_write();
+    let (rest, closed) = read_until_closed(&mut *backend);
+    assert!(rest.is_empty() && closed, "EOF towards the backend");
+    backend.write_all(b"last words").unwrap();
+    backend.shutdown_write();
+    assert_eq!(read_to_end(&mut *client), b"last words");
+    let mut second = second;
+    let line = second.wait_for_line("bytes up");
+    assert!(
+        line.contains(&format!(
+            "{} bytes up, {} bytes down",
+            16 << 20,
+            (16 << 20) + 10
+        )),
+        "-v counts the whole connection, before and after the hand-over: {line}"
+    );
+}
+
+#[test]
+fn a_half_closed_connection_stays_half_closed_and_the_proxy_header_is_not_sent_twice() {
+    let (backends, backend_address) = held_backend();
+    let args = [
+        "--fd-store",
+        "--proxy-protocol",
+        "v1",
+        "127.0.0.1:0",
+        &backend_address,
+    ];
+    let mut manager = Manager::new();
+    let first = manager.start(&args);
+    let address = first.address().to_string();
+
+    let mut client = TcpStream::connect(&address).unwrap();
+    let (mut backend, _) = backends.accept().unwrap();
+    client.write_all(b"hello").unwrap();
+    client.shutdown(Shutdown::Write).unwrap();
+    let mut seen = Vec::new();
+    backend.set_read_timeout(Some(DEADLINE)).unwrap();
+    backend.read_to_end(&mut seen).unwrap();
+    let seen = String::from_utf8(seen).unwrap();
+    assert!(
+        seen.starts_with("PROXY TCP4 127.0.0.1 127.0.0.1 ") && seen.ends_with("\r\nhello"),
+        "{seen:?}"
+    );
+
+    let _ = manager.hand_over(first);
+    let client_name = manager
+        .names()
+        .into_iter()
+        .find(|n| n.contains(".client,"))
+        .unwrap()
+        .to_string();
+    assert!(client_name.contains("ended=up"), "{client_name}");
+    let second = manager.start(&args);
+    assert!(
+        second.log().contains("took over 1 connection"),
+        "{}",
+        second.log()
+    );
+
+    // The backend can still answer; nothing more comes its way (no header).
+    backend.write_all(b"answer").unwrap();
+    backend.shutdown(Shutdown::Write).unwrap();
+    let mut answer = Vec::new();
+    client.set_read_timeout(Some(DEADLINE)).unwrap();
+    client.read_to_end(&mut answer).unwrap();
+    assert_eq!(answer, b"answer");
+    drop(second);
+}
+
+#[test]
+fn a_stored_connection_nobody_takes_over_ends_as_a_reset() {
+    let (backends, backend_address) = held_backend();
+    let args = ["--fd-store", "127.0.0.1:0", &backend_address];
+    let mut manager = Manager::new();
+    let first = manager.start(&args);
+    let mut client = TcpStream::connect(first.address()).unwrap();
+    let (mut backend, _) = backends.accept().unwrap();
+    client.write_all(b"unfinished").unwrap();
+    let mut got = [0u8; 10];
+    backend.read_exact(&mut got).unwrap();
+
+    let _ = manager.hand_over(first);
+    // `systemctl stop`: systemd closes what it stored.
+    manager.store.clear();
+    client.set_read_timeout(Some(DEADLINE)).unwrap();
+    backend.set_read_timeout(Some(DEADLINE)).unwrap();
+    let mut byte = [0u8; 1];
+    for (side, conn) in [("client", &mut client), ("backend", &mut backend)] {
+        let error = conn
+            .read(&mut byte)
+            .expect_err(&format!("the {side} sees an abort, not an EOF"));
+        assert_eq!(
+            error.kind(),
+            std::io::ErrorKind::ConnectionReset,
+            "{side}: {error}"
+        );
+    }
+}
+
+#[test]
+fn without_a_store_a_hand_over_request_drains_and_exits_for_a_restart() {
+    let dir = TempDir::new();
+    let socket = dir.arg("relay.sock");
+    let backend = Backend::tcp(echo);
+    let mut relay = Relay::start(&[&socket, &backend.connect_arg]);
+    let mut client = connect(&socket);
+    client.write_all(b"ping").unwrap();
+    assert_eq!(read_exactly(&mut *client, 4), b"ping");
+    relay.signal(libc::SIGUSR2);
+    relay.wait_for_line("no file descriptor store");
+    assert!(relay.running(), "draining, not killed");
+    client.write_all(b"still").unwrap();
+    assert_eq!(read_exactly(&mut *client, 5), b"still");
+    client.shutdown_write();
+    assert!(read_to_end(&mut *client).is_empty());
+    let (status, log) = relay.finish();
+    assert_eq!(status.code(), Some(3), "{log}");
+    assert!(
+        !std::path::Path::new(&socket).exists(),
+        "the socket file went"
+    );
+}
+
+#[test]
+fn a_store_too_small_for_the_connections_means_a_drain_said_in_one_line() {
+    let backend = Backend::tcp(echo);
+    let args = ["--fd-store", "127.0.0.1:0", &backend.connect_arg];
+    let mut manager = Manager::new();
+    let mut command = command(&args);
+    // The listener and one connection need 3 descriptors.
+    command
+        .env("FDSTORE", "2")
+        .env("NOTIFY_SOCKET", manager.notify_socket());
+    let mut relay = Relay::start_command(command, 1);
+    manager.until_ready();
+    let mut client = TcpStream::connect(relay.address()).unwrap();
+    client.write_all(b"x").unwrap();
+    let mut byte = [0u8; 1];
+    client.read_exact(&mut byte).unwrap();
+    relay.signal(libc::SIGUSR2);
+    let line = relay.wait_for_line("not stored");
+    assert!(
+        line.contains("need 3 descriptors in the store, which holds 2"),
+        "{line}"
+    );
+    client.write_all(b"y").unwrap();
+    client.read_exact(&mut byte).unwrap();
+    assert_eq!(&byte, b"y", "still relayed while draining");
+    client.shutdown(Shutdown::Write).unwrap();
+    let (status, log) = relay.finish();
+    assert_eq!(status.code(), Some(3), "{log}");
+    assert_eq!(manager.names(), ["listener"], "no connection stored");
 }
