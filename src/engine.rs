@@ -142,21 +142,31 @@ impl Key {
 
 /// Relays a connection on the engine thread until it ends
 /// (`idle_timeout`: no byte either way for that long, counted from
-/// `last_moved`), or is handed over.
-pub async fn relay(
+/// `last_moved`), or is handed over. The connection goes to the engine at
+/// once; the future only waits, and is small (it is paid for each held
+/// connection).
+pub fn relay(
     relay: Relay,
     started: Instant,
     last_moved: Instant,
     idle_timeout: Option<Duration>,
-) -> io::Result<Ended> {
+) -> impl std::future::Future<Output = io::Result<Ended>> {
     let completion = Arc::new(Mutex::new(Completion::default()));
-    send(Command::Relay(Job {
+    let sent = send(Command::Relay(Job {
         relay,
         idle_timeout,
         started,
         last_moved,
         done: Done(completion.clone()),
-    }))?;
+    }));
+    async move {
+        sent?;
+        ended(&completion).await
+    }
+}
+
+/// Waits for the engine to say how a connection ended.
+async fn ended(completion: &Mutex<Completion>) -> io::Result<Ended> {
     futures_lite::future::poll_fn(|cx| {
         let mut state = completion.lock().expect("not poisoned");
         if let Some(ended) = state.ended.take() {
