@@ -55,6 +55,11 @@ pub fn connect() {
     }
 }
 
+/// Whether systemd listens (`NOTIFY_SOCKET` is connected).
+pub fn connected() -> bool {
+    SOCKET.get().is_some()
+}
+
 /// Hands `fds` to systemd's file descriptor store (`FDSTORE=1`) under
 /// `name`, at once. systemd refuses silently when the unit has no store
 /// (`FileDescriptorStoreMax=0`).

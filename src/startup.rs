@@ -100,7 +100,13 @@ fn run(config: Config) -> Result<server::Served, Failure> {
     if config.fd_store
         && let Opened::Listeners(listeners) = &mut opened
     {
-        store.listeners = store_listeners(listeners);
+        store.listeners = match config.listen {
+            // The .socket unit keeps those; the store is for connections.
+            endpoint::Endpoint::SdListen(_) | endpoint::Endpoint::Fd(_) => {
+                notify::connected().then_some(0)
+            }
+            _ => store_listeners(listeners),
+        };
     }
     // 5. Confine the process while it has a single thread.
     confine(&config)?;

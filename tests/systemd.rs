@@ -814,7 +814,9 @@ ExecStart=/usr/bin/perl /stage/foobar.pl
 PrivateNetwork=yes
 ";
 
-/// foobar itself (perl is in every Debian): greets, then echoes.
+/// foobar itself (perl is in every Debian): greets, then echoes. After a
+/// client that sent only "linger" has ended its sending, foobar keeps the
+/// connection half-closed until /tmp/release exists, then says "released".
 const FOOBAR_PL: &str = r#"use strict; use warnings;
 use IO::Socket::INET; use IO::Socket::UNIX; use Socket;
 my $server = IO::Socket::INET->new(LocalAddr => "127.0.0.1:8080", Listen => 64, ReuseAddr => 1)
@@ -828,7 +830,15 @@ while (1) {
     my $client = $server->accept or next;
     if (fork() == 0) {
         syswrite $client, "hello from foobar\n";
-        while (sysread($client, my $buffer, 65536)) { syswrite $client, $buffer }
+        my $got = "";
+        while (sysread($client, my $buffer, 65536)) {
+            syswrite $client, $buffer;
+            $got .= $buffer if length($got) < 16;
+        }
+        if ($got eq "linger") {
+            select(undef, undef, undef, 0.02) until -e "/tmp/release";
+            syswrite $client, "released\n";
+        }
         exit 0;
     }
     close $client;
@@ -884,32 +894,36 @@ echo CONNECT=/run/foobar-unix/socket > /etc/simpletcpunixrelay/activated-8082.en
 systemctl daemon-reload
 ";
 
-/// The units under systemd as PID 1: foobar.service (TCP only, PrivateNetwork)
-/// exposed at /run/foobar-unix/socket by the expose template, that socket
-/// re-exposed on TCP 8081 and, socket-activated, on TCP 8082; a client in
-/// the container reaches foobar through each, and not over TCP directly.
-#[test]
-fn units_under_systemd_in_nspawn() {
+/// A container with systemd as PID 1, the relay at /usr/bin, foobar and
+/// the units installed as the README says ([`INSTALL`]), and the clients
+/// staged at /stage (the directory is kept while the container runs).
+/// `None` (after a skip) where nspawn or a root file system cannot be had.
+fn boot_with_units() -> Option<(Container, TempDir)> {
     if !is_root() {
         skip("needs root for systemd-nspawn");
-        return;
+        return None;
     }
     if skip_if_missing(CONTAINER_TOOLS, "systemd-container debootstrap") {
-        return;
+        return None;
     }
-    let started = Instant::now();
     let root = match debian_rootfs() {
         Ok(root) => root,
         Err(e) => {
             skip(&format!("cannot build the Debian root file system: {e}"));
-            return;
+            return None;
         }
     };
-
     let stage = TempDir::new();
     fs::write(stage.join("foobar.service"), FOOBAR_UNIT).unwrap();
-    fs::write(stage.join("foobar.pl"), FOOBAR_PL).unwrap();
-    fs::write(stage.join("client.pl"), CLIENT_PL).unwrap();
+    for (name, script) in [
+        ("foobar.pl", FOOBAR_PL),
+        ("client.pl", CLIENT_PL),
+        ("stream.pl", STREAM_PL),
+        ("pingpong.pl", PINGPONG_PL),
+        ("loop.pl", LOOP_PL),
+    ] {
+        fs::write(stage.join(name), script).unwrap();
+    }
     fs::create_dir(stage.join("units")).unwrap();
     for entry in fs::read_dir(unit_dir()).unwrap() {
         let entry = entry.unwrap();
@@ -924,8 +938,21 @@ fn units_under_systemd_in_nspawn() {
         ],
         console,
     );
-    eprintln!("container running after {:.1?}", started.elapsed());
     container.ok(INSTALL);
+    Some((container, stage))
+}
+
+/// The units under systemd as PID 1: foobar.service (TCP only, PrivateNetwork)
+/// exposed at /run/foobar-unix/socket by the expose template, that socket
+/// re-exposed on TCP 8081 and, socket-activated, on TCP 8082; a client in
+/// the container reaches foobar through each, and not over TCP directly.
+#[test]
+fn units_under_systemd_in_nspawn() {
+    let started = Instant::now();
+    let Some((container, _stage)) = boot_with_units() else {
+        return;
+    };
+    eprintln!("container running after {:.1?}", started.elapsed());
 
     // 1. Expose foobar.service at /run/foobar-unix/socket.
     let enabled = container
@@ -1094,4 +1121,282 @@ fn units_under_systemd_in_nspawn() {
     );
     container.ok("test ! -e /run/foobar-unix");
     eprintln!("nspawn test took {:.1?}", started.elapsed());
+}
+
+/// A client streaming the file DATA through ADDRESS, paced (PAUSE seconds
+/// after each MiB), while it writes the echo into the file COPY (perl-base
+/// has no digest; sha256sum compares the files).
+const STREAM_PL: &str = r#"use strict; use warnings;
+use IO::Socket::INET;
+my ($address, $data, $pause, $copy) = @ARGV;
+my $socket = IO::Socket::INET->new(PeerAddr => $address, Timeout => 5) or die "connect: $!";
+my $greeting = "";
+while ($greeting !~ /\n/) { sysread($socket, my $byte, 1) or die "no greeting"; $greeting .= $byte }
+my $pid = fork() // die "fork: $!";
+if ($pid == 0) {
+    open(my $in, "<", $data) or die "$data: $!";
+    while (sysread($in, my $chunk, 1048576)) {
+        my $done = 0;
+        while ($done < length $chunk) {
+            my $n = syswrite($socket, $chunk, length($chunk) - $done, $done) // die "write: $!";
+            $done += $n;
+        }
+        select(undef, undef, undef, $pause);
+    }
+    shutdown($socket, 1);
+    exit 0;
+}
+open(my $out, ">", $copy) or die "$copy: $!";
+while (1) {
+    my $n = sysread($socket, my $buffer, 65536);
+    die "read: $!" unless defined $n;
+    last if $n == 0;
+    print $out $buffer;
+}
+close $out;
+waitpid($pid, 0);
+exit($? >> 8);
+"#;
+
+/// A long-lived ping-pong client on ADDRESS until the file STOP exists:
+/// prints how many answers came.
+const PINGPONG_PL: &str = r#"use strict; use warnings;
+use IO::Socket::INET;
+my ($address, $stop) = @ARGV;
+my $socket = IO::Socket::INET->new(PeerAddr => $address, Timeout => 5) or die "connect: $!";
+my $pending = "";
+sub line {
+    while ($pending !~ /\n/) {
+        my $n = sysread($socket, my $buffer, 4096);
+        die "read: $!" unless defined $n;
+        die "closed while waiting for $_[0]" if $n == 0;
+        $pending .= $buffer;
+    }
+    $pending =~ s/^([^\n]*\n)//;
+    return $1;
+}
+line("the greeting");
+my $count = 0;
+until (-e $stop) {
+    $count++;
+    syswrite($socket, "ping $count\n") or die "write: $!";
+    my $reply = line("ping $count");
+    die "got '$reply' for ping $count" unless $reply eq "ping $count\n";
+    select(undef, undef, undef, 0.01);
+}
+print "answered $count\n";
+"#;
+
+/// New clients on ADDRESS one after another until the file STOP exists
+/// and at least MIN have been tried: prints how many were served.
+const LOOP_PL: &str = r#"use strict; use warnings;
+use IO::Socket::INET;
+my ($address, $stop, $min) = @ARGV;
+my ($tried, $served) = (0, 0);
+while (!-e $stop || $tried < $min) {
+    $tried++;
+    my $socket = IO::Socket::INET->new(PeerAddr => $address, Timeout => 5)
+        or do { print STDERR "client $tried: connect: $!\n"; next };
+    syswrite $socket, "c$tried";
+    shutdown $socket, 1;
+    my $reply = "";
+    while (sysread($socket, my $buffer, 65536)) { $reply .= $buffer }
+    if ($reply eq "hello from foobar\nc$tried") { $served++ }
+    else { print STDERR "client $tried got '$reply'\n" }
+}
+print "served $served of $tried\n";
+"#;
+
+/// Runs a staged client in the background, as a transient service of the
+/// container's systemd: its output in /tmp/NAME.out, its exit status in
+/// /tmp/NAME.rc.
+fn background(container: &Container, name: &str, command: &str) {
+    container.ok(&format!(
+        "systemd-run --quiet --collect --unit=client-{name} sh -c '{command} >/tmp/{name}.out 2>/tmp/{name}.err; echo $? >/tmp/{name}.rc'"
+    ));
+}
+
+/// Waits for a background client to end; its output, or a panic with its
+/// errors if it failed.
+fn finished(container: &Container, name: &str) -> String {
+    wait_until(&format!("{name} to finish"), || {
+        container
+            .sh(&format!("test -s /tmp/{name}.rc"))
+            .status
+            .success()
+    });
+    let rc = container.ok(&format!("cat /tmp/{name}.rc"));
+    let err = container.ok(&format!("cat /tmp/{name}.err"));
+    assert_eq!(rc.trim(), "0", "{name} failed: {err}");
+    container.ok(&format!("cat /tmp/{name}.out"))
+}
+
+/// The main process of a unit, 0 while it has none.
+fn main_pid(container: &Container, unit: &str) -> u32 {
+    container
+        .ok(&format!("systemctl show -p MainPID --value {unit}"))
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+/// `systemctl reload UNIT`, then waits until the next instance runs.
+fn reload(container: &Container, unit: &str) {
+    let before = main_pid(container, unit);
+    container.ok(&format!("systemctl reload {unit}"));
+    wait_until(&format!("the next instance of {unit}"), || {
+        let pid = main_pid(container, unit);
+        pid != 0
+            && pid != before
+            && container
+                .ok(&format!("systemctl show -p SubState --value {unit}"))
+                .trim()
+                == "running"
+    });
+}
+
+/// Restarting without losing clients, under systemd 252 as PID 1: through
+/// expose@ and reexpose@ in a row (TCP 8081 → /run/foobar-unix/socket →
+/// foobar's own loopback), `systemctl reload` hands every open connection
+/// to the next instance, three times for each unit, while a client streams
+/// 64 MiB each way, a ping-pong client keeps asking, a half-closed
+/// connection waits for its answer and new clients keep arriving. Then
+/// `systemctl restart` and `kill -9` keep the listeners (nobody refused),
+/// and `systemctl stop` leaves no socket file and an empty store.
+#[test]
+fn hand_over_restarts_under_systemd_in_nspawn() {
+    let started = Instant::now();
+    let Some((container, _stage)) = boot_with_units() else {
+        return;
+    };
+    let expose = "simpletcpunixrelay-expose@foobar.service";
+    let reexpose = "simpletcpunixrelay-reexpose@foobar.service";
+    container.ok(&format!(
+        "systemctl start foobar.service {expose} && systemctl start {reexpose}"
+    ));
+    let address = "127.0.0.1:8081";
+    background(
+        &container,
+        "pingpong",
+        &format!("perl /stage/pingpong.pl {address} /tmp/stop-pingpong"),
+    );
+    background(
+        &container,
+        "half",
+        &format!("perl /stage/client.pl {address} linger"),
+    );
+    container.ok("head -c 64M /dev/urandom >/tmp/data");
+    background(
+        &container,
+        "stream",
+        &format!("perl /stage/stream.pl {address} /tmp/data 0.1 /tmp/copy"),
+    );
+    background(
+        &container,
+        "loop",
+        &format!("perl /stage/loop.pl {address} /tmp/stop 200"),
+    );
+    // Every long-lived client is connected through both relays.
+    let active = format!("systemctl show -p StatusText --value {expose}");
+    wait_until("three connections through both relays", || {
+        let status = container.ok(&active);
+        let count = status
+            .split(": ")
+            .nth(1)
+            .and_then(|s| s.split(' ').next())
+            .and_then(|n| n.parse::<u32>().ok());
+        count.is_some_and(|n| n >= 3)
+    });
+
+    for _ in 0..3 {
+        reload(&container, reexpose);
+        reload(&container, expose);
+    }
+    for unit in [expose, reexpose] {
+        let journal = container.ok(&format!("journalctl -o cat -u {unit}"));
+        assert_eq!(
+            journal.matches("took over").count(),
+            3,
+            "{unit}: three hand-overs\n{journal}"
+        );
+        assert!(
+            !journal.contains("draining"),
+            "{unit}: no fallback\n{journal}"
+        );
+        // The store holds the listener again, nothing else.
+        container.wait_for_output(
+            &format!("systemctl show -p NFileDescriptorStore --value {unit}"),
+            "1",
+        );
+    }
+    assert!(
+        !container.sh("test -s /tmp/stream.rc").status.success(),
+        "the stream must still run after the hand-overs (make it longer)"
+    );
+
+    // Every byte, once, in order, both ways.
+    finished(&container, "stream");
+    let sums = container.ok("sha256sum </tmp/data; sha256sum </tmp/copy; stat -c %s /tmp/copy");
+    let lines: Vec<&str> = sums.lines().collect();
+    assert_eq!(lines[0], lines[1], "64 MiB up and back down: {sums}");
+    assert_eq!(lines[2], "67108864", "{sums}");
+    // The half-closed connection stayed half-closed, and gets its answer.
+    container.ok("touch /tmp/release");
+    assert_eq!(
+        finished(&container, "half"),
+        "hello from foobar\nlingerreleased\n"
+    );
+
+    // The long-lived connection answered all along.
+    container.ok("touch /tmp/stop-pingpong");
+    let pingpong = finished(&container, "pingpong");
+    assert!(pingpong.starts_with("answered "), "{pingpong}");
+    eprintln!("ping-pong across six hand-overs: {pingpong}");
+
+    // A planned restart keeps the listeners: nobody is refused, and the
+    // loop of new clients goes on meanwhile.
+    container.ok(&format!("systemctl restart {reexpose}"));
+    container.ok(&format!("systemctl restart {expose}"));
+    container.ok("touch /tmp/stop");
+    let served = finished(&container, "loop");
+    let counts: Vec<u32> = served
+        .split_whitespace()
+        .filter_map(|w| w.parse().ok())
+        .collect();
+    assert!(
+        counts.len() == 2 && counts[0] == counts[1] && counts[1] >= 200,
+        "every client served across hand-overs and restarts: {served}{}",
+        container.ok("cat /tmp/loop.err")
+    );
+    // So does a crash (its open connections die with it): a client that
+    // arrives while the relay is dead waits in the backlog and is served by
+    // the instance Restart=on-failure starts.
+    for unit in [reexpose, expose] {
+        let pid = main_pid(&container, unit);
+        let (code, reply, stderr) = client(
+            &container,
+            &format!("kill -9 {pid};"),
+            address,
+            "after-a-crash",
+        );
+        assert_eq!(code, 0, "{unit}: {stderr}");
+        assert_eq!(reply, "hello from foobar\nafter-a-crash");
+        assert_ne!(main_pid(&container, unit), pid);
+    }
+
+    // Stop: no socket file, an empty store, no unit failed.
+    container.ok(&format!("systemctl stop {reexpose} {expose}"));
+    container.ok("test ! -e /run/foobar-unix/socket");
+    for unit in [expose, reexpose] {
+        assert_eq!(
+            container
+                .ok(&format!(
+                    "systemctl show -p NFileDescriptorStore --value {unit}"
+                ))
+                .trim(),
+            "0"
+        );
+    }
+    assert_eq!(container.ok("systemctl --failed --no-legend").trim(), "");
+    eprintln!("hand-over test took {:.1?}", started.elapsed());
 }
