@@ -83,7 +83,9 @@ Time spans use systemd syntax: 90, 90s, 500ms, 5min 20s, 1h30min, 1.5h, infinity
   with every systemd unit (ns, us, ms, s, min, h, d, w, M = month, y = year); 0 means no limit.
 Each listener logs 'listening on ADDR' (also with -q) once the relay is ready.
 Signals: SIGTERM/SIGINT stop gracefully (a second one at once; connections still open are
-  cut, TCP peers get a reset); SIGHUP is logged and ignored (nothing to reload).",
+  cut, TCP peers get a reset); SIGUSR2 (systemctl reload) hands open connections to the next
+  instance through systemd's file descriptor store (--fd-store) and exits 3, or drains and exits 3
+  without one; SIGHUP is logged and ignored (nothing to reload).",
     example = "Expose a TCP-only service as a Unix socket:\n  $ {command_name} --socket-mode 0660 /run/foobar-unix/socket 127.0.0.1:8080\nRe-expose a Unix socket on TCP:\n  $ {command_name} 127.0.0.1:8000 /run/app.sock",
     error_code(
         0,
@@ -93,7 +95,11 @@ Signals: SIGTERM/SIGINT stop gracefully (a second one at once; connections still
         1,
         "runtime or startup failure (address in use, missing directory, --sandbox strict not satisfiable, ...)"
     ),
-    error_code(2, "usage error: bad endpoint, unknown option, malformed value")
+    error_code(2, "usage error: bad endpoint, unknown option, malformed value"),
+    error_code(
+        3,
+        "after SIGUSR2: connections handed to the file descriptor store (or drained): start the next instance"
+    )
 )]
 struct Args {
     /// where to accept connections (see Endpoints)
@@ -160,7 +166,7 @@ struct Args {
     #[argh(option, arg_name = "N")]
     ready_fd: Option<CountArg>,
 
-    /// hand the listeners to systemd's file descriptor store once bound, and adopt them from it at the next start, so that clients arriving during a restart wait in the backlog instead of being refused (needs FileDescriptorStoreMax= > 0; implied when systemd sets $FDSTORE)
+    /// hand the listeners to systemd's file descriptor store once bound, and adopt them from it at the next start, so that clients arriving during a restart wait in the backlog instead of being refused; SIGUSR2 then hands over open connections too (needs FileDescriptorStoreMax= > 0; implied when systemd sets $FDSTORE)
     #[argh(switch)]
     fd_store: bool,
 

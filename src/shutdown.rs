@@ -61,7 +61,7 @@ impl Signals {
             let mut bytes = [0u8; 16];
             while hangup.read_with(|mut s| s.read(&mut bytes)).await.is_ok() {
                 crate::info!(
-                    "SIGHUP: nothing to reload, still serving (SIGTERM or SIGINT stops the relay)"
+                    "SIGHUP: nothing to reload, still serving (SIGTERM or SIGINT stops the relay, SIGUSR2 hands it over to a new instance)"
                 );
             }
         });

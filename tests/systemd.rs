@@ -1400,3 +1400,83 @@ fn hand_over_restarts_under_systemd_in_nspawn() {
     assert_eq!(container.ok("systemctl --failed --no-legend").trim(), "");
     eprintln!("hand-over test took {:.1?}", started.elapsed());
 }
+
+/// The package `packaging/build-deb` wrote (CI builds it before the tests).
+fn built_package() -> Option<PathBuf> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/debian");
+    fs::read_dir(dir)
+        .ok()?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .find(|p| p.extension().is_some_and(|e| e == "deb"))
+}
+
+/// Upgrading the Debian package hands every running relay over to the new
+/// binary (postinst reloads the running instances): under systemd 252 in
+/// nspawn, with the package installed by dpkg, a ping-pong connection
+/// through reexpose@ and expose@ goes on answering across `dpkg -i` of the
+/// package again (an upgrade as far as the maintainer scripts can tell).
+#[test]
+fn a_package_upgrade_hands_over_under_systemd_in_nspawn() {
+    if !is_root() {
+        skip("needs root for systemd-nspawn");
+        return;
+    }
+    if skip_if_missing(CONTAINER_TOOLS, "systemd-container debootstrap") {
+        return;
+    }
+    let Some(package) = built_package() else {
+        skip("no package in target/debian (run packaging/build-deb first)");
+        return;
+    };
+    let root = match debian_rootfs() {
+        Ok(root) => root,
+        Err(e) => {
+            skip(&format!("cannot build the Debian root file system: {e}"));
+            return;
+        }
+    };
+    let stage = TempDir::new();
+    fs::copy(&package, stage.join("package.deb")).unwrap();
+    fs::write(stage.join("foobar.service"), FOOBAR_UNIT).unwrap();
+    fs::write(stage.join("foobar.pl"), FOOBAR_PL).unwrap();
+    fs::write(stage.join("pingpong.pl"), PINGPONG_PL).unwrap();
+    let container = Container::boot(&root, &[(&stage.0, "/stage")], stage.join("console.log"));
+    container.ok("set -e
+dpkg -i /stage/package.deb >/dev/null
+cp /stage/foobar.service /etc/systemd/system/
+mkdir -p /etc/simpletcpunixrelay
+echo CONNECT=127.0.0.1:8080 > /etc/simpletcpunixrelay/expose-foobar.env
+printf 'LISTEN=127.0.0.1:8081\\nCONNECT=/run/foobar-unix/socket\\n' \
+    > /etc/simpletcpunixrelay/reexpose-foobar.env
+systemctl daemon-reload
+systemctl start foobar.service simpletcpunixrelay-expose@foobar.service
+systemctl start simpletcpunixrelay-reexpose@foobar.service");
+    let expose = "simpletcpunixrelay-expose@foobar.service";
+    let reexpose = "simpletcpunixrelay-reexpose@foobar.service";
+    background(
+        &container,
+        "pingpong",
+        "perl /stage/pingpong.pl 127.0.0.1:8081 /tmp/stop",
+    );
+    let status = format!("systemctl show -p StatusText --value {reexpose}");
+    wait_until("the ping-pong client through both relays", || {
+        container.ok(&status).contains(": 1 active")
+    });
+    let before = (main_pid(&container, expose), main_pid(&container, reexpose));
+
+    container.ok("dpkg -i /stage/package.deb >/dev/null");
+    for (unit, pid) in [(expose, before.0), (reexpose, before.1)] {
+        wait_until(&format!("{unit} to be handed over"), || {
+            let now = main_pid(&container, unit);
+            now != 0
+                && now != pid
+                && container
+                    .ok(&format!("journalctl -o cat -u {unit}"))
+                    .contains("took over 1 connection from the previous instance")
+        });
+    }
+    container.ok("touch /tmp/stop");
+    let answered = finished(&container, "pingpong");
+    assert!(answered.starts_with("answered "), "{answered}");
+    assert_eq!(container.ok("systemctl --failed --no-legend").trim(), "");
+}
