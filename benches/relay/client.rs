@@ -199,6 +199,12 @@ impl PingPong {
         self.socket.write_all(&self.message)?;
         self.socket.read_exact(&mut self.answer)
     }
+
+    /// A round trip that also says whether the echo is what was sent.
+    pub fn checked_round_trip(&mut self) -> io::Result<bool> {
+        self.round_trip()?;
+        Ok(self.answer == self.message)
+    }
 }
 
 /// Round-trip times of `messages` ping-pongs of `size` bytes, in

@@ -13,7 +13,8 @@
 //! how throughput and connection rate hold up with many streams or many
 //! open connections; and a real application: requests per second of
 //! `redis-benchmark` against a `redis-server` on a Unix socket, directly and
-//! through each relay (`redis.rs`).
+//! through each relay (`redis.rs`); and the pause a hand-over restart costs
+//! the relay's clients (`handover.rs`).
 //!
 //! It prints a markdown table, writes the raw figures to
 //! `target/bench/results.json` and a chart to `target/bench/bench.svg`; a
@@ -31,6 +32,7 @@
 mod backend;
 mod client;
 mod drive;
+mod handover;
 mod json;
 mod peers;
 mod procfs;
@@ -79,6 +81,8 @@ pub struct Settings {
     pub redis_requests: u64,
     pub redis_clients: usize,
     pub redis_timeout: Duration,
+    /// Open connections during each measured hand-over restart.
+    pub handover_connections: Vec<usize>,
     /// The whole run is abandoned after this.
     pub time_limit: Duration,
 }
@@ -104,6 +108,7 @@ impl Settings {
                 redis_requests: 10_000,
                 redis_clients: 50,
                 redis_timeout: Duration::from_secs(20),
+                handover_connections: vec![1, 100],
                 time_limit: Duration::from_secs(180),
             }
         } else {
@@ -125,6 +130,7 @@ impl Settings {
                 redis_requests: 100_000,
                 redis_clients: 50,
                 redis_timeout: Duration::from_secs(60),
+                handover_connections: vec![1, 1000],
                 time_limit: Duration::from_secs(30 * 60),
             }
         }
@@ -231,6 +237,7 @@ pub struct Results {
     pub notes: Vec<String>,
     pub redis: redis::AppRun,
     pub syscalls: syscalls::Run,
+    pub handover: handover::Run,
     pub load_before: String,
     pub load_after: String,
     pub seconds: f64,
@@ -775,6 +782,7 @@ fn run(settings: &Settings, only: Option<Vec<String>>) -> io::Result<Results> {
         notes: Vec::new(),
         redis: redis::AppRun::default(),
         syscalls: syscalls::Run::default(),
+        handover: handover::Run::default(),
         load_before: procfs::load_average(),
         load_after: String::new(),
         seconds: 0.0,
@@ -861,6 +869,7 @@ fn run(settings: &Settings, only: Option<Vec<String>>) -> io::Result<Results> {
     // together at the end) would dominate the figure.
     results.load_after = procfs::load_average();
     measure_idle(&tools, &backend, dir, &kinds, settings, &mut results);
+    results.handover = handover::measure(&tools.relay, &backend, dir, settings);
     drop(backend);
 
     results.kinds = kinds;

@@ -8,7 +8,7 @@ use std::path::Path;
 use crate::client::Dir;
 use crate::json::Json;
 use crate::peers::{Kind, Route};
-use crate::{Results, Series, Settings, redis, syscalls};
+use crate::{Results, Series, Settings, handover, redis, syscalls};
 
 const CELLS: [(Route, Dir); 4] = [
     (Route::TcpToUnix, Dir::Up),
@@ -450,6 +450,7 @@ fn markdown(results: &Results, s: &Settings) -> String {
     }
 
     syscalls_section(&mut md, results, s);
+    handover_section(&mut md, results);
 
     let _ = writeln!(md, "\n## Idle connections (Unix→TCP)\n");
     let _ = writeln!(
@@ -912,7 +913,83 @@ fn targets(results: &Results, s: &Settings) -> Vec<(String, String, Option<bool>
         ),
         sp.map(|v| v <= 0.2),
     ));
+    if let Some(case) = results
+        .handover
+        .cases
+        .iter()
+        .filter(|c| c.error.is_none())
+        .max_by_key(|c| c.connections)
+    {
+        rows.push((
+            format!(
+                "hand-over pause with {} open < 100 ms, 0 bytes lost",
+                case.connections
+            ),
+            format!(
+                "{:.1} ms, {} bytes lost, {} of {} alive after",
+                handover::ms(case.longest_pause),
+                case.bytes_lost,
+                case.alive_after,
+                case.connections
+            ),
+            Some(
+                case.longest_pause < std::time::Duration::from_millis(100)
+                    && case.bytes_lost == 0
+                    && case.alive_after == case.connections,
+            ),
+        ));
+    }
     rows
+}
+
+/// The pause a hand-over restart costs (`handover.rs`).
+fn handover_section(md: &mut String, results: &Results) {
+    let run = &results.handover;
+    let _ = writeln!(md, "\n## Hand-over restart\n");
+    if let Some(why) = &run.skipped {
+        let _ = writeln!(md, "Not measured: {why}.");
+        return;
+    }
+    let _ = writeln!(
+        md,
+        "One ping-pong client sends {}-byte messages through the relay (Unix LISTEN, the backend's TCP echo) while \
+         the other connections are held open; then SIGUSR2 (what `systemctl reload` sends with the templates), \
+         the relay stores every connection in the file descriptor store and exits 3, and the next instance is \
+         started at once with the store passed back, adopts everything and goes on. The benchmark plays systemd's \
+         part (notification socket, store, `BARRIER=1`, `LISTEN_FDS`), as `tests/restart.rs` does; under systemd, \
+         its own start-up of the next instance adds to the pause (`RestartSec=0` in the templates). The longest \
+         round trip is the pause the client saw; every answer is compared with what was sent, and every held \
+         connection makes one more exchange afterwards.\n",
+        64
+    );
+    let _ = writeln!(
+        md,
+        "| open connections | longest pause | SIGUSR2 → next READY=1 | median round trip before | descriptors stored | round trips / bytes checked | bytes lost | alive after |"
+    );
+    let _ = writeln!(md, "|---|---|---|---|---|---|---|---|");
+    for case in &run.cases {
+        match &case.error {
+            Some(e) => {
+                let _ = writeln!(md, "| {} | failed: {e} | | | | | | |", case.connections);
+            }
+            None => {
+                let _ = writeln!(
+                    md,
+                    "| {} | {:.1} ms | {:.1} ms | {:.0} µs | {} | {} / {} | {} | {} of {} |",
+                    case.connections,
+                    handover::ms(case.longest_pause),
+                    handover::ms(case.hand_over),
+                    case.median_before.as_secs_f64() * 1e6,
+                    case.stored,
+                    case.round_trips,
+                    case.bytes_checked,
+                    case.bytes_lost,
+                    case.alive_after,
+                    case.connections
+                );
+            }
+        }
+    }
 }
 
 fn series_json(series: &Series) -> Json {
@@ -1219,6 +1296,33 @@ fn json(results: &Results, s: &Settings) -> Json {
                     Json::Arr(redis::TESTS.iter().map(|t| Json::str(*t)).collect()),
                 ),
             ]),
+        ),
+        (
+            "handover",
+            Json::Arr(
+                results
+                    .handover
+                    .cases
+                    .iter()
+                    .map(|c| {
+                        Json::obj([
+                            ("connections", Json::Num(c.connections as f64)),
+                            ("longest_pause_ms", Json::Num(handover::ms(c.longest_pause))),
+                            ("sigusr2_to_ready_ms", Json::Num(handover::ms(c.hand_over))),
+                            (
+                                "median_round_trip_before_us",
+                                Json::Num(c.median_before.as_secs_f64() * 1e6),
+                            ),
+                            ("descriptors_stored", Json::Num(c.stored as f64)),
+                            ("round_trips", Json::Num(c.round_trips as f64)),
+                            ("bytes_checked", Json::Num(c.bytes_checked as f64)),
+                            ("bytes_lost", Json::Num(c.bytes_lost as f64)),
+                            ("alive_after", Json::Num(c.alive_after as f64)),
+                            ("error", c.error.clone().map_or(Json::Null, Json::Str)),
+                        ])
+                    })
+                    .collect(),
+            ),
         ),
         (
             "syscalls",
