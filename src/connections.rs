@@ -164,6 +164,26 @@ impl Connections {
     }
 }
 
+impl Connections {
+    /// Makes the connections still opening (not yet relaying) end as an
+    /// abort when their sockets close; how many there are.
+    pub(crate) fn abort_opening(&self) -> usize {
+        let mut count = 0;
+        for slot in self.0.slots.borrow().iter().flatten() {
+            if slot.relaying {
+                continue;
+            }
+            count += 1;
+            for fd in slot.sockets.iter().flatten() {
+                // SAFETY: as in `abort_all`.
+                let fd = unsafe { BorrowedFd::borrow_raw(*fd) };
+                let _ = socket2::SockRef::from(&fd).set_linger(Some(Duration::ZERO));
+            }
+        }
+        count
+    }
+}
+
 impl Entry {
     /// Records the connection's socket towards CONNECT.
     pub(crate) fn set_backend(&self, backend: RawFd) {

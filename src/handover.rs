@@ -3,25 +3,29 @@
 //!
 //! On a hand-over request (SIGUSR2, `systemctl reload`), every connection
 //! is taken off the engine as it stands and stored: its client socket, its
-//! backend socket, a pipe for each direction that has bytes in flight (read
-//! but not yet written), and its state in the client socket's name. The
-//! names pair the descriptors up again:
+//! backend socket, both ends of a pipe for each direction that has bytes in
+//! flight (read but not yet written), and its state in the client socket's
+//! name. The names pair the descriptors up again:
 //!
 //! ```text
 //! conn.PID.N.client,up=BYTES,down=BYTES,ended=up+down,copy=up,age=MS,idle=MS
 //! conn.PID.N.backend
-//! conn.PID.N.up        (bytes from the client, not yet sent to CONNECT)
-//! conn.PID.N.down      (bytes from CONNECT, not yet sent to the client)
+//! conn.PID.N.up.read, conn.PID.N.up.write      (client -> CONNECT, in flight)
+//! conn.PID.N.down.read, conn.PID.N.down.write  (CONNECT -> client, in flight)
 //! ```
 //!
 //! Sockets are stored with `SO_LINGER` 0 and `FDPOLL=0`: one that no
 //! instance takes over (the unit was stopped) is closed by systemd as a
 //! reset, and one whose peer hung up stays stored with its pair. The next
-//! instance clears the linger, reads what the pipes hold into its own
-//! buffers, goes on relaying, and removes the names from the store
+//! instance puts each connection together without changing anything that
+//! systemd's copies share (the pipes keep their bytes, the linger stays),
+//! so that if it fails before it runs them, the instance after it finds
+//! them intact. Only when a connection goes to its engine ([`commit`]) is
+//! the linger cleared and the connection removed from the store
 //! (`FDSTOREREMOVE=1`), so that systemd keeps no copy of a socket it closes.
+//! Names beginning with `conn.` are reserved for this.
 
-use std::io::{self, Read};
+use std::io;
 use std::net::SocketAddr;
 use std::os::fd::{AsFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::time::{Duration, Instant};
@@ -64,23 +68,29 @@ pub struct Adopted {
 struct Parts {
     client: Option<(OwnedFd, String)>,
     backend: Option<(OwnedFd, String)>,
-    up: Option<(OwnedFd, String)>,
-    down: Option<(OwnedFd, String)>,
+    up: [Option<OwnedFd>; 2],
+    down: [Option<OwnedFd>; 2],
+    names: Vec<String>,
+    /// A name came twice (a reused PID, say): nothing here can be trusted.
+    duplicate: bool,
 }
 
-/// Takes over the connections among the descriptors systemd passed back.
-/// A connection whose descriptors are not all there, or whose state cannot
-/// be read, is closed (it was stored to end as a reset) and its names are
-/// returned for removal from the store, with the count of such.
-pub fn adopt(passed: Vec<(RawFd, String)>) -> (Vec<Adopted>, Vec<String>) {
+/// Takes over the connections among the descriptors systemd passed back,
+/// except `skip` (a descriptor LISTEN names as `fd:N`, which is LISTEN's).
+/// Nothing that systemd's copies share is changed yet (see [`commit`]). A
+/// connection whose descriptors are not all there, or whose state cannot
+/// be read, is closed (it was stored to end as a reset); its names come
+/// back, with those of unknown descriptors, for removal from the store.
+pub fn adopt(passed: Vec<(RawFd, String)>, skip: Option<RawFd>) -> (Vec<Adopted>, Vec<String>) {
     let mut groups: Vec<(String, Parts)> = Vec::new();
+    let mut dropped = Vec::new();
     for (fd, name) in passed {
-        if !is_connection_name(&name) {
+        if !is_connection_name(&name) || Some(fd) == skip {
             continue;
         }
         // SAFETY: systemd passed this descriptor to this process, and no
         // other part of the relay takes descriptors named "conn.…"
-        // (listener.rs leaves them alone).
+        // (listener.rs leaves them alone, and `skip` is LISTEN's own).
         let fd = unsafe { OwnedFd::from_raw_fd(fd) };
         let _ = rustix::io::fcntl_setfd(&fd, rustix::io::FdFlags::CLOEXEC);
         let (id, role) = split_name(&name);
@@ -92,26 +102,25 @@ pub fn adopt(passed: Vec<(RawFd, String)>) -> (Vec<Adopted>, Vec<String>) {
             }
         };
         let parts = &mut groups[index].1;
-        let slot = match role.split(',').next() {
-            Some("client") => &mut parts.client,
-            Some("backend") => &mut parts.backend,
-            Some("up") => &mut parts.up,
-            Some("down") => &mut parts.down,
+        let twice = match role.split(',').next() {
+            Some("client") => parts.client.replace((fd, name.clone())).is_some(),
+            Some("backend") => parts.backend.replace((fd, name.clone())).is_some(),
+            Some("up.read") => parts.up[0].replace(fd).is_some(),
+            Some("up.write") => parts.up[1].replace(fd).is_some(),
+            Some("down.read") => parts.down[0].replace(fd).is_some(),
+            Some("down.write") => parts.down[1].replace(fd).is_some(),
             _ => {
                 crate::warn!("stored descriptor '{name}' is unknown to this version: closed");
+                dropped.push(name);
                 continue;
             }
         };
-        *slot = Some((fd, name));
+        parts.duplicate |= twice;
+        parts.names.push(name);
     }
     let mut adopted = Vec::new();
-    let mut dropped = Vec::new();
     for (id, parts) in groups {
-        let names: Vec<String> = [&parts.client, &parts.backend, &parts.up, &parts.down]
-            .into_iter()
-            .flatten()
-            .map(|(_, name)| name.clone())
-            .collect();
+        let names = parts.names.clone();
         match assemble(parts) {
             Ok(mut connection) => {
                 connection.names = names;
@@ -126,6 +135,17 @@ pub fn adopt(passed: Vec<(RawFd, String)>) -> (Vec<Adopted>, Vec<String>) {
     (adopted, dropped)
 }
 
+/// Makes an adopted connection this instance's: its sockets close normally
+/// from now on, and systemd forgets them.
+pub fn commit(connection: &Adopted) {
+    for side in [&connection.relay.client, &connection.relay.backend] {
+        let _ = side.socket().set_linger(None);
+    }
+    for name in &connection.names {
+        crate::notify::remove_stored(name);
+    }
+}
+
 /// `conn.PID.N` and the rest.
 fn split_name(name: &str) -> (&str, &str) {
     let mut dots = name.match_indices('.').map(|(i, _)| i);
@@ -136,27 +156,26 @@ fn split_name(name: &str) -> (&str, &str) {
 }
 
 fn assemble(parts: Parts) -> Result<Adopted, String> {
+    if parts.duplicate {
+        return Err("has a name twice".into());
+    }
     let (Some((client, state)), Some((backend, _))) = (parts.client, parts.backend) else {
         return Err("is incomplete (a socket is missing)".into());
     };
     let state = State::parse(&state).ok_or_else(|| format!("has an unreadable state '{state}'"))?;
     let client = Socket::from(client);
     let backend = Socket::from(backend);
-    for socket in [&client, &backend] {
-        // Stored to end as a reset if nobody took it over; here it goes on.
-        socket
-            .set_linger(None)
-            .map_err(|e| format!("cannot be set up again ({e})"))?;
-        socket
-            .set_nonblocking(true)
-            .map_err(|e| format!("cannot be set up again ({e})"))?;
-    }
-    let half = |moved, ended, copying, pipe: Option<(OwnedFd, String)>| {
-        let in_flight = match pipe {
-            None => InFlight::Nothing,
-            Some((pipe, _)) => InFlight::Bytes(drain_pipe(pipe)?.into_boxed_slice()),
+    let half = |moved, ended, copying, [read, write]: [Option<OwnedFd>; 2]| {
+        let in_flight = match (read, write) {
+            (None, None) => InFlight::Nothing,
+            (Some(read), Some(write)) => match crate::pipe::Pipe::from_ends(read, write) {
+                Ok((_, 0)) => InFlight::Nothing,
+                Ok((pipe, len)) => InFlight::Pipe(pipe, len),
+                Err(e) => return Err(format!("has a pipe that cannot be used ({e})")),
+            },
+            _ => return Err("is incomplete (a pipe end is missing)".into()),
         };
-        Ok::<_, String>(Half {
+        Ok(Half {
             moved,
             ended,
             copying,
@@ -174,25 +193,6 @@ fn assemble(parts: Parts) -> Result<Adopted, String> {
         peer,
         names: Vec::new(),
     })
-}
-
-/// Everything a stored pipe holds (its write end closed with the instance
-/// that stored it).
-fn drain_pipe(pipe: OwnedFd) -> Result<Vec<u8>, String> {
-    let mut file = std::fs::File::from(pipe);
-    let _ = rustix::io::ioctl_fionbio(&file, true);
-    let mut bytes = Vec::new();
-    loop {
-        let mut chunk = [0u8; 64 << 10];
-        match file.read(&mut chunk) {
-            Ok(0) => return Ok(bytes),
-            Ok(n) => bytes.extend_from_slice(&chunk[..n]),
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            // A writer is still open: what is there is all there is.
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(bytes),
-            Err(e) => return Err(format!("has a pipe that cannot be read ({e})")),
-        }
-    }
 }
 
 /// A connection's state, as written into its client socket's name.
@@ -259,44 +259,34 @@ impl State {
     }
 }
 
-/// One descriptor of a connection being stored.
-enum Stored {
-    Socket(Socket),
-    /// Stored by its read end; the write end closes with this instance.
-    Pipe(crate::pipe::Pipe),
-}
-
-impl Stored {
-    fn fd(&self) -> BorrowedFd<'_> {
-        match self {
-            Stored::Socket(socket) => socket.as_fd(),
-            Stored::Pipe(pipe) => pipe.read_fd(),
-        }
-    }
-}
-
 /// Descriptors a connection takes in the store.
 fn descriptors(taken: &Taken) -> usize {
-    2 + taken.relay.pipes_needed()
+    2 + 2 * taken.relay.pipes_needed()
 }
 
 /// How many descriptors the unit's store holds, when systemd says
 /// (`$FDSTORE`, set by systemd 254 and later, and by the unit templates).
+/// systemd refuses what does not fit without a word, so without it
+/// nothing is handed over.
 fn capacity() -> Option<usize> {
     std::env::var("FDSTORE")
         .ok()
         .and_then(|n| crate::endpoint::parse_number::<usize>(&n))
 }
 
-/// Stores every taken connection in systemd's file descriptor store
-/// (`listeners` descriptors are there already). On failure, the
-/// connections that were not stored come back, with why, to be relayed
-/// here until they end.
-pub fn store(taken: Vec<Taken>, listeners: usize) -> Result<usize, (Vec<Taken>, String)> {
-    let needed = listeners + taken.iter().map(descriptors).sum::<usize>();
-    if let Some(capacity) = capacity()
-        && needed > capacity
-    {
+/// Stores every taken connection in systemd's file descriptor store, in
+/// which `occupied` descriptors are already. On failure, the connections
+/// that were not stored come back, with why, to be relayed here until they
+/// end.
+pub fn store(taken: Vec<Taken>, occupied: usize) -> Result<usize, (Vec<Taken>, String)> {
+    let Some(capacity) = capacity() else {
+        return Err((
+            taken,
+            "the store's size is unknown ($FDSTORE is not set: systemd 254 and later set it; on 252 set Environment=FDSTORE= to FileDescriptorStoreMax=)".into(),
+        ));
+    };
+    let needed = occupied + taken.iter().map(descriptors).sum::<usize>();
+    if needed > capacity {
         return Err((
             taken,
             format!(
@@ -309,8 +299,8 @@ pub fn store(taken: Vec<Taken>, listeners: usize) -> Result<usize, (Vec<Taken>, 
     let count = taken.len();
     let mut taken = taken.into_iter().enumerate();
     while let Some((n, connection)) = taken.next() {
-        let parcel = match pack(connection, &format!("{PREFIX}{pid}.{n}")) {
-            Ok(names) => names,
+        let packed = match Packed::new(connection, format!("{PREFIX}{pid}.{n}")) {
+            Ok(packed) => packed,
             Err(refused) => {
                 let (connection, why) = *refused;
                 let mut rest = vec![connection];
@@ -318,13 +308,16 @@ pub fn store(taken: Vec<Taken>, listeners: usize) -> Result<usize, (Vec<Taken>, 
                 return Err((rest, why));
             }
         };
-        for (name, fd) in &parcel {
-            if let Err(e) = crate::notify::store_connection(name, fd.fd(), deadline) {
-                // What was stored of this one is taken over (or closed) by
-                // the next instance; the rest stay here.
-                let rest = taken.map(|(_, t)| t).collect();
-                return Err((rest, format!("systemd did not take a descriptor ({e})")));
-            }
+        let sent = packed
+            .descriptors()
+            .into_iter()
+            .try_for_each(|(name, fd)| crate::notify::store_connection(&name, fd, deadline));
+        if let Err(e) = sent {
+            // What reached the store of this one is incomplete there: the
+            // next instance closes it. This one, too, is relayed here.
+            let mut rest = vec![packed.unpack()];
+            rest.extend(taken.map(|(_, t)| t));
+            return Err((rest, format!("systemd did not take a descriptor ({e})")));
         }
     }
     if let Err(e) = crate::notify::barrier(deadline) {
@@ -333,56 +326,96 @@ pub fn store(taken: Vec<Taken>, listeners: usize) -> Result<usize, (Vec<Taken>, 
     Ok(count)
 }
 
-/// Names a connection's descriptors and makes its sockets end as a reset
-/// if nobody takes them over. A buffer in flight goes into a pipe of its
-/// own.
-fn pack(taken: Taken, id: &str) -> Result<Vec<(String, Stored)>, Refused> {
-    let now = Instant::now();
-    let Taken {
-        relay,
-        started,
-        last_moved,
-    } = taken;
-    let (client, backend, mut up, mut down) = relay.into_halves();
-    if let Err(e) = into_pipe(&mut up).and_then(|()| into_pipe(&mut down)) {
-        let relay = Relay::from_halves(client, backend, up, down);
-        let taken = Taken {
-            relay,
-            started,
-            last_moved,
-        };
-        return Err(Box::new((
-            taken,
-            format!("no pipe for its bytes in flight ({e})"),
-        )));
-    }
-    let state = State {
-        up: up.moved,
-        down: down.moved,
-        up_ended: up.ended,
-        down_ended: down.ended,
-        up_copy: up.copying,
-        down_copy: down.copying,
-        age: now.saturating_duration_since(started),
-        idle: last_moved.map_or(Duration::ZERO, |at| now.saturating_duration_since(at)),
-    };
-    for socket in [&client, &backend] {
-        let _ = socket.set_linger(Some(Duration::ZERO));
-    }
-    let mut names = vec![
-        (format!("{id}.{}", state.format()), Stored::Socket(client)),
-        (format!("{id}.backend"), Stored::Socket(backend)),
-    ];
-    for (direction, half) in [("up", up), ("down", down)] {
-        if let InFlight::Pipe(pipe, _) = half.in_flight {
-            names.push((format!("{id}.{direction}"), Stored::Pipe(pipe)));
-        }
-    }
-    Ok(names)
+/// A connection set up to be stored: its sockets end as a reset if nobody
+/// takes them over, and its bytes in flight are in pipes.
+struct Packed {
+    id: String,
+    client: Socket,
+    backend: Socket,
+    up: Half,
+    down: Half,
+    state: State,
+    started: Instant,
+    last_moved: Option<Instant>,
 }
 
 /// A connection that cannot be stored, and why.
 type Refused = Box<(Taken, String)>;
+
+impl Packed {
+    fn new(taken: Taken, id: String) -> Result<Packed, Refused> {
+        let now = Instant::now();
+        let Taken {
+            relay,
+            started,
+            last_moved,
+        } = taken;
+        let (client, backend, mut up, mut down) = relay.into_halves();
+        if let Err(e) = into_pipe(&mut up).and_then(|()| into_pipe(&mut down)) {
+            let relay = Relay::from_halves(client, backend, up, down);
+            let taken = Taken {
+                relay,
+                started,
+                last_moved,
+            };
+            return Err(Box::new((
+                taken,
+                format!("no pipe for its bytes in flight ({e})"),
+            )));
+        }
+        let state = State {
+            up: up.moved,
+            down: down.moved,
+            up_ended: up.ended,
+            down_ended: down.ended,
+            up_copy: up.copying,
+            down_copy: down.copying,
+            age: now.saturating_duration_since(started),
+            idle: last_moved.map_or(Duration::ZERO, |at| now.saturating_duration_since(at)),
+        };
+        for socket in [&client, &backend] {
+            let _ = socket.set_linger(Some(Duration::ZERO));
+        }
+        Ok(Packed {
+            id,
+            client,
+            backend,
+            up,
+            down,
+            state,
+            started,
+            last_moved,
+        })
+    }
+
+    /// Every descriptor to store, by name.
+    fn descriptors(&self) -> Vec<(String, BorrowedFd<'_>)> {
+        let id = &self.id;
+        let mut names = vec![
+            (format!("{id}.{}", self.state.format()), self.client.as_fd()),
+            (format!("{id}.backend"), self.backend.as_fd()),
+        ];
+        for (direction, half) in [("up", &self.up), ("down", &self.down)] {
+            if let InFlight::Pipe(pipe, _) = &half.in_flight {
+                names.push((format!("{id}.{direction}.read"), pipe.read_fd()));
+                names.push((format!("{id}.{direction}.write"), pipe.write_fd()));
+            }
+        }
+        names
+    }
+
+    /// The connection as it was, to be relayed here after all.
+    fn unpack(self) -> Taken {
+        for socket in [&self.client, &self.backend] {
+            let _ = socket.set_linger(None);
+        }
+        Taken {
+            relay: Relay::from_halves(self.client, self.backend, self.up, self.down),
+            started: self.started,
+            last_moved: self.last_moved,
+        }
+    }
+}
 
 /// Moves a buffer in flight into a pipe, which can be stored.
 fn into_pipe(half: &mut Half) -> io::Result<()> {

@@ -59,6 +59,24 @@ impl Pipe {
         self.read.as_fd()
     }
 
+    /// The write end, to be stored for the next instance.
+    pub fn write_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        self.write.as_fd()
+    }
+
+    /// A pipe a previous instance stored, from its two ends, and how many
+    /// bytes it holds.
+    pub fn from_ends(read: OwnedFd, write: OwnedFd) -> io::Result<(Pipe, u32)> {
+        let capacity = rustix::pipe::fcntl_getpipe_size(&write)?;
+        let len = rustix::io::ioctl_fionread(&read)?;
+        let pipe = Pipe {
+            read,
+            write,
+            capacity: u32::try_from(capacity).unwrap_or(u32::MAX),
+        };
+        Ok((pipe, u32::try_from(len).unwrap_or(u32::MAX)))
+    }
+
     /// How many bytes fit.
     pub fn capacity(&self) -> usize {
         self.capacity as usize

@@ -83,8 +83,9 @@ enum Stop {
 pub struct Store {
     /// Connections a previous instance handed over.
     pub adopted: Vec<crate::handover::Adopted>,
-    /// How many listeners are stored; `None`: no store.
-    pub listeners: Option<usize>,
+    /// Descriptors in the store besides this instance's connections
+    /// (listeners, stale entries); `None`: no store.
+    pub occupied: Option<usize>,
 }
 
 /// How serving ended.
@@ -111,7 +112,7 @@ pub async fn serve(
     let (limiter, throttle) = async_listen::backpressure::new(config.connections_max);
     let adopted = store.adopted.len();
     for connection in store.adopted {
-        let names = connection.names;
+        crate::handover::commit(&connection);
         let task = Connection {
             entry: connections.open(connection.relay.client.socket().as_raw_fd()),
             config: config.clone(),
@@ -135,9 +136,6 @@ pub async fn serve(
             running.await;
             drop(token);
         });
-        for name in names {
-            crate::notify::remove_stored(&name);
-        }
     }
     if adopted > 0 {
         crate::info!(
@@ -297,7 +295,7 @@ pub async fn serve(
             drain(&connections, config.shutdown_timeout, &signals).await;
         }
         Stop::HandOver => {
-            hand_over(&connections, &config, store.listeners, &signals).await;
+            hand_over(&connections, &config, store.occupied, &signals).await;
             return Ok(Served::HandedOver);
         }
     }
@@ -315,10 +313,10 @@ pub async fn serve(
 async fn hand_over(
     connections: &Connections,
     config: &Rc<Config>,
-    stored_listeners: Option<usize>,
+    occupied: Option<usize>,
     signals: &Stops,
 ) {
-    let Some(listeners) = stored_listeners else {
+    let Some(occupied) = occupied else {
         crate::warn!(
             "hand-over: no file descriptor store (--fd-store under systemd with FileDescriptorStoreMax=): draining {} connections instead",
             connections.active()
@@ -347,11 +345,24 @@ async fn hand_over(
             return;
         }
     };
-    match crate::handover::store(taken, listeners) {
-        Ok(stored) => crate::info!(
-            "handed {stored} connection{} to systemd's file descriptor store: exiting for the next instance",
-            if stored == 1 { "" } else { "s" }
-        ),
+    match crate::handover::store(taken, occupied) {
+        Ok(stored) => {
+            crate::info!(
+                "handed {stored} connection{} to systemd's file descriptor store: exiting for the next instance",
+                if stored == 1 { "" } else { "s" }
+            );
+            // Clients that did not reach CONNECT in time end with this
+            // process: as a cut, never as a clean end of stream.
+            let cut = connections.abort_opening();
+            if cut > 0 {
+                crate::warn!(
+                    "hand-over: {cut} client{} still connecting to {} after {}: cut (TCP peers get a reset)",
+                    if cut == 1 { "" } else { "s" },
+                    config.connect,
+                    timespan::format(config.connect_timeout)
+                );
+            }
+        }
         Err((rest, why)) => {
             crate::warn!(
                 "hand-over: {} connection{} not stored ({why}): draining them instead",
@@ -360,6 +371,15 @@ async fn hand_over(
             );
             for taken in rest {
                 resume(connections, config, taken);
+            }
+            // The tasks of the connections taken off the engine end first,
+            // so that the drain counts only what is open.
+            loop {
+                let before = connections.active();
+                future::yield_now().await;
+                if connections.active() == before {
+                    break;
+                }
             }
             crate::notify::stopping("restarting: draining");
             drain(connections, config.shutdown_timeout, signals).await;

@@ -74,7 +74,15 @@ fn run(config: Config) -> Result<server::Served, Failure> {
         )));
     }
     // Connections a previous instance stored, taken over (whatever LISTEN).
-    let (adopted, orphans) = handover::adopt(listener::passed_sockets().unwrap_or_default());
+    let passed = listener::passed_sockets().unwrap_or_default();
+    let passed_count = passed.len();
+    let listen_fd = match config.listen {
+        endpoint::Endpoint::Fd(fd) => Some(fd),
+        _ => None,
+    };
+    let (adopted, orphans) = handover::adopt(passed, listen_fd);
+    // What stays in the store: everything passed but the connections.
+    let kept = passed_count - orphans.len() - adopted.iter().map(|a| a.names.len()).sum::<usize>();
     raise_fd_limit();
     // 2. Host names for CONNECT are resolved by a helper process with a
     //    policy of its own, forked while single-threaded and before the
@@ -95,18 +103,20 @@ fn run(config: Config) -> Result<server::Served, Failure> {
     let mut opened = opened;
     let mut store = server::Store {
         adopted,
-        listeners: None,
+        occupied: None,
     };
     if config.fd_store
         && let Opened::Listeners(listeners) = &mut opened
     {
-        store.listeners = match config.listen {
-            // The .socket unit keeps those; the store is for connections.
+        let stored = match config.listen {
+            // The .socket unit keeps those; the store is for connections
+            // (its sockets count as stored: erring on the safe side).
             endpoint::Endpoint::SdListen(_) | endpoint::Endpoint::Fd(_) => {
                 notify::connected().then_some(0)
             }
             _ => store_listeners(listeners),
         };
+        store.occupied = stored.map(|new| kept + new);
     }
     // 5. Confine the process while it has a single thread.
     confine(&config)?;
@@ -121,6 +131,7 @@ fn run(config: Config) -> Result<server::Served, Failure> {
     runtime::block_on(async move {
         notify::start();
         resolver::start();
+        // Broken connections and unknown names must not stay in the store.
         for name in orphans {
             notify::remove_stored(&name);
         }
@@ -138,10 +149,9 @@ fn run(config: Config) -> Result<server::Served, Failure> {
 /// Hands the listeners to systemd's file descriptor store, so that the
 /// next instance adopts them; their socket files then stay at exit (the
 /// unit's `RuntimeDirectory=` goes on `systemctl stop`). Returns how many
-/// were stored.
+/// were added to the store (adopted ones are there already).
 fn store_listeners(listeners: &mut listener::Listeners) -> Option<usize> {
     use std::os::fd::AsFd;
-    let count = listeners.iter().count();
     // An adopted listener is still in the store (systemd keeps it until
     // the unit stops).
     let fds: Vec<_> = listeners
@@ -156,6 +166,7 @@ fn store_listeners(listeners: &mut listener::Listeners) -> Option<usize> {
     };
     match stored {
         Ok(()) => {
+            let count = fds.len();
             for listener in listeners.iter_mut() {
                 listener.keep_file();
             }

@@ -24,6 +24,9 @@ struct Manager {
     dir: TempDir,
     /// Stored descriptors, by name.
     store: Vec<(String, OwnedFd)>,
+    /// `$FDSTORE` for the relays it starts: the store's size, which the
+    /// relay must know to hand connections over.
+    size: Option<&'static str>,
 }
 
 impl Manager {
@@ -37,6 +40,15 @@ impl Manager {
             socket,
             dir,
             store: Vec::new(),
+            size: None,
+        }
+    }
+
+    /// A manager whose store holds 100 descriptors, and says so.
+    fn with_store() -> Manager {
+        Manager {
+            size: Some("100"),
+            ..Manager::new()
         }
     }
 
@@ -113,6 +125,14 @@ impl Manager {
     /// A relay started with NOTIFY_SOCKET, and with the store passed back
     /// as systemd passes it (descriptors 3…, LISTEN_FDNAMES).
     fn start(&mut self, args: &[&str]) -> Relay {
+        let command = self.command(args);
+        let relay = Relay::start_command(command, 1);
+        self.until_ready();
+        relay
+    }
+
+    /// The command that starts the next instance, as systemd would.
+    fn command(&self, args: &[&str]) -> std::process::Command {
         let fds: Vec<i32> = self.store.iter().map(|(_, fd)| fd.as_raw_fd()).collect();
         let names: Vec<&str> = self.store.iter().map(|(n, _)| n.as_str()).collect();
         let mut command = if fds.is_empty() {
@@ -121,9 +141,10 @@ impl Manager {
             socket_activated(args, &fds, &names)
         };
         command.env("NOTIFY_SOCKET", self.notify_socket());
-        let relay = Relay::start_command(command, 1);
-        self.until_ready();
-        relay
+        if let Some(size) = self.size {
+            command.env("FDSTORE", size);
+        }
+        command
     }
 }
 
@@ -258,7 +279,7 @@ fn a_hand_over_moves_open_connections_with_their_bytes_in_flight_to_the_next_ins
     let socket = dir.arg("relay.sock");
     let (backends, backend_address) = held_backend();
     let args = ["--fd-store", "-v", &socket, &backend_address];
-    let mut manager = Manager::new();
+    let mut manager = Manager::with_store();
     let first = manager.start(&args);
 
     let client: Box<dyn Conn> = connect(&socket);
@@ -285,7 +306,7 @@ fn a_hand_over_moves_open_connections_with_their_bytes_in_flight_to_the_next_ins
         .find(|n| n.contains(".client,"))
         .expect("the client socket stored");
     assert!(client_name.contains("ended=-"), "{client_name}");
-    for role in ["backend", "up", "down"] {
+    for role in ["backend", "up.read", "up.write", "down.read", "down.write"] {
         assert!(
             names.iter().any(|n| n.ends_with(&format!(".{role}"))),
             "{role} stored (bytes in flight): {names:?}"
@@ -353,7 +374,7 @@ fn a_half_closed_connection_stays_half_closed_and_the_proxy_header_is_not_sent_t
         "127.0.0.1:0",
         &backend_address,
     ];
-    let mut manager = Manager::new();
+    let mut manager = Manager::with_store();
     let first = manager.start(&args);
     let address = first.address().to_string();
 
@@ -399,7 +420,7 @@ fn a_half_closed_connection_stays_half_closed_and_the_proxy_header_is_not_sent_t
 fn a_stored_connection_nobody_takes_over_ends_as_a_reset() {
     let (backends, backend_address) = held_backend();
     let args = ["--fd-store", "127.0.0.1:0", &backend_address];
-    let mut manager = Manager::new();
+    let mut manager = Manager::with_store();
     let first = manager.start(&args);
     let mut client = TcpStream::connect(first.address()).unwrap();
     let (mut backend, _) = backends.accept().unwrap();
@@ -478,4 +499,168 @@ fn a_store_too_small_for_the_connections_means_a_drain_said_in_one_line() {
     let (status, log) = relay.finish();
     assert_eq!(status.code(), Some(3), "{log}");
     assert_eq!(manager.names(), ["listener"], "no connection stored");
+}
+
+/// One connection with 8 MiB on its way up that the backend does not read
+/// yet: the relay holds bytes in its pipe when the hand-over comes.
+struct Stalled {
+    relay: Relay,
+    client: Box<dyn Conn>,
+    backend: Box<dyn Conn>,
+    data: Arc<Vec<u8>>,
+    writer: std::thread::JoinHandle<()>,
+}
+
+fn stalled_upload(manager: &mut Manager, args: &[&str], backends: &TcpListener) -> Stalled {
+    let relay = manager.start(args);
+    let client = connect(relay.address());
+    let (backend, _) = backends.accept().unwrap();
+    let data = Arc::new(payload(8 << 20, 3));
+    let (writer, written) = writer(client.try_clone_box(), data.clone());
+    until_stalled(&written);
+    Stalled {
+        relay,
+        client,
+        backend: Box::new(backend),
+        data,
+        writer,
+    }
+}
+
+#[test]
+fn an_instance_that_fails_after_adopting_leaves_the_connections_intact_for_the_next() {
+    let dir = TempDir::new();
+    let socket = dir.arg("relay.sock");
+    let (backends, backend_address) = held_backend();
+    let args = ["--fd-store", &socket, &backend_address];
+    let mut manager = Manager::with_store();
+    let Stalled {
+        relay: first,
+        client,
+        mut backend,
+        data,
+        writer,
+    } = stalled_upload(&mut manager, &args, &backends);
+    let _ = manager.hand_over(first);
+    let stored = manager.names().join(" ");
+    assert!(
+        stored.contains(".up.read"),
+        "bytes in flight stored: {stored}"
+    );
+
+    // The next instance adopts, then fails to start (too few descriptors
+    // to install its signal handlers): it must have changed nothing.
+    let mut failing = manager.command(&args);
+    limit_open_files(&mut failing, 12);
+    let (status, log) = Relay::start_command(failing, 0).finish();
+    assert_eq!(status.code(), Some(1), "{log}");
+    assert_eq!(manager.names().join(" "), stored, "still all in the store");
+
+    let third = manager.start(&args);
+    assert!(
+        third.log().contains("took over 1 connection"),
+        "{}",
+        third.log()
+    );
+    let got = read_exactly(&mut *backend, data.len());
+    writer.join().unwrap();
+    assert!(
+        got == *data,
+        "every byte, once, in order, after a failed start in between"
+    );
+    drop(client);
+}
+
+#[test]
+fn a_store_that_refuses_mid_way_means_a_drain_not_a_cut() {
+    let backend = Backend::tcp(echo);
+    let dir = TempDir::new();
+    let notify = std::os::unix::net::UnixDatagram::bind(dir.join("notify")).unwrap();
+    let mut command = command(&["--fd-store", "127.0.0.1:0", &backend.connect_arg]);
+    command
+        .env("NOTIFY_SOCKET", dir.join("notify"))
+        .env("FDSTORE", "100");
+    let mut relay = Relay::start_command(command, 1);
+    let mut clients: Vec<TcpStream> = (0..2)
+        .map(|_| TcpStream::connect(relay.address()).unwrap())
+        .collect();
+    for client in &mut clients {
+        client.write_all(b"one").unwrap();
+        let mut reply = [0u8; 3];
+        client.read_exact(&mut reply).unwrap();
+    }
+    // systemd goes away: every store message is refused.
+    drop(notify);
+    relay.signal(libc::SIGUSR2);
+    let line = relay.wait_for_line("not stored");
+    assert!(
+        line.contains("2 connections not stored (systemd did not take a descriptor"),
+        "{line}"
+    );
+    for client in &mut clients {
+        client.set_read_timeout(Some(DEADLINE)).unwrap();
+        client.write_all(b"two").unwrap();
+        let mut reply = [0u8; 3];
+        client
+            .read_exact(&mut reply)
+            .expect("still relayed, not cut");
+        assert_eq!(&reply, b"two");
+        client.shutdown(Shutdown::Write).unwrap();
+        let mut rest = Vec::new();
+        client
+            .read_to_end(&mut rest)
+            .expect("a clean end, not a reset");
+    }
+    let (status, log) = relay.finish();
+    assert_eq!(status.code(), Some(3), "{log}");
+    assert!(
+        log.contains("waiting up to 30s for 2 open connections"),
+        "{log}"
+    );
+}
+
+#[test]
+fn without_the_store_size_connections_are_drained_not_stored() {
+    let backend = Backend::tcp(echo);
+    let args = ["--fd-store", "127.0.0.1:0", &backend.connect_arg];
+    let mut manager = Manager::new();
+    let mut relay = manager.start(&args);
+    let mut client = TcpStream::connect(relay.address()).unwrap();
+    client.write_all(b"x").unwrap();
+    let mut byte = [0u8; 1];
+    client.read_exact(&mut byte).unwrap();
+    relay.signal(libc::SIGUSR2);
+    let line = relay.wait_for_line("not stored");
+    assert!(line.contains("$FDSTORE is not set"), "{line}");
+    client.shutdown(Shutdown::Write).unwrap();
+    let (status, log) = relay.finish();
+    assert_eq!(status.code(), Some(3), "{log}");
+    assert_eq!(manager.names(), ["listener"], "no connection stored");
+}
+
+#[test]
+fn a_client_still_connecting_when_the_hand_over_goes_on_is_cut_with_a_reset() {
+    let dir = TempDir::new();
+    let missing = dir.arg("not-yet.sock");
+    // With a finite --connect-timeout, a client gives up connecting before
+    // the hand-over stops waiting for it (its wait began earlier); without
+    // one, the hand-over waits 10 s.
+    let args = [
+        "--fd-store",
+        "--connect-retry",
+        "--connect-timeout",
+        "0",
+        "127.0.0.1:0",
+        &missing,
+    ];
+    let mut manager = Manager::with_store();
+    let relay = manager.start(&args);
+    let mut client = TcpStream::connect(relay.address()).unwrap();
+    client.write_all(b"waiting").unwrap();
+    let log = manager.hand_over(relay);
+    assert!(log.contains("1 client still connecting"), "{log}");
+    client.set_read_timeout(Some(DEADLINE)).unwrap();
+    let mut byte = [0u8; 1];
+    let error = client.read(&mut byte).expect_err("a cut, not a clean end");
+    assert_eq!(error.kind(), std::io::ErrorKind::ConnectionReset, "{error}");
 }
