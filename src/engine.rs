@@ -1,7 +1,10 @@
 //! The thread that moves the bytes. Every relayed connection's two sockets
 //! are registered once with an epoll instance of this thread's own,
-//! edge-triggered, and the thread sleeps in one `epoll_wait` until
-//! something happens: per message, one wait and the splices themselves. The
+//! level-triggered, for what the connection waits for on them (changed
+//! only when that changes: when a write blocks or a direction ends), and
+//! the thread sleeps in one `epoll_wait` until something happens: per
+//! message, one wait and two splices, and no read that only hears EAGAIN
+//! (a short read has drained the socket; the next wait reports more). The
 //! async runtime's reactor (one-shot registrations re-armed for every wait,
 //! a timerfd set for every sleep, a wake-up descriptor to drain) would add
 //! five system calls to each round trip (docs/bench.md).
@@ -104,10 +107,18 @@ struct Inbox {
 
 static INBOX: OnceLock<Inbox> = OnceLock::new();
 
-/// The events every socket is watched for: readable (and the peer's end of
-/// sending), edge-triggered.
-fn read_events() -> EventFlags {
-    EventFlags::IN | EventFlags::RDHUP | EventFlags::ET
+/// The events that say what a socket is watched for, (read, write):
+/// readable (and the peer's end of sending), writable. Errors and hang-ups
+/// are reported whatever the interest.
+fn events((read, write): (bool, bool)) -> EventFlags {
+    let mut flags = EventFlags::empty();
+    if read {
+        flags |= EventFlags::IN | EventFlags::RDHUP;
+    }
+    if write {
+        flags |= EventFlags::OUT;
+    }
+    flags
 }
 
 /// The event data of the wake-up descriptor; a connection's sockets carry
@@ -322,7 +333,7 @@ impl Engine {
                     &connection.relay.client
                 };
                 side.mark(readable, writable);
-                self.step(id);
+                self.step(id, trouble.then_some(backend));
             }
             self.check_deadlines();
         }
@@ -353,9 +364,9 @@ impl Engine {
                 slot,
                 generation: self.generation,
             };
-            // Writability is watched only while a write is blocked (see
-            // `Edge::write_watch_change`): most of the time nothing is.
-            let flags = read_events();
+            // Reading at first; the first step adjusts that to what the
+            // connection waits for (`Relay::waits`).
+            let flags = events(crate::relay::Edge::REGISTERED);
             let registered = epoll::add(
                 &self.epoll,
                 job.relay.client.socket(),
@@ -393,7 +404,7 @@ impl Engine {
                 continue;
             }
             // Bytes may have arrived before the registration: try at once.
-            self.step(id);
+            self.step(id, None);
         }
     }
 
@@ -405,8 +416,9 @@ impl Engine {
             .filter(|c| c.generation == id.generation)
     }
 
-    /// Moves what can move on one connection.
-    fn step(&mut self, id: Key) {
+    /// Moves what can move on one connection; `trouble`: the side (backend
+    /// or not) whose event reported an error or hang-up.
+    fn step(&mut self, id: Key, trouble: Option<bool>) {
         let epoll = &self.epoll;
         let Some(connection) = self
             .connections
@@ -415,18 +427,39 @@ impl Engine {
         else {
             return;
         };
+        let mut trouble = trouble;
         let mut outcome = connection.relay.step();
-        for (side, backend) in [
-            (&connection.relay.client, false),
-            (&connection.relay.backend, true),
-        ] {
-            if let Some(watch) = side.write_watch_change() {
-                let flags = if watch {
-                    read_events() | EventFlags::OUT
-                } else {
-                    read_events()
-                };
-                if let Err(e) = epoll::modify(epoll, side.socket(), id.event_data(backend), flags) {
+        if outcome.is_none()
+            && let Some(backend) = trouble.take()
+        {
+            let side = if backend {
+                &connection.relay.backend
+            } else {
+                &connection.relay.client
+            };
+            if side.watched() {
+                // Still going (a half-closed peer that hung up, say), and
+                // level-triggered readiness would report the hang-up for
+                // ever: the socket is no longer watched, and is tried again
+                // now (what is left, its end or its error come next).
+                let _ = epoll::delete(epoll, side.socket());
+                side.unwatched();
+                outcome = connection.relay.step();
+            }
+        }
+        if outcome.is_none() {
+            let waits = connection.relay.waits();
+            for ((side, backend), wanted) in [
+                (&connection.relay.client, false),
+                (&connection.relay.backend, true),
+            ]
+            .into_iter()
+            .zip(waits)
+            {
+                if let Some(wanted) = side.interest_change(wanted)
+                    && let Err(e) =
+                        epoll::modify(epoll, side.socket(), id.event_data(backend), events(wanted))
+                {
                     outcome.get_or_insert(Outcome::Failed(e.into()));
                 }
             }

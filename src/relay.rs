@@ -11,10 +11,13 @@
 //!   an idle connection holds none; where splice does not apply, through a
 //!   buffer with the same rules.
 //! - Readiness comes from the engine (`crate::engine`): each socket is
-//!   registered once, edge-triggered, and remembers whether it may be read
-//!   or written; an operation is tried only when it may succeed, and one
-//!   that returns EAGAIN waits for the next edge. No system call is spent
-//!   on asking or re-arming.
+//!   registered once, level-triggered, for what the connection waits for
+//!   on it ([`Relay::waits`]: reading while a direction can take bytes,
+//!   writing only while a write is blocked), and remembers whether it may
+//!   be read or written. An operation is tried only when it may succeed. A
+//!   read that returns less than asked has drained the socket: the next
+//!   readiness report says when there is more, so no read is spent on
+//!   hearing EAGAIN.
 
 use std::cell::Cell;
 use std::io::{self, Read, Write};
@@ -54,16 +57,15 @@ pub struct Totals {
 }
 
 /// A socket and what its last readiness events said: whether a read or a
-/// write may make progress. Set by the engine from edge-triggered events,
-/// cleared by an operation that returns EAGAIN.
+/// write may make progress. Set by the engine from readiness events,
+/// cleared by a short read or an operation that returns EAGAIN.
 pub struct Edge {
     socket: Socket,
     readable: Cell<bool>,
     writable: Cell<bool>,
-    /// Whether the engine watches this socket for writability: only while
-    /// a write is blocked, so that a socket being drained by its peer does
-    /// not wake the engine for every read the peer makes.
-    watching_writes: Cell<bool>,
+    /// What the engine watches this socket for, (read, write); `None` once
+    /// it no longer watches it at all (it hung up or failed).
+    interest: Cell<Option<(bool, bool)>>,
 }
 
 impl Edge {
@@ -73,9 +75,12 @@ impl Edge {
             socket,
             readable: Cell::new(true),
             writable: Cell::new(true),
-            watching_writes: Cell::new(false),
+            interest: Cell::new(Some(Edge::REGISTERED)),
         }
     }
+
+    /// What a socket is registered for at first: reading.
+    pub const REGISTERED: (bool, bool) = (true, false);
 
     pub fn socket(&self) -> &Socket {
         &self.socket
@@ -92,20 +97,48 @@ impl Edge {
         }
     }
 
-    /// `Some(watch)` when the engine should start (true) or stop (false)
-    /// watching this socket for writability.
-    pub fn write_watch_change(&self) -> Option<bool> {
-        let want = !self.writable.get();
-        (want != self.watching_writes.replace(want)).then_some(want)
+    /// `Some((read, write))` when the engine should watch this socket for
+    /// something else than it does: `wanted`, from [`Relay::waits`].
+    pub fn interest_change(&self, wanted: (bool, bool)) -> Option<(bool, bool)> {
+        let now = self.interest.get()?;
+        (now != wanted).then(|| {
+            self.interest.set(Some(wanted));
+            wanted
+        })
     }
 
-    /// The socket is drained: wait for the next edge.
+    /// The engine stopped watching this socket: it hung up or failed, and
+    /// level-triggered readiness would report that for ever. From now on
+    /// every operation on it is tried: it returns what is left, the end or
+    /// the error, never EAGAIN.
+    pub fn unwatched(&self) {
+        self.interest.set(None);
+        self.readable.set(true);
+        self.writable.set(true);
+    }
+
+    /// Whether the engine still watches this socket.
+    pub fn watched(&self) -> bool {
+        self.interest.get().is_some()
+    }
+
+    /// A read returned less than asked: the socket is drained (or the pipe
+    /// ran out of slots), and readiness says when there is more. A socket
+    /// no longer watched is always tried: it hung up or failed, so a read
+    /// returns what is left, the end or the error, never EAGAIN.
+    fn drained(&self) {
+        if self.watched() {
+            self.readable.set(false);
+        }
+    }
+
+    /// The socket is drained: wait for the next readiness report.
     fn read_blocked(&self) -> Poll<io::Result<()>> {
         self.readable.set(false);
         Poll::Pending
     }
 
-    /// The socket is full: wait for the next edge.
+    /// The socket is full: wait for the next readiness report.
     fn write_blocked(&self) -> Poll<io::Result<()>> {
         self.writable.set(false);
         Poll::Pending
@@ -262,6 +295,23 @@ impl Relay {
         }
     }
 
+    /// What the connection waits for on each socket, (read, write), client
+    /// first: reading where a direction can take bytes (nothing in flight,
+    /// not ended), writing where a write is blocked.
+    pub fn waits(&self) -> [(bool, bool); 2] {
+        let reading = |d: &Direction| {
+            !d.done
+                && matches!(
+                    d.carrier,
+                    Carrier::Idle | Carrier::BufferIdle | Carrier::BufferOnce
+                )
+        };
+        [
+            (reading(&self.up), !self.client.writable.get()),
+            (reading(&self.down), !self.backend.writable.get()),
+        ]
+    }
+
     /// Directions with bytes in flight: pipes a hand-over stores.
     pub fn pipes_needed(&self) -> usize {
         [&self.up, &self.down]
@@ -357,6 +407,9 @@ impl Direction {
                             return Poll::Ready(Ok(()));
                         }
                         Ok(len) => {
+                            if len < pipe.capacity() {
+                                from.drained();
+                            }
                             self.carrier = Carrier::Pipe {
                                 pipe,
                                 len: len as u32,
@@ -403,6 +456,9 @@ impl Direction {
                     match retry(|| (&from.socket).read(&mut buffer)) {
                         Ok(0) => return Poll::Ready(Ok(())),
                         Ok(end) => {
+                            if end < CHUNK {
+                                from.drained();
+                            }
                             self.carrier = Carrier::Buffer {
                                 buffer,
                                 start: 0,
