@@ -389,7 +389,8 @@ impl Direction {
                 self.carrier,
                 Carrier::Idle | Carrier::BufferIdle | Carrier::BufferOnce
             );
-            // Only what may succeed is tried: no EAGAIN for the asking.
+            // Only what may succeed is tried: no EAGAIN for the asking
+            // (readiness says when a drained socket has more).
             if reading && !from.readable.get() || !reading && !to.writable.get() {
                 return Poll::Pending;
             }
