@@ -114,12 +114,10 @@ impl Manager {
     /// Asks `relay` to hand over (SIGUSR2, what `systemctl reload` sends),
     /// keeps what it stores, and checks that it exits asking to be
     /// restarted (status 3).
-    fn hand_over(&mut self, mut relay: Relay) -> String {
+    fn hand_over(&mut self, relay: Relay) -> String {
         relay.signal(libc::SIGUSR2);
         self.receive_until("BARRIER=1");
-        let (status, log) = relay.finish();
-        assert_eq!(status.code(), Some(3), "{log}");
-        log
+        exits_for_a_restart(relay)
     }
 
     /// A relay started with NOTIFY_SOCKET, and with the store passed back
@@ -231,6 +229,23 @@ fn a_stored_listener_for_another_path_is_not_adopted() {
     let second = manager.start(&["--fd-store", &dir.arg("b.sock"), &backend.connect_arg]);
     assert!(!second.log().contains("adopted"), "{}", second.log());
     assert_eq!(exchange(connect(&dir.arg("b.sock")), b"b".to_vec()), b"b");
+}
+
+/// A TCP client of `relay` whose one-byte exchange went through: it is
+/// being relayed.
+fn exchanged(relay: &Relay) -> TcpStream {
+    let mut client = TcpStream::connect(relay.address()).unwrap();
+    client.write_all(b"x").unwrap();
+    let mut byte = [0u8; 1];
+    client.read_exact(&mut byte).unwrap();
+    client
+}
+
+/// Waits for `relay` to exit asking to be restarted (status 3); its log.
+fn exits_for_a_restart(mut relay: Relay) -> String {
+    let (status, log) = relay.finish();
+    assert_eq!(status.code(), Some(3), "{log}");
+    log
 }
 
 /// A backend the test holds itself: the relay's connection to it is `accept`ed
@@ -462,8 +477,7 @@ fn without_a_store_a_hand_over_request_drains_and_exits_for_a_restart() {
     assert_eq!(read_exactly(&mut *client, 5), b"still");
     client.shutdown_write();
     assert!(read_to_end(&mut *client).is_empty());
-    let (status, log) = relay.finish();
-    assert_eq!(status.code(), Some(3), "{log}");
+    let _ = exits_for_a_restart(relay);
     assert!(
         !std::path::Path::new(&socket).exists(),
         "the socket file went"
@@ -482,10 +496,7 @@ fn a_store_too_small_for_the_connections_means_a_drain_said_in_one_line() {
         .env("NOTIFY_SOCKET", manager.notify_socket());
     let mut relay = Relay::start_command(command, 1);
     manager.until_ready();
-    let mut client = TcpStream::connect(relay.address()).unwrap();
-    client.write_all(b"x").unwrap();
-    let mut byte = [0u8; 1];
-    client.read_exact(&mut byte).unwrap();
+    let mut client = exchanged(&relay);
     relay.signal(libc::SIGUSR2);
     let line = relay.wait_for_line("not stored");
     assert!(
@@ -493,11 +504,11 @@ fn a_store_too_small_for_the_connections_means_a_drain_said_in_one_line() {
         "{line}"
     );
     client.write_all(b"y").unwrap();
+    let mut byte = [0u8; 1];
     client.read_exact(&mut byte).unwrap();
     assert_eq!(&byte, b"y", "still relayed while draining");
     client.shutdown(Shutdown::Write).unwrap();
-    let (status, log) = relay.finish();
-    assert_eq!(status.code(), Some(3), "{log}");
+    let _ = exits_for_a_restart(relay);
     assert_eq!(manager.names(), ["listener"], "no connection stored");
 }
 
@@ -611,8 +622,7 @@ fn a_store_that_refuses_mid_way_means_a_drain_not_a_cut() {
             .read_to_end(&mut rest)
             .expect("a clean end, not a reset");
     }
-    let (status, log) = relay.finish();
-    assert_eq!(status.code(), Some(3), "{log}");
+    let log = exits_for_a_restart(relay);
     assert!(
         log.contains("waiting up to 30s for 2 open connections"),
         "{log}"
@@ -625,16 +635,12 @@ fn without_the_store_size_connections_are_drained_not_stored() {
     let args = ["--fd-store", "127.0.0.1:0", &backend.connect_arg];
     let mut manager = Manager::new();
     let mut relay = manager.start(&args);
-    let mut client = TcpStream::connect(relay.address()).unwrap();
-    client.write_all(b"x").unwrap();
-    let mut byte = [0u8; 1];
-    client.read_exact(&mut byte).unwrap();
+    let client = exchanged(&relay);
     relay.signal(libc::SIGUSR2);
     let line = relay.wait_for_line("not stored");
     assert!(line.contains("$FDSTORE is not set"), "{line}");
     client.shutdown(Shutdown::Write).unwrap();
-    let (status, log) = relay.finish();
-    assert_eq!(status.code(), Some(3), "{log}");
+    let _ = exits_for_a_restart(relay);
     assert_eq!(manager.names(), ["listener"], "no connection stored");
 }
 

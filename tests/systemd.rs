@@ -894,11 +894,9 @@ echo CONNECT=/run/foobar-unix/socket > /etc/simpletcpunixrelay/activated-8082.en
 systemctl daemon-reload
 ";
 
-/// A container with systemd as PID 1, the relay at /usr/bin, foobar and
-/// the units installed as the README says ([`INSTALL`]), and the clients
-/// staged at /stage (the directory is kept while the container runs).
-/// `None` (after a skip) where nspawn or a root file system cannot be had.
-fn boot_with_units() -> Option<(Container, TempDir)> {
+/// The Debian root file system for systemd-nspawn; `None` (after a skip)
+/// where root, nspawn or the file system cannot be had.
+fn nspawn_root() -> Option<PathBuf> {
     if !is_root() {
         skip("needs root for systemd-nspawn");
         return None;
@@ -906,13 +904,21 @@ fn boot_with_units() -> Option<(Container, TempDir)> {
     if skip_if_missing(CONTAINER_TOOLS, "systemd-container debootstrap") {
         return None;
     }
-    let root = match debian_rootfs() {
-        Ok(root) => root,
+    match debian_rootfs() {
+        Ok(root) => Some(root),
         Err(e) => {
             skip(&format!("cannot build the Debian root file system: {e}"));
-            return None;
+            None
         }
-    };
+    }
+}
+
+/// A container with systemd as PID 1, the relay at /usr/bin, foobar and
+/// the units installed as the README says ([`INSTALL`]), and the clients
+/// staged at /stage (the directory is kept while the container runs).
+/// `None` (after a skip) where nspawn or a root file system cannot be had.
+fn boot_with_units() -> Option<(Container, TempDir)> {
+    let root = nspawn_root()?;
     let stage = TempDir::new();
     fs::write(stage.join("foobar.service"), FOOBAR_UNIT).unwrap();
     for (name, script) in [
@@ -1417,23 +1423,12 @@ fn built_package() -> Option<PathBuf> {
 /// package again (an upgrade as far as the maintainer scripts can tell).
 #[test]
 fn a_package_upgrade_hands_over_under_systemd_in_nspawn() {
-    if !is_root() {
-        skip("needs root for systemd-nspawn");
+    let Some(root) = nspawn_root() else {
         return;
-    }
-    if skip_if_missing(CONTAINER_TOOLS, "systemd-container debootstrap") {
-        return;
-    }
+    };
     let Some(package) = built_package() else {
         skip("no package in target/debian (run packaging/build-deb first)");
         return;
-    };
-    let root = match debian_rootfs() {
-        Ok(root) => root,
-        Err(e) => {
-            skip(&format!("cannot build the Debian root file system: {e}"));
-            return;
-        }
     };
     let stage = TempDir::new();
     fs::copy(&package, stage.join("package.deb")).unwrap();
