@@ -1353,6 +1353,30 @@ fn hand_over_restarts_under_systemd_in_nspawn() {
         "hello from foobar\nlingerreleased\n"
     );
 
+    // The socket-activated pair: its listener belongs to the .socket unit,
+    // the store holds only the connections.
+    let activated = "simpletcpunixrelay-activated@8082.service";
+    container.ok("systemctl start simpletcpunixrelay-activated@8082.socket");
+    background(
+        &container,
+        "activated",
+        "perl /stage/pingpong.pl 127.0.0.1:8082 /tmp/stop-activated",
+    );
+    let status = format!("systemctl show -p StatusText --value {activated}");
+    wait_until("the ping-pong client through the activated relay", || {
+        container.sh(&status).stdout.contains(": 1 active")
+    });
+    reload(&container, activated);
+    container.wait_for_output(
+        &format!(
+            "journalctl -o cat -u {activated} | grep -c 'took over 1 connection from the previous instance'"
+        ),
+        "1",
+    );
+    container.ok("touch /tmp/stop-activated");
+    let answered = finished(&container, "activated");
+    assert!(answered.starts_with("answered "), "{answered}");
+
     // The long-lived connection answered all along.
     container.ok("touch /tmp/stop-pingpong");
     let pingpong = finished(&container, "pingpong");
