@@ -32,6 +32,11 @@ use crate::pipe::{self, Pipe};
 
 /// How many bytes the copy path moves per read.
 const CHUNK: usize = 64 * 1024;
+/// Below this, a message is copied rather than spliced: a read and a write
+/// through a buffer on the stack cost less than two splices through a pipe
+/// (page references, pipe locking) for a few bytes. A read that fills the
+/// buffer goes back to splicing.
+const SMALL: usize = 16 * 1024;
 
 /// How a relayed connection ended.
 #[derive(Debug)]
@@ -176,6 +181,8 @@ struct Direction {
     carrier: Carrier,
     /// EOF was seen and passed on as a half-close.
     done: bool,
+    /// The last messages were small: copy the next one (see [`SMALL`]).
+    small: bool,
 }
 
 /// Where a direction's bytes in flight are.
@@ -268,6 +275,7 @@ impl Direction {
             moved: half.moved,
             carrier,
             done: half.ended,
+            small: false,
         }
     }
 }
@@ -395,6 +403,39 @@ impl Direction {
                 return Poll::Pending;
             }
             match &mut self.carrier {
+                Carrier::Idle if self.small => {
+                    let mut buffer = [0u8; SMALL];
+                    let read = match retry(|| (&from.socket).read(&mut buffer)) {
+                        Ok(0) => return Poll::Ready(Ok(())),
+                        Ok(read) => read,
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                            return from.read_blocked();
+                        }
+                        Err(e) => return Poll::Ready(Err(e)),
+                    };
+                    if read < SMALL {
+                        from.drained();
+                    } else {
+                        self.small = false;
+                    }
+                    let written = match retry(|| (&to.socket).write(&buffer[..read])) {
+                        Ok(0) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+                        Ok(written) => written,
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => 0,
+                        Err(e) => return Poll::Ready(Err(e)),
+                    };
+                    self.moved += written as u64;
+                    if written < read {
+                        // The rest waits in a buffer of its own.
+                        self.carrier = Carrier::Buffer {
+                            buffer: buffer[written..read].into(),
+                            start: 0,
+                            end: (read - written) as u32,
+                            again: false,
+                        };
+                        return to.write_blocked();
+                    }
+                }
                 Carrier::Idle => {
                     let Some(pipe) = pipe::take() else {
                         // No pipe to splice through (none worth having, or
@@ -411,6 +452,7 @@ impl Direction {
                             if len < pipe.capacity() {
                                 from.drained();
                             }
+                            self.small = len < SMALL;
                             self.carrier = Carrier::Pipe {
                                 pipe,
                                 len: len as u32,

@@ -153,6 +153,57 @@ fn small_writes_of_every_size_arrive_intact_and_in_order() {
     }
 }
 
+/// Small messages are copied rather than spliced. When the backend stops
+/// reading, a copied message that only partly fits waits in a buffer, and
+/// the next ones wait behind it: every byte arrives, in order, once the
+/// backend reads again.
+#[test]
+fn small_messages_to_a_backend_that_stops_reading_arrive_intact() {
+    for kind in KINDS {
+        let dir = TempDir::new();
+        let (started, go) = mpsc::channel::<()>();
+        let (report, got) = mpsc::channel();
+        let go = std::sync::Mutex::new(go);
+        let (listen, backend) = setup(kind, &dir, move |mut conn: Box<dyn Conn>| {
+            // Reads nothing until the client has filled every buffer.
+            let _ = go.lock().unwrap().recv();
+            let _ = report.send(read_to_end(&mut *conn));
+        });
+        let relay = Relay::start(&[&listen, &backend.connect_arg]);
+        let data = Arc::new(payload(16 * MIB, 9));
+        let conn = connect(relay.address());
+        let mut writer = conn.try_clone_box();
+        let written = Arc::new(AtomicU64::new(0));
+        let (counter, all) = (written.clone(), data.clone());
+        let sender = thread::spawn(move || {
+            // 4 KiB messages, paced, so that the relay reads each one on
+            // its own: small ones, which it copies.
+            for message in all.chunks(4096) {
+                writer.write_all(message).unwrap();
+                counter.fetch_add(message.len() as u64, Ordering::SeqCst);
+                thread::sleep(Duration::from_micros(100));
+            }
+            writer.shutdown_write();
+        });
+        // Every buffer on the way is full when the writer stops making
+        // progress for a while.
+        let mut last = u64::MAX;
+        loop {
+            let now = written.load(Ordering::SeqCst);
+            if now == last || now == data.len() as u64 {
+                break;
+            }
+            last = now;
+            thread::sleep(Duration::from_millis(300));
+        }
+        started.send(()).unwrap();
+        let received = got.recv_timeout(DEADLINE).expect("the backend got an EOF");
+        sender.join().unwrap();
+        assert_same(&received, &data, &format!("{kind:?}"));
+        drop(conn);
+    }
+}
+
 /// A backend that answers only after the client's EOF: the digest line of
 /// what it got, then `extra` bytes.
 fn reply_after_eof(extra: usize) -> impl Fn(Box<dyn Conn>) + Send + Sync {
