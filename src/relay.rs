@@ -32,10 +32,13 @@ use crate::pipe::{self, Pipe};
 
 /// How many bytes the copy path moves per read.
 const CHUNK: usize = 64 * 1024;
-/// Below this, a message is copied rather than spliced: a read and a write
-/// through a buffer on the stack cost less than two splices through a pipe
-/// (page references, pipe locking) for a few bytes. A read that fills the
-/// buffer goes back to splicing.
+/// After a message below this, the next is copied rather than spliced: a
+/// read and a write through a buffer on the stack cost less than two
+/// splices through a pipe (page references, pipe locking) for a few bytes.
+/// Bulk transfers arrive in larger pieces even when the relay keeps up, so
+/// any read of this much or more goes back to splicing.
+const COPY_BELOW: usize = 1024;
+/// The stack buffer of the copy path.
 const SMALL: usize = 16 * 1024;
 
 /// How a relayed connection ended.
@@ -181,7 +184,7 @@ struct Direction {
     carrier: Carrier,
     /// EOF was seen and passed on as a half-close.
     done: bool,
-    /// The last messages were small: copy the next one (see [`SMALL`]).
+    /// The last message was small: copy the next one (see [`COPY_BELOW`]).
     small: bool,
 }
 
@@ -415,9 +418,8 @@ impl Direction {
                     };
                     if read < SMALL {
                         from.drained();
-                    } else {
-                        self.small = false;
                     }
+                    self.small = read < COPY_BELOW;
                     let written = match retry(|| (&to.socket).write(&buffer[..read])) {
                         Ok(0) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
                         Ok(written) => written,
@@ -452,7 +454,7 @@ impl Direction {
                             if len < pipe.capacity() {
                                 from.drained();
                             }
-                            self.small = len < SMALL;
+                            self.small = len < COPY_BELOW;
                             self.carrier = Carrier::Pipe {
                                 pipe,
                                 len: len as u32,

@@ -170,18 +170,18 @@ fn small_messages_to_a_backend_that_stops_reading_arrive_intact() {
             let _ = report.send(read_to_end(&mut *conn));
         });
         let relay = Relay::start(&[&listen, &backend.connect_arg]);
-        let data = Arc::new(payload(16 * MIB, 9));
+        let data = Arc::new(payload(8 * MIB, 9));
         let conn = connect(relay.address());
         let mut writer = conn.try_clone_box();
         let written = Arc::new(AtomicU64::new(0));
         let (counter, all) = (written.clone(), data.clone());
         let sender = thread::spawn(move || {
-            // 4 KiB messages, paced, so that the relay reads each one on
-            // its own: small ones, which it copies.
-            for message in all.chunks(4096) {
+            // 512-byte messages, paced, so that the relay reads each one
+            // on its own: small ones, which it copies.
+            for message in all.chunks(512) {
                 writer.write_all(message).unwrap();
                 counter.fetch_add(message.len() as u64, Ordering::SeqCst);
-                thread::sleep(Duration::from_micros(100));
+                thread::sleep(Duration::from_micros(50));
             }
             writer.shutdown_write();
         });
