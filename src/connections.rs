@@ -47,6 +47,21 @@ struct Slot {
     relaying: bool,
 }
 
+impl Slot {
+    /// `SO_LINGER` {on, 0} on the connection's sockets: their close is a
+    /// reset.
+    fn abort(&self) {
+        for fd in self.sockets.iter().flatten() {
+            // SAFETY: the descriptor belongs to a live connection: its entry
+            // forgets it before the socket is closed (see
+            // `Entry::forget_sockets`), and the registry is only used on the
+            // runtime's one thread.
+            let fd = unsafe { BorrowedFd::borrow_raw(*fd) };
+            let _ = socket2::SockRef::from(&fd).set_linger(Some(Duration::ZERO));
+        }
+    }
+}
+
 /// One live connection; dropped when its task ends.
 pub(crate) struct Entry {
     registry: Rc<Registry>,
@@ -152,14 +167,7 @@ impl Connections {
     /// the relay did not read, and otherwise an end of stream.)
     pub(crate) fn abort_all(&self) {
         for slot in self.0.slots.borrow().iter().flatten() {
-            for fd in slot.sockets.iter().flatten() {
-                // SAFETY: the descriptor belongs to a live connection: its
-                // entry forgets it before the socket is closed (see
-                // `Entry::forget_sockets`), and the registry is only used
-                // on the runtime's one thread.
-                let fd = unsafe { BorrowedFd::borrow_raw(*fd) };
-                let _ = socket2::SockRef::from(&fd).set_linger(Some(Duration::ZERO));
-            }
+            slot.abort();
         }
     }
 }
@@ -168,19 +176,9 @@ impl Connections {
     /// Makes the connections still opening (not yet relaying) end as an
     /// abort when their sockets close; how many there are.
     pub(crate) fn abort_opening(&self) -> usize {
-        let mut count = 0;
-        for slot in self.0.slots.borrow().iter().flatten() {
-            if slot.relaying {
-                continue;
-            }
-            count += 1;
-            for fd in slot.sockets.iter().flatten() {
-                // SAFETY: as in `abort_all`.
-                let fd = unsafe { BorrowedFd::borrow_raw(*fd) };
-                let _ = socket2::SockRef::from(&fd).set_linger(Some(Duration::ZERO));
-            }
-        }
-        count
+        let slots = self.0.slots.borrow();
+        let opening = slots.iter().flatten().filter(|slot| !slot.relaying);
+        opening.map(Slot::abort).count()
     }
 }
 

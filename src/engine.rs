@@ -427,10 +427,9 @@ impl Engine {
         else {
             return;
         };
-        let mut trouble = trouble;
         let mut outcome = connection.relay.step();
         if outcome.is_none()
-            && let Some(backend) = trouble.take()
+            && let Some(backend) = trouble
         {
             let side = if backend {
                 &connection.relay.backend

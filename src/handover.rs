@@ -119,8 +119,8 @@ pub fn adopt(passed: Vec<(RawFd, String)>, skip: Option<RawFd>) -> (Vec<Adopted>
         parts.names.push(name);
     }
     let mut adopted = Vec::new();
-    for (id, parts) in groups {
-        let names = parts.names.clone();
+    for (id, mut parts) in groups {
+        let names = std::mem::take(&mut parts.names);
         match assemble(parts) {
             Ok(mut connection) => {
                 connection.names = names;

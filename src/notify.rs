@@ -17,6 +17,7 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use async_io::{Async, Timer};
+use rustix::event::{PollFd, PollFlags};
 use sd_notify::NotifyState;
 use socket2::{Domain, SockAddr, Socket, Type};
 
@@ -78,11 +79,16 @@ pub fn store_connection(name: &str, fd: BorrowedFd<'_>, deadline: Instant) -> io
 /// Waits until systemd has read every message sent before
 /// (`BARRIER=1`: it closes the descriptor that comes with it).
 pub fn barrier(deadline: Instant) -> io::Result<()> {
-    use rustix::event::{PollFd, PollFlags};
     let (read, write) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)?;
     send_now("BARRIER=1\n", &[write.as_fd()], deadline)?;
     drop(write);
-    let mut fds = [PollFd::new(&read, PollFlags::IN)];
+    // Readable (its end) once systemd has closed the descriptor.
+    wait_until(&read, PollFlags::IN, deadline)
+}
+
+/// Waits until `fd` reports `events`, or `deadline` passes (an error).
+fn wait_until(fd: impl AsFd, events: PollFlags, deadline: Instant) -> io::Result<()> {
+    let mut fds = [PollFd::new(&fd, events)];
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
@@ -109,7 +115,6 @@ pub fn remove_stored(name: &str) {
 /// Sends one message with descriptors now, waiting (until `deadline`) for
 /// room in the queue, which a burst of stored descriptors can fill.
 fn send_now(text: &str, fds: &[BorrowedFd<'_>], deadline: Instant) -> io::Result<()> {
-    use rustix::event::{PollFd, PollFlags};
     use rustix::net::{SendAncillaryBuffer, SendAncillaryMessage, SendFlags};
     let Some(socket) = SOCKET.get() else {
         return Err(io::Error::other("NOTIFY_SOCKET is not set"));
@@ -127,15 +132,7 @@ fn send_now(text: &str, fds: &[BorrowedFd<'_>], deadline: Instant) -> io::Result
         ) {
             Ok(_) => return Ok(()),
             Err(rustix::io::Errno::INTR) => {}
-            Err(rustix::io::Errno::AGAIN) => {
-                let left = deadline.saturating_duration_since(Instant::now());
-                if left.is_zero() {
-                    return Err(io::ErrorKind::TimedOut.into());
-                }
-                let timeout = rustix::event::Timespec::try_from(left).ok();
-                let mut fds = [PollFd::new(socket, PollFlags::OUT)];
-                let _ = rustix::event::poll(&mut fds, timeout.as_ref());
-            }
+            Err(rustix::io::Errno::AGAIN) => wait_until(socket, PollFlags::OUT, deadline)?,
             Err(e) => return Err(e.into()),
         }
     }

@@ -21,6 +21,7 @@
 
 use std::cell::Cell;
 use std::io::{self, Read, Write};
+use std::mem::MaybeUninit;
 use std::net::Shutdown;
 use std::task::{Poll, ready};
 use std::time::Duration;
@@ -407,15 +408,18 @@ impl Direction {
             }
             match &mut self.carrier {
                 Carrier::Idle if self.small => {
-                    let mut buffer = [0u8; SMALL];
-                    let read = match retry(|| (&from.socket).read(&mut buffer)) {
-                        Ok(0) => return Poll::Ready(Ok(())),
-                        Ok(read) => read,
-                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                            return from.read_blocked();
+                    // Not zeroed: the read fills what is used.
+                    let mut space = [MaybeUninit::<u8>::uninit(); SMALL];
+                    let buffer = loop {
+                        match rustix::io::read(&from.socket, &mut space) {
+                            Ok(([], _)) => return Poll::Ready(Ok(())),
+                            Ok((buffer, _)) => break &*buffer,
+                            Err(rustix::io::Errno::INTR) => {}
+                            Err(rustix::io::Errno::AGAIN) => return from.read_blocked(),
+                            Err(e) => return Poll::Ready(Err(e.into())),
                         }
-                        Err(e) => return Poll::Ready(Err(e)),
                     };
+                    let read = buffer.len();
                     if read < SMALL {
                         from.drained();
                     }

@@ -113,29 +113,20 @@ pub async fn serve(
     let adopted = store.adopted.len();
     for connection in store.adopted {
         crate::handover::commit(&connection);
-        let task = Connection {
-            entry: connections.open(connection.relay.client.socket().as_raw_fd()),
-            config: config.clone(),
-        };
-        task.entry
-            .set_backend(connection.relay.backend.socket().as_raw_fd());
-        let token = limiter.token();
         let debug = crate::log::enabled(crate::log::Level::Debug).then(|| {
             Box::new((
                 connection.started,
                 crate::peer::describe(connection.relay.client.socket(), connection.peer),
             ))
         });
-        let running = task.relay(
+        relay_here(
+            &connections,
+            &config,
             connection.relay,
-            connection.started,
-            connection.last_moved,
+            (connection.started, connection.last_moved),
             debug,
+            Some(limiter.token()),
         );
-        crate::runtime::spawn(async move {
-            running.await;
-            drop(token);
-        });
     }
     if adopted > 0 {
         crate::info!(
@@ -370,7 +361,9 @@ async fn hand_over(
                 if rest.len() == 1 { "" } else { "s" }
             );
             for taken in rest {
-                resume(connections, config, taken);
+                let last_moved = taken.last_moved.unwrap_or_else(Instant::now);
+                let times = (taken.started, last_moved);
+                relay_here(connections, config, taken.relay, times, None, None);
             }
             // The tasks of the connections taken off the engine end first,
             // so that the drain counts only what is open.
@@ -387,16 +380,28 @@ async fn hand_over(
     }
 }
 
-/// Relays a connection taken off the engine here again, until it ends.
-fn resume(connections: &Connections, config: &Rc<Config>, taken: crate::engine::Taken) {
+/// Relays a connection that is already open (handed over by the previous
+/// instance, or taken back from a hand-over that failed) until it ends, as
+/// a task of its own holding its `-c` token, if any. `times`: when it
+/// began and when a byte last moved.
+fn relay_here(
+    connections: &Connections,
+    config: &Rc<Config>,
+    relay: relay::Relay,
+    (started, last_moved): (Instant, Instant),
+    debug: Option<Box<(Instant, String)>>,
+    token: Option<async_listen::backpressure::Token>,
+) {
     let task = Connection {
-        entry: connections.open(taken.relay.client.socket().as_raw_fd()),
+        entry: connections.open(relay.client.socket().as_raw_fd()),
         config: config.clone(),
     };
-    task.entry
-        .set_backend(taken.relay.backend.socket().as_raw_fd());
-    let last_moved = taken.last_moved.unwrap_or_else(Instant::now);
-    crate::runtime::spawn(task.relay(taken.relay, taken.started, last_moved, None));
+    task.entry.set_backend(relay.backend.socket().as_raw_fd());
+    let running = task.relay(relay, started, last_moved, debug);
+    crate::runtime::spawn(async move {
+        running.await;
+        drop(token);
+    });
 }
 
 /// A listener as a stream of accepted clients, and the socket file to
