@@ -28,6 +28,7 @@ pub fn main() -> ExitCode {
     let args: Vec<std::ffi::OsString> = args.collect();
     // Before parsing, so that even a usage error is logged the journal's way.
     log::init(log::Level::Info);
+    end_on_panic();
     let result = match cli::parse(&program, &args) {
         Ok(cli::Command::Print(text)) => {
             print!("{text}");
@@ -48,6 +49,32 @@ pub fn main() -> ExitCode {
             ExitCode::from(failure.exit_code())
         }
     }
+}
+
+/// No thread may die while the process goes on looking healthy: a panic
+/// anywhere (the engine's thread, the runtime's, the reactor's) ends the
+/// relay with status 1 and one error line saying where. The listeners stay
+/// in systemd's store, if they are there, for the next instance.
+fn end_on_panic() {
+    std::panic::set_hook(Box::new(|info| {
+        let thread = std::thread::current();
+        let payload = info
+            .payload()
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| info.payload().downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "a panic".into());
+        let place = info
+            .location()
+            .map(|l| format!(" at {}:{}", l.file(), l.line()))
+            .unwrap_or_default();
+        crate::error!(
+            "internal failure in thread '{}': {}{place}; exiting",
+            thread.name().unwrap_or("unnamed"),
+            payload.replace('\n', " ")
+        );
+        std::process::exit(1);
+    }));
 }
 
 /// Runs the relay until a clean stop or a hand-over.
@@ -124,6 +151,8 @@ fn run(config: Config) -> Result<server::Served, Failure> {
     //    bytes, then the runtime.
     crate::engine::start()
         .map_err(|e| Failure::Startup(format!("cannot start the relay engine: {e}")))?;
+    runtime::start_reactor()
+        .map_err(|e| Failure::Startup(format!("cannot start the runtime: {e}")))?;
     let config = Rc::new(config);
     let signals = signals
         .into_async()
