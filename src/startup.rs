@@ -130,7 +130,7 @@ fn run(config: Config) -> Result<server::Served, Failure> {
         .map_err(|e| Failure::Startup(e.to_string()))?;
     runtime::block_on(async move {
         notify::start();
-        resolver::start();
+        resolver::start()?;
         // Broken connections and unknown names must not stay in the store.
         for name in orphans {
             notify::remove_stored(&name);
