@@ -14,12 +14,14 @@
 //!   control-group kill does): an ordinary stop, no error.
 //! - A name with more addresses than one answer datagram holds: every one
 //!   is tried.
+//! - Many clients wait for a name server that never answers: the helper
+//!   runs a bounded number of look-ups at once, not a thread per client.
 
 mod common;
 use common::*;
 
 use std::io::{Read, Write};
-use std::net::{Shutdown, TcpListener, TcpStream};
+use std::net::{Shutdown, TcpListener, TcpStream, UdpSocket};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -424,4 +426,61 @@ fn every_address_of_a_name_is_tried_150_of_them() {
     let relay = Relay::start_command(command, 1);
 
     assert_eq!(reached(&relay), "the 150th", "log:\n{}", relay.log());
+}
+
+/// How many look-ups the helper may run at once (its pool of threads).
+const LOOKUPS_AT_ONCE: usize = 8;
+
+#[test]
+fn look_ups_waiting_for_a_silent_name_server_take_a_bounded_number_of_threads() {
+    if !is_root() {
+        return skip("mount namespaces and port 53 need root");
+    }
+    // A name server that reads every query and never answers, on an
+    // address of its own (resolv.conf cannot name a port).
+    let Ok(silent) = UdpSocket::bind("127.0.3.53:53") else {
+        return skip("port 53 on 127.0.3.53 is taken");
+    };
+    let etc = PrivateEtc::new("127.0.0.1");
+    std::fs::write(etc.etc.join("nsswitch.conf"), "hosts: files dns\n").unwrap();
+    std::fs::write(
+        etc.etc.join("resolv.conf"),
+        "nameserver 127.0.3.53\noptions timeout:30 attempts:1\n",
+    )
+    .unwrap();
+    let mut command = command(&["127.0.0.1:0", "silent.test:80", "--connect-timeout", "1min"]);
+    etc.apply(&mut command);
+    let relay = Relay::start_command(command, 1);
+    let helper = helper_of(&relay);
+    let threads = || {
+        std::fs::read_dir(format!("/proc/{helper}/task"))
+            .unwrap()
+            .count()
+    };
+
+    let clients: Vec<TcpStream> = (0..3 * LOOKUPS_AT_ONCE)
+        .map(|_| TcpStream::connect(relay.address()).unwrap())
+        .collect();
+
+    // The pool fills up: one thread per look-up, up to the bound…
+    silent.set_read_timeout(Some(QUICK)).unwrap();
+    wait_until("the helper's look-up threads", || {
+        threads() > LOOKUPS_AT_ONCE
+    });
+    // …and no further, however long the clients wait.
+    let watch = Instant::now() + Duration::from_millis(500);
+    while Instant::now() < watch {
+        assert!(
+            threads() <= 1 + LOOKUPS_AT_ONCE,
+            "{} threads in the helper for {} waiting clients; log:\n{}",
+            threads(),
+            clients.len(),
+            relay.log()
+        );
+    }
+    let mut query = [0u8; 512];
+    assert!(
+        silent.recv(&mut query).is_ok(),
+        "the look-ups ask the name server"
+    );
 }
