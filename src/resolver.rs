@@ -15,7 +15,7 @@
 //! server delays only the connections waiting for it, and a flood of
 //! queries costs the helper a bounded number of threads.
 //!
-//! The helper ignores stop signals and dies with the relay (end of file on
+//! The helper ignores stop signals (and SIGHUP, SIGUSR2) and dies with the relay (end of file on
 //! its socket, and `PR_SET_PDEATHSIG`), so that stopping a unit, which
 //! signals every process of it at once, never ends the helper first. If it
 //! dies anyway (the OOM killer, an operator's `kill -9`), the relay does not
@@ -98,7 +98,8 @@ struct Waiting {
 }
 
 /// Forks the helper. Call before the sandbox, before any thread exists and
-/// before signal handlers are installed.
+/// before signal handlers are installed (the helper must not inherit the
+/// relay's: they write into its signal pipes).
 pub fn spawn(mode: SandboxMode) -> Result<(), Failure> {
     let failure = |e: io::Error| Failure::Startup(format!("cannot start the resolver: {e}"));
     let (relay_end, helper_end) =
@@ -360,8 +361,10 @@ fn helper(socket: Socket, parent: Pid, mode: SandboxMode) -> ! {
         std::process::exit(0);
     }
     // A stop signals every process of the unit at once: the relay drains
-    // and its exit ends the helper, which must not go first.
-    for signal in [libc::SIGTERM, libc::SIGINT, libc::SIGHUP] {
+    // and its exit ends the helper, which must not go first. Nor may any
+    // other signal that means something to the relay (`systemctl kill -s
+    // USR2` signals every process too).
+    for signal in [libc::SIGTERM, libc::SIGINT, libc::SIGHUP, libc::SIGUSR2] {
         // SAFETY: SIG_IGN installs no handler; the process is
         // single-threaded.
         unsafe { libc::signal(signal, libc::SIG_IGN) };

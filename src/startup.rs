@@ -86,7 +86,7 @@ fn run(config: Config) -> Result<server::Served, Failure> {
     raise_fd_limit();
     // 2. Host names for CONNECT are resolved by a helper process with a
     //    policy of its own, forked while single-threaded and before the
-    //    signal handlers (it keeps the defaults).
+    //    signal handlers (it ignores stop signals instead).
     if let endpoint::Target::Tcp {
         host: endpoint::TargetHost::Name(_),
         ..
