@@ -431,29 +431,100 @@ fn every_address_of_a_name_is_tried_150_of_them() {
     assert_eq!(reached(&relay), "the 150th", "log:\n{}", relay.log());
 }
 
+/// A relay to `silent.test:80`, a name only a name server that never
+/// answers could know.
+struct Silent {
+    relay: Relay,
+    /// Reads every query and never answers.
+    server: UdpSocket,
+    _etc: PrivateEtc,
+}
+
+impl Silent {
+    /// The name server listens on `address` port 53 (resolv.conf cannot
+    /// name a port): one address per test, as tests run in parallel.
+    /// `None` (the test is skipped) without root or that port.
+    fn start(address: &str) -> Option<Silent> {
+        if !is_root() {
+            skip("mount namespaces and port 53 need root");
+            return None;
+        }
+        let Ok(server) = UdpSocket::bind((address, 53)) else {
+            skip(&format!("port 53 on {address} is taken"));
+            return None;
+        };
+        let etc = PrivateEtc::new("127.0.0.1");
+        std::fs::write(etc.etc.join("nsswitch.conf"), "hosts: files dns\n").unwrap();
+        std::fs::write(
+            etc.etc.join("resolv.conf"),
+            format!("nameserver {address}\noptions timeout:30 attempts:1\n"),
+        )
+        .unwrap();
+        let mut command = command(&["127.0.0.1:0", "silent.test:80", "--connect-timeout", "1min"]);
+        etc.apply(&mut command);
+        let relay = Relay::start_command(command, 1);
+        Some(Silent {
+            relay,
+            server,
+            _etc: etc,
+        })
+    }
+}
+
+#[test]
+fn look_ups_waiting_when_the_helper_dies_fail_at_once_saying_how_it_died() {
+    let Some(Silent {
+        mut relay,
+        server,
+        _etc,
+    }) = Silent::start("127.0.4.53")
+    else {
+        return;
+    };
+    let helper = helper_of(&relay);
+    let mut client = TcpStream::connect(relay.address()).unwrap();
+    let mut query = [0u8; 512];
+    server.set_read_timeout(Some(QUICK)).unwrap();
+    assert!(
+        server.recv(&mut query).is_ok(),
+        "the look-up waits for the name server"
+    );
+
+    kill(helper, libc::SIGKILL);
+
+    // Closed long before the name server's 30 s or the connect timeout.
+    client.set_read_timeout(Some(QUICK)).unwrap();
+    let mut answer = Vec::new();
+    let _ = client.read_to_end(&mut answer);
+    assert!(
+        answer.is_empty(),
+        "no bytes for a client that was never connected"
+    );
+    let (status, log) = relay.finish();
+    assert_eq!(status.code(), Some(1), "log:\n{log}");
+    let reason = format!("the resolver helper (pid {helper}) was killed by signal 9 (SIGKILL)");
+    assert!(
+        log.lines()
+            .any(|l| l.contains("warning:") && l.contains("cannot resolve") && l.contains(&reason)),
+        "the waiting client's warning says how the helper died; log:\n{log}"
+    );
+    assert_eq!(error_lines(&log).len(), 1, "one error line; log:\n{log}");
+}
+
 /// How many look-ups the helper may run at once (its pool of threads).
 const LOOKUPS_AT_ONCE: usize = 8;
 
 #[test]
 fn look_ups_waiting_for_a_silent_name_server_take_a_bounded_number_of_threads() {
-    if !is_root() {
-        return skip("mount namespaces and port 53 need root");
-    }
-    // A name server that reads every query and never answers, on an
-    // address of its own (resolv.conf cannot name a port).
-    let Ok(silent) = UdpSocket::bind("127.0.3.53:53") else {
-        return skip("port 53 on 127.0.3.53 is taken");
+    // Every field bound: the private /etc must outlive the statement.
+    let Some(Silent {
+        relay,
+        server: silent,
+        _etc,
+    }) = Silent::start("127.0.3.53")
+    else {
+        return;
     };
-    let etc = PrivateEtc::new("127.0.0.1");
-    std::fs::write(etc.etc.join("nsswitch.conf"), "hosts: files dns\n").unwrap();
-    std::fs::write(
-        etc.etc.join("resolv.conf"),
-        "nameserver 127.0.3.53\noptions timeout:30 attempts:1\n",
-    )
-    .unwrap();
-    let mut command = command(&["127.0.0.1:0", "silent.test:80", "--connect-timeout", "1min"]);
-    etc.apply(&mut command);
-    let relay = Relay::start_command(command, 1);
     let helper = helper_of(&relay);
     let threads = || {
         std::fs::read_dir(format!("/proc/{helper}/task"))
