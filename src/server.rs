@@ -90,6 +90,8 @@ enum Stop {
     Idle,
     /// The one inherited connection was taken.
     Exhausted,
+    /// The resolver helper died (why): drain, then exit non-zero.
+    Resolver(String),
 }
 
 /// What systemd's file descriptor store gave this instance, and whether it
@@ -247,6 +249,9 @@ pub async fn serve(
                 Request::HandOver => Stop::HandOver,
             }
         };
+        let signal = future::or(signal, async {
+            Stop::Resolver(crate::resolver::failed().await)
+        });
         match config.exit_idle_time {
             Some(span) if !single => {
                 future::or(signal, async {
@@ -321,6 +326,16 @@ pub async fn serve(
             let _ = confirmed.recv().await;
             hand_over(&connections, &config, store.occupied, &signals).await;
             return Ok(Served::HandedOver);
+        }
+        Stop::Resolver(why) => {
+            // No new helper (fork is unsound and exec forbidden by now): the
+            // supervisor starts a new relay; open connections need none.
+            crate::warn!("{why}: host names cannot be resolved; stopping");
+            crate::notify::stopping(&format!("stopping: {why}"));
+            drain(&connections, config.shutdown_timeout, &signals).await;
+            return Err(io::Error::other(format!(
+                "{why}: host names cannot be resolved"
+            )));
         }
     }
     if single && connections.unreached() > 0 {

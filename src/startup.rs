@@ -113,7 +113,7 @@ fn run(config: Config) -> Result<server::Served, Failure> {
     raise_fd_limit();
     // 2. Host names for CONNECT are resolved by a helper process with a
     //    policy of its own, forked while single-threaded and before the
-    //    signal handlers (it keeps the defaults).
+    //    signal handlers (it ignores stop signals instead).
     if let endpoint::Target::Tcp {
         host: endpoint::TargetHost::Name(_),
         ..
@@ -159,7 +159,7 @@ fn run(config: Config) -> Result<server::Served, Failure> {
         .map_err(|e| Failure::Startup(e.to_string()))?;
     runtime::block_on(async move {
         notify::start();
-        resolver::start();
+        resolver::start()?;
         // Broken connections and unknown names must not stay in the store.
         for name in orphans {
             notify::remove_stored(&name);
