@@ -329,10 +329,17 @@ pub async fn serve(
         }
         Stop::Resolver(why) => {
             // No new helper (fork is unsound and exec forbidden by now): the
-            // supervisor starts a new relay; open connections need none.
+            // supervisor starts a new relay. Open connections need none:
+            // with a store they go to the next instance, otherwise they
+            // drain here.
             crate::warn!("{why}: host names cannot be resolved; stopping");
             crate::notify::stopping(&format!("stopping: {why}"));
-            drain(&connections, config.shutdown_timeout, &signals).await;
+            if store.occupied.is_some() {
+                let _ = confirmed.recv().await;
+                hand_over(&connections, &config, store.occupied, &signals).await;
+            } else {
+                drain(&connections, config.shutdown_timeout, &signals).await;
+            }
             return Err(io::Error::other(format!(
                 "{why}: host names cannot be resolved"
             )));
@@ -859,7 +866,7 @@ mod tests {
     #[test]
     fn a_stop_request_ends_serving() {
         let config = crate::cli::config_for(&["127.0.0.1:0", "127.0.0.1:9"]);
-        let opened = crate::listener::open(&config.listen, Default::default()).unwrap();
+        let (opened, _) = crate::listener::open(&config.listen, Default::default()).unwrap();
         let (stop, stops) = async_channel::unbounded();
         stop.try_send(Request::Stop).unwrap();
         let served = crate::runtime::block_on(serve(

@@ -82,7 +82,7 @@ fn run(config: Config) -> Result<server::Served, Failure> {
     log::init(config.level);
     let ready_fd = config.ready_fd.map(take_ready_fd).transpose()?;
     // 1. Open LISTEN with plain blocking calls: no threads exist yet.
-    let opened = listener::open(
+    let (opened, stale) = listener::open(
         &config.listen,
         FileOptions {
             mode: config.socket_mode,
@@ -127,6 +127,13 @@ fn run(config: Config) -> Result<server::Served, Failure> {
     // 4. The notification socket is connected before the sandbox, which
     //    would refuse an abstract one.
     notify::connect();
+    // All listeners share one name in the store: once stale ones are gone
+    // from it, those that stay are stored again (after the removal, in
+    // order, so that systemd does not take them for duplicates).
+    let restore = stale.0 > 0;
+    if restore {
+        notify::remove_stored(listener::STORED_NAME);
+    }
     let mut opened = opened;
     let mut store = server::Store {
         adopted,
@@ -141,9 +148,15 @@ fn run(config: Config) -> Result<server::Served, Failure> {
             endpoint::Endpoint::SdListen(_) | endpoint::Endpoint::Fd(_) => {
                 notify::connected().then_some(0)
             }
-            _ => store_listeners(listeners),
+            _ => store_listeners(listeners, restore),
         };
-        store.occupied = stored.map(|new| kept + new);
+        let adopted_listeners = listeners.iter().filter(|l| l.from_store).count();
+        let gone = if restore {
+            stale.0 + adopted_listeners
+        } else {
+            0
+        };
+        store.occupied = stored.map(|new| kept.saturating_sub(gone) + new);
     }
     // 5. Confine the process while it has a single thread.
     confine(&config)?;
@@ -178,14 +191,15 @@ fn run(config: Config) -> Result<server::Served, Failure> {
 /// Hands the listeners to systemd's file descriptor store, so that the
 /// next instance adopts them; their socket files then stay at exit (the
 /// unit's `RuntimeDirectory=` goes on `systemctl stop`). Returns how many
-/// were added to the store (adopted ones are there already).
-fn store_listeners(listeners: &mut listener::Listeners) -> Option<usize> {
+/// were added to the store (adopted ones are there already, unless `all`:
+/// their entries were removed).
+fn store_listeners(listeners: &mut listener::Listeners, all: bool) -> Option<usize> {
     use std::os::fd::AsFd;
     // An adopted listener is still in the store (systemd keeps it until
     // the unit stops).
     let fds: Vec<_> = listeners
         .iter()
-        .filter(|l| !l.from_store)
+        .filter(|l| all || !l.from_store)
         .map(|l| l.socket.as_fd())
         .collect();
     let stored = if fds.is_empty() {

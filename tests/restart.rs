@@ -111,16 +111,199 @@ fn without_fd_store_nothing_is_stored_and_the_socket_file_goes() {
 }
 
 #[test]
-fn a_stored_listener_for_another_path_is_not_adopted() {
+fn a_stored_listener_that_listen_no_longer_names_is_closed_with_its_file_and_leaves_the_store() {
     let dir = TempDir::new();
     let backend = Backend::tcp(echo);
     let mut manager = manager();
-    let mut first = manager.start(&["--fd-store", &dir.arg("a.sock"), &backend.connect_arg]);
+    let old = dir.arg("a.sock");
+    let mut first = manager.start(&["--fd-store", &old, &backend.connect_arg]);
     first.signal(libc::SIGTERM);
     assert!(first.wait_exit().success());
+    // A client arrives during the restart, at the old path.
+    let mut waiting = UnixStream::connect(&old).expect("the stored listener's backlog");
     let second = manager.start(&["--fd-store", &dir.arg("b.sock"), &backend.connect_arg]);
     assert!(!second.log().contains("adopted"), "{}", second.log());
+    assert!(
+        second
+            .log()
+            .contains("closed 1 stored listener that LISTEN no longer names"),
+        "{}",
+        second.log()
+    );
+    assert!(
+        !std::path::Path::new(&old).exists(),
+        "the old socket file went with its listener"
+    );
+    waiting.set_read_timeout(Some(DEADLINE)).unwrap();
+    let mut byte = [0u8; 1];
+    match waiting.read(&mut byte) {
+        Ok(0) | Err(_) => {}
+        Ok(_) => panic!("bytes from a stale listener"),
+    }
     assert_eq!(exchange(connect(&dir.arg("b.sock")), b"b".to_vec()), b"b");
+    manager.settle();
+    assert_eq!(
+        manager.names(),
+        ["listener"],
+        "only the new listener is stored"
+    );
+}
+
+#[test]
+fn a_second_hand_over_request_during_a_drain_cuts_nothing() {
+    let backend = Backend::tcp(echo);
+    let mut relay = Relay::start(&["127.0.0.1:0", &backend.connect_arg]);
+    let mut client = exchanged(&relay);
+    relay.signal(libc::SIGUSR2);
+    relay.wait_for_line("no file descriptor store");
+    relay.signal(libc::SIGUSR2);
+    relay.wait_for_line("ignored");
+    client.write_all(b"still").unwrap();
+    let mut reply = [0u8; 5];
+    client.read_exact(&mut reply).expect("still relayed");
+    assert_eq!(&reply, b"still");
+    client.shutdown(Shutdown::Write).unwrap();
+    let mut rest = Vec::new();
+    client
+        .read_to_end(&mut rest)
+        .expect("a clean end, not a cut");
+    let log = exits_for_a_restart(relay);
+    assert!(!log.contains("cutting"), "{log}");
+}
+
+#[test]
+fn an_instance_killed_before_the_store_forgot_its_connections_leaves_them_cut_not_ended() {
+    let (backends, backend_address) = held_backend();
+    let args = ["--fd-store", "127.0.0.1:0", &backend_address];
+    let mut manager = manager();
+    let first = manager.start(&args);
+    let mut client = TcpStream::connect(first.address()).unwrap();
+    let (mut backend, _) = backends.accept().unwrap();
+    client.write_all(b"part").unwrap();
+    let mut got = [0u8; 4];
+    backend.read_exact(&mut got).unwrap();
+    let _ = hand_over(&mut manager, first);
+
+    // PID 1 is busy: the next instance's removals wait in the socket.
+    manager.pause();
+    let mut second = Relay::start_command(manager.command(&args), 1);
+    manager.spawned();
+    assert!(
+        second.log().contains("took over 1 connection"),
+        "{}",
+        second.log()
+    );
+    second.signal(libc::SIGKILL);
+    let _ = second.wait_exit();
+    // Processing the removal closes systemd's copies, the last ones.
+    manager.resume();
+    manager.settle();
+    client.set_read_timeout(Some(DEADLINE)).unwrap();
+    backend.set_read_timeout(Some(DEADLINE)).unwrap();
+    let mut byte = [0u8; 1];
+    for (side, conn) in [("client", &mut client), ("backend", &mut backend)] {
+        let error = conn
+            .read(&mut byte)
+            .expect_err(&format!("the {side} sees an abort, not a clean end"));
+        assert_eq!(
+            error.kind(),
+            std::io::ErrorKind::ConnectionReset,
+            "{side}: {error}"
+        );
+    }
+}
+
+#[test]
+fn forged_descriptors_under_a_connections_name_are_refused_and_removed_from_the_store() {
+    use std::os::fd::OwnedFd;
+    let (backends, backend_address) = held_backend();
+    let mut manager = manager();
+    let backend_socket = || {
+        let socket = TcpStream::connect(&backend_address).unwrap();
+        socket.set_nonblocking(true).unwrap();
+        OwnedFd::from(socket)
+    };
+    let state = "client,v=1,up=0,down=0,ended=-,copy=-,age=0,idle=0";
+    // A pipe with bytes in it, stored as the client socket.
+    let (read, write) = rustix::pipe::pipe().unwrap();
+    rustix::io::write(&write, b"foreign").unwrap();
+    manager.put(&format!("conn.1.1.{state}"), read);
+    manager.put("conn.1.1.backend", backend_socket());
+    // A blocking socket, with bytes waiting.
+    let (blocking, peer) = UnixStream::pair().unwrap();
+    (&peer).write_all(b"foreign").unwrap();
+    manager.put(&format!("conn.1.2.{state}"), OwnedFd::from(blocking));
+    manager.put("conn.1.2.backend", backend_socket());
+    // The two ends of two different pipes for the bytes in flight.
+    let (client, _client_peer) = UnixStream::pair().unwrap();
+    client.set_nonblocking(true).unwrap();
+    let (one_read, one_write) = rustix::pipe::pipe().unwrap();
+    let (other_read, other_write) = rustix::pipe::pipe().unwrap();
+    rustix::io::write(&other_write, b"foreign").unwrap();
+    for fd in [&one_read, &one_write, &other_read, &other_write] {
+        rustix::io::ioctl_fionbio(fd, true).unwrap();
+    }
+    manager.put(&format!("conn.1.3.{state}"), OwnedFd::from(client));
+    manager.put("conn.1.3.backend", backend_socket());
+    manager.put("conn.1.3.up.read", one_read);
+    manager.put("conn.1.3.up.write", other_write);
+    drop((one_write, other_read));
+
+    let relay = manager.start(&["--fd-store", "127.0.0.1:0", &backend_address]);
+    let log = relay.log();
+    for (id, why) in [
+        ("conn.1.1", "has a client socket that is not a socket"),
+        ("conn.1.2", "has a client socket that is blocking"),
+        ("conn.1.3", "two ends belong to different pipes"),
+    ] {
+        assert!(
+            log.lines().any(|l| l.contains(id) && l.contains(why)),
+            "{id}: {why}: {log}"
+        );
+    }
+    assert!(!log.contains("took over"), "{log}");
+    manager.settle();
+    assert_eq!(manager.names(), ["listener"], "every forged entry removed");
+    // The backend hears nothing foreign: each connection just ends.
+    drop(manager);
+    backends.set_nonblocking(false).unwrap();
+    for _ in 0..3 {
+        let (mut conn, _) = backends.accept().unwrap();
+        conn.set_read_timeout(Some(DEADLINE)).unwrap();
+        let mut seen = Vec::new();
+        let _ = conn.read_to_end(&mut seen);
+        assert!(
+            seen.is_empty(),
+            "foreign bytes reached the backend: {seen:?}"
+        );
+    }
+}
+
+#[test]
+fn a_connection_taken_back_is_counted_once_in_the_status() {
+    let backend = Backend::tcp(echo);
+    let args = ["--fd-store", "127.0.0.1:0", &backend.connect_arg];
+    let mut manager = manager();
+    manager.size = Some("2".into());
+    let mut relay = manager.start(&args);
+    let mut client = exchanged(&relay);
+    relay.signal(libc::SIGUSR2);
+    relay.wait_for_line("not stored");
+    // STATUS= follows the counts within a second of a change; give it two.
+    let until = Instant::now() + Duration::from_secs(2);
+    while Instant::now() < until {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    manager.settle();
+    let statuses = manager.lines("STATUS=");
+    assert!(
+        !statuses.iter().any(|s| s.contains("2 total")),
+        "{statuses:?}"
+    );
+    client.shutdown(Shutdown::Write).unwrap();
+    let mut rest = Vec::new();
+    client.read_to_end(&mut rest).unwrap();
+    let _ = exits_for_a_restart(relay);
 }
 
 /// A TCP client of `relay` whose one-byte exchange went through: it is

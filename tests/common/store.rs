@@ -182,8 +182,15 @@ impl Manager {
     /// as systemd passes it, once it is ready.
     pub fn start(&mut self, args: &[&str]) -> Relay {
         let relay = Relay::start_command(self.command(args), 1);
+        self.spawned();
         self.until_ready();
         relay
+    }
+
+    /// The instance that [`Manager::command`] prepared runs: the duplicates
+    /// made for it are closed (the store keeps its own).
+    pub fn spawned(&mut self) {
+        self.passing.clear();
     }
 
     /// The command that starts the next instance, as systemd would: the
