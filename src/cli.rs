@@ -170,6 +170,10 @@ struct Args {
     #[argh(switch)]
     fd_store: bool,
 
+    /// check the command line and exit: parse every option, look up users and groups, check LISTEN's directory and the endpoints; bind, create and send nothing (exit 0 if a start would get this far, else the exit status it would have); systemctl reload runs it first
+    #[argh(switch)]
+    check: bool,
+
     /// print a completion script for SHELL (bash, zsh or fish) and exit
     #[argh(option, arg_name = "SHELL")]
     #[allow(dead_code)] // handled before argh runs, so that no endpoints are needed
@@ -450,6 +454,7 @@ impl Args {
                     .is_some_and(|n| n > 0),
             keepalive,
             ready_fd,
+            check: self.check,
             level,
         })
     }

@@ -98,6 +98,46 @@ pub fn open(endpoint: &Endpoint, file_options: FileOptions) -> Result<(Opened, S
     open_anew(endpoint, file_options).map(|opened| (opened, stale))
 }
 
+/// What `--check` can tell of LISTEN without binding or touching anything:
+/// a name that resolves, a socket path whose directory exists and which is
+/// free or a socket (served now, by the running instance). Inherited
+/// sockets are the service manager's to pass at the start: nothing to check.
+pub fn check(endpoint: &Endpoint) -> Result<(), Failure> {
+    let failure = |what: String| Failure::Startup(format!("cannot listen on {endpoint}: {what}"));
+    match endpoint {
+        Endpoint::Tcp {
+            host: host @ Host::Name(_),
+            port,
+        } => {
+            if wanted_ips(host, *port).is_empty() {
+                return Err(failure("the name resolves to no address".into()));
+            }
+        }
+        Endpoint::Unix(UnixAddr::Path(path)) => {
+            let parent = path
+                .parent()
+                .filter(|p| !p.as_os_str().is_empty())
+                .unwrap_or(Path::new("."));
+            if !std::fs::metadata(parent).is_ok_and(|m| m.is_dir()) {
+                return Err(failure(format!(
+                    "directory {} does not exist",
+                    parent.display()
+                )));
+            }
+            match std::fs::symlink_metadata(path) {
+                Ok(meta) if !meta.file_type().is_socket() => {
+                    return Err(failure(
+                        "the path exists and is not a socket; not touching it".into(),
+                    ));
+                }
+                _ => {}
+            }
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
 /// Stored listeners that LISTEN no longer names, closed: their entries are
 /// to leave systemd's store (all listeners share one name there).
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]

@@ -114,6 +114,8 @@ pub enum Served {
     Unreached,
     /// Handed over (or, failing that, drained) for the next instance.
     HandedOver,
+    /// `--check`: the configuration is valid; nothing ran.
+    Checked,
 }
 
 /// Serves what LISTEN opened, and the connections handed over, until a

@@ -77,9 +77,35 @@ fn end_on_panic() {
     }));
 }
 
+/// `--check`: everything a start would check before it binds, and nothing
+/// else (`systemctl reload` runs this first, so that a typo fails the
+/// reload instead of the next instance).
+fn check(config: &Config) -> Result<server::Served, Failure> {
+    listener::check(&config.listen)?;
+    if config.allow.is_active() && matches!(config.listen, endpoint::Endpoint::Tcp { .. }) {
+        return Err(Failure::Usage(format!(
+            "--allow-uid/--allow-gid: LISTEN '{}' is TCP (TCP clients have no credentials)",
+            config.listen
+        )));
+    }
+    sandbox::check_strict(&sandbox::Policy::derive(config)).map_err(Failure::Startup)?;
+    log::write(
+        log::Level::Info,
+        true,
+        format_args!(
+            "check: the configuration is valid: {} -> {}",
+            config.listen, config.connect
+        ),
+    );
+    Ok(server::Served::Checked)
+}
+
 /// Runs the relay until a clean stop or a hand-over.
 fn run(config: Config) -> Result<server::Served, Failure> {
     log::init(config.level);
+    if config.check {
+        return check(&config);
+    }
     let ready_fd = config.ready_fd.map(take_ready_fd).transpose()?;
     // 1. Open LISTEN with plain blocking calls: no threads exist yet.
     let (opened, stale) = listener::open(
