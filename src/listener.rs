@@ -108,10 +108,8 @@ pub fn check(endpoint: &Endpoint) -> Result<(), Failure> {
         Endpoint::Tcp {
             host: host @ Host::Name(_),
             port,
-        } => {
-            if wanted_ips(host, *port).is_empty() {
-                return Err(failure("the name resolves to no address".into()));
-            }
+        } if wanted_ips(host, *port).is_empty() => {
+            return Err(failure("the name resolves to no address".into()));
         }
         Endpoint::Unix(UnixAddr::Path(path)) => {
             let parent = path
