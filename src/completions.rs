@@ -32,6 +32,7 @@ fn values(long: &str) -> Values {
         "--sandbox" => Values::Words("best-effort strict off"),
         "--proxy-protocol" => Values::Words("v1 v2"),
         "--completions" => Values::Words("bash zsh fish"),
+        "--log-time" => Values::Words("yes no"),
         "--allow-uid" => Values::Users,
         "--allow-gid" | "--socket-group" => Values::Groups,
         _ => Values::Free,

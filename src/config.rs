@@ -47,4 +47,6 @@ pub struct Config {
     /// Where to write a newline once ready (s6's `notification-fd`).
     pub ready_fd: Option<std::os::fd::RawFd>,
     pub level: Level,
+    /// Start log lines with a timestamp (outside the journal).
+    pub log_time: bool,
 }

@@ -53,6 +53,7 @@ pub fn main() -> ExitCode {
 /// Runs the relay until a clean stop or a hand-over.
 fn run(config: Config) -> Result<server::Served, Failure> {
     log::init(config.level);
+    log::set_timestamps(config.log_time);
     let ready_fd = config.ready_fd.map(take_ready_fd).transpose()?;
     // 1. Open LISTEN with plain blocking calls: no threads exist yet.
     let opened = listener::open(
