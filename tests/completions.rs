@@ -319,6 +319,8 @@ fn zsh_completes_options_and_endpoint_forms_as_the_program_takes_them() {
         ["best-effort", "off", "strict"]
     );
 
+    assert!(zsh_complete(&dir, "--connect-timeout ").is_empty());
+
     // Descriptions keep their apostrophes.
     let options = zsh_complete(&dir, "--socket-g");
     assert!(
@@ -386,6 +388,8 @@ fn fish_completes_options_and_endpoint_forms_as_the_program_takes_them() {
     assert_eq!(complete(&format!("{root}f")), [format!("{root}file1")]);
     assert_eq!(complete("--sandbox "), ["best-effort", "off", "strict"]);
     assert_eq!(complete("--socket-group roo"), ["root"]);
+    // A span is no endpoint.
+    assert!(complete("--connect-timeout ").is_empty());
 
     let options = fish_complete(&file, "--socket-g");
     assert!(
