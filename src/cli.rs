@@ -179,6 +179,10 @@ struct Args {
     #[allow(dead_code)] // handled before argh runs, so that no endpoints are needed
     completions: Option<String>,
 
+    /// start each log line with a UTC timestamp: yes or no (default yes; never in the journal); no under s6-log, svlogd or another logger that stamps lines itself
+    #[argh(option, arg_name = "BOOL")]
+    log_time: Option<String>,
+
     /// log errors only (and the 'listening on' lines)
     #[argh(switch, short = 'q')]
     quiet: bool,
@@ -427,6 +431,11 @@ impl Args {
                 Some(fd)
             }
         };
+        let log_time = match &self.log_time {
+            None => true,
+            Some(value) => crate::log::parse_boolean(text("--log-time", value)?)
+                .map_err(|r| usage("--log-time", r))?,
+        };
         let level = match (self.quiet, self.verbose) {
             (true, true) => return Err(usage("-q/-v", "choose one".into())),
             (true, false) => Level::Error,
@@ -456,6 +465,7 @@ impl Args {
             ready_fd,
             check: self.check,
             level,
+            log_time,
         })
     }
 }

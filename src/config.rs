@@ -49,4 +49,6 @@ pub struct Config {
     /// Only check the configuration (`--check`), touching nothing.
     pub check: bool,
     pub level: Level,
+    /// Start log lines with a timestamp (outside the journal).
+    pub log_time: bool,
 }

@@ -103,6 +103,7 @@ fn check(config: &Config) -> Result<server::Served, Failure> {
 /// Runs the relay until a clean stop or a hand-over.
 fn run(config: Config) -> Result<server::Served, Failure> {
     log::init(config.level);
+    log::set_timestamps(config.log_time);
     if config.check {
         return check(&config);
     }
