@@ -601,7 +601,19 @@ pub fn passed_sockets() -> Result<Vec<(RawFd, String)>, String> {
         .filter(|n| *n <= 1 << 20)
         .ok_or_else(|| format!("LISTEN_FDS='{count}' is not a count of descriptors"))?;
     let names: Vec<String> = match std::env::var("LISTEN_FDNAMES") {
-        Ok(names) => names.split(':').map(str::to_owned).collect(),
+        // As sd_listen_fds_with_names(3): a name for every descriptor, or
+        // the environment is not to be trusted (EINVAL there).
+        Ok(names) => {
+            let names: Vec<String> = names.split(':').map(str::to_owned).collect();
+            if names.len() != count as usize {
+                return Err(format!(
+                    "LISTEN_FDNAMES names {} descriptor{} but LISTEN_FDS passes {count}",
+                    names.len(),
+                    if names.len() == 1 { "" } else { "s" }
+                ));
+            }
+            names
+        }
         Err(_) => Vec::new(),
     };
     Ok((0..count)

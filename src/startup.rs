@@ -128,7 +128,8 @@ fn run(config: Config) -> Result<server::Served, Failure> {
         )));
     }
     // Connections a previous instance stored, taken over (whatever LISTEN).
-    let passed = listener::passed_sockets().unwrap_or_default();
+    let passed = listener::passed_sockets()
+        .map_err(|e| Failure::Startup(format!("bad socket activation environment: {e}")))?;
     let passed_count = passed.len();
     let listen_fd = match config.listen {
         endpoint::Endpoint::Fd(fd) => Some(fd),

@@ -414,7 +414,8 @@ fn assert_usage_error(status: ExitStatus, stderr: &str, argument: &str, reason: 
 }
 
 /// Misuse is a usage error (exit 2, one line naming the argument): `sd-listen`
-/// with nothing passed, `fd:N` on a file, and, under socket activation,
+/// with nothing passed or with LISTEN_FDNAMES not naming every descriptor,
+/// `fd:N` on a file, and, under socket activation,
 /// `sd-listen:NAME` matching no socket and `fd:3` on a datagram socket.
 /// Nothing is removed.
 #[test]
@@ -431,6 +432,21 @@ fn activation_misuse_is_a_usage_error() {
         &output.stderr,
         "sd-listen",
         "no sockets were passed",
+    );
+
+    // A name for every passed descriptor, or none: sd_listen_fds_with_names
+    // refuses anything else, and so does the relay.
+    let mut miscounted = command(&["sd-listen", &backend.connect_arg]);
+    miscounted
+        .env("LISTEN_FDS", "1")
+        .env("LISTEN_FDNAMES", "a:b")
+        .env_remove("LISTEN_PID");
+    let output = run_command(miscounted);
+    assert_usage_error(
+        output.status,
+        &output.stderr,
+        "sd-listen",
+        "LISTEN_FDNAMES names 2 descriptors but LISTEN_FDS passes 1",
     );
 
     let on_a_file = command(&["fd:0", &backend.connect_arg]);
