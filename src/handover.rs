@@ -255,8 +255,21 @@ fn check_socket(fd: &OwnedFd) -> Result<(), String> {
     if socket.is_listener().unwrap_or(true) {
         return Err("is listening, not connected".into());
     }
-    if let Err(e) = socket.peer_addr() {
-        return Err(format!("is not connected ({e})"));
+    // Connected, or connected once: a TCP socket whose peer reset it while
+    // it was stored has no peer any more, and still a local port (the bytes
+    // in flight towards the other side are still to be delivered, or the
+    // reset passed on).
+    let bound = || {
+        socket
+            .local_addr()
+            .ok()
+            .and_then(|a| a.as_socket())
+            .is_some_and(|a| a.port() != 0)
+    };
+    if let Err(e) = socket.peer_addr()
+        && !bound()
+    {
+        return Err(format!("was never connected ({e})"));
     }
     if !nonblocking(fd) {
         return Err("is blocking (the relay stores non-blocking sockets)".into());

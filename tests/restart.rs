@@ -262,6 +262,62 @@ fn a_hand_over_right_after_an_adoption_waits_for_the_removals_and_loses_nothing(
     }
 }
 
+/// The TCP state of the IPv4 loopback socket bound to `port`, as
+/// /proc/net/tcp lists it (`None`: not listed, as a closed socket is not).
+fn tcp_state(port: u16) -> Option<u8> {
+    let table = std::fs::read_to_string("/proc/net/tcp").unwrap();
+    table.lines().skip(1).find_map(|line| {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        let local_port = fields[1].rsplit(':').next()?;
+        (u16::from_str_radix(local_port, 16).ok()? == port)
+            .then(|| u8::from_str_radix(fields[3], 16).ok())
+            .flatten()
+    })
+}
+
+#[test]
+fn a_connection_whose_backend_finished_while_its_answer_waits_is_handed_over_whole() {
+    let dir = TempDir::new();
+    let socket = dir.arg("relay.sock");
+    let (backends, backend_address) = held_backend();
+    let args = ["--fd-store", &socket, &backend_address];
+    let mut manager = manager();
+    let first = manager.start(&args);
+    let mut client = UnixStream::connect(&socket).unwrap();
+    let (mut backend, relay_side) = backends.accept().unwrap();
+    client.write_all(b"question").unwrap();
+    client.shutdown(Shutdown::Write).unwrap();
+    let mut question = Vec::new();
+    backend.read_to_end(&mut question).unwrap();
+    assert_eq!(question, b"question");
+    // The answer, more than the client's socket takes while it does not
+    // read: the rest waits in the relay's pipe. Then the backend is done.
+    let answer = payload(400 << 10, 7);
+    backend.write_all(&answer).unwrap();
+    drop(backend);
+    // Both ends of the relay's backend socket have ended: it has no peer
+    // any more (getpeername says ENOTCONN), yet its connection is not over.
+    wait_until("the relay's backend socket to close", || {
+        !matches!(tcp_state(relay_side.port()), Some(0x01 | 0x05 | 0x08))
+    });
+    let log = hand_over(&mut manager, first);
+    assert!(log.contains("handed 1 connection"), "{log}");
+    let second = manager.start(&args);
+    assert!(
+        second.log().contains("took over 1 connection"),
+        "{}",
+        second.log()
+    );
+    client.set_read_timeout(Some(DEADLINE)).unwrap();
+    let mut got = Vec::new();
+    client.read_to_end(&mut got).unwrap();
+    assert!(
+        got == answer,
+        "the whole answer, then the end: {} bytes",
+        got.len()
+    );
+}
+
 #[test]
 fn forged_descriptors_under_a_connections_name_are_refused_and_removed_from_the_store() {
     use std::os::fd::OwnedFd;
