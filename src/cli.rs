@@ -985,6 +985,92 @@ mod tests {
         assert_eq!(config.idle_timeout, Some(Duration::from_secs(300)));
     }
 
+    /// Random command lines, as bytes, through the whole parser: no panic,
+    /// and every usage error is one line without a control character.
+    #[test]
+    fn random_command_lines_never_panic_and_errors_are_one_line() {
+        use proptest::prelude::*;
+        use proptest::test_runner::{Config, RngAlgorithm, TestRng, TestRunner};
+        let words = prop::sample::select(
+            &[
+                "-c",
+                "-vc",
+                "-vq",
+                "-qh",
+                "-h",
+                "-x",
+                "-",
+                "--",
+                "--connections-max",
+                "--connections-max=",
+                "--idle-timeout",
+                "--idle-timeout=5s",
+                "--exit-idle-time",
+                "--keepalive",
+                "--keepalive=10h",
+                "--ready-fd",
+                "--socket-mode",
+                "--socket-mode=",
+                "--socket-group",
+                "--allow-uid",
+                "--allow-gid",
+                "--sandbox",
+                "--proxy-protocol",
+                "--verbose=1",
+                "--quiet",
+                "--version",
+                "--completions",
+                "--fd-store",
+                "--connect-retry",
+                "/tmp/x.sock",
+                ":80",
+                "127.0.0.1:0",
+                "fd:3",
+                "sd-listen",
+                "@a",
+                "5s",
+                "+5s",
+                "5.",
+                "0",
+                "007",
+                "01777",
+                "root",
+                "v2",
+                "off",
+                "bash",
+                "infinity",
+            ][..],
+        )
+        .prop_map(|w| w.as_bytes().to_vec());
+        let bytes = prop::collection::vec(any::<u8>(), 0..6);
+        let arg = prop_oneof![3 => words, 1 => bytes];
+        let mut runner = TestRunner::new_with_rng(
+            Config {
+                cases: 20_000,
+                failure_persistence: None,
+                ..Config::default()
+            },
+            TestRng::deterministic_rng(RngAlgorithm::ChaCha),
+        );
+        runner
+            .run(&prop::collection::vec(arg, 0..8), |args| {
+                let args: Vec<OsString> = args
+                    .into_iter()
+                    .map(|a| OsStr::from_bytes(&a).to_owned())
+                    .collect();
+                if let Err(Failure::Usage(message)) = parse("relay", &args) {
+                    prop_assert!(
+                        !message.chars().any(char::is_control),
+                        "{:?}: {:?}",
+                        args,
+                        message
+                    );
+                }
+                Ok(())
+            })
+            .unwrap();
+    }
+
     #[test]
     fn keepalive_within_tcp_keepidle() {
         let config = run(&["--keepalive", "32767s", ":80", "/x"]).unwrap();
