@@ -25,3 +25,36 @@ pub fn spawn<T: 'static>(
 ) -> async_std::task::JoinHandle<T> {
     async_std::task::spawn_local(future)
 }
+
+/// Starts the reactor under the runtime now, so that a failure (no
+/// descriptor left for its epoll instance, say) is an error to report
+/// rather than a panic in the first task that needs it.
+pub fn start_reactor() -> std::io::Result<()> {
+    let quiet = std::panic::take_hook();
+    std::panic::set_hook(Box::new(|_| {}));
+    let started = std::panic::catch_unwind(|| {
+        let (probe, _peer) = std::os::unix::net::UnixStream::pair()?;
+        async_io::Async::new(probe).map(drop)
+    });
+    std::panic::set_hook(quiet);
+    match started {
+        Ok(result) => result,
+        Err(panic) => {
+            let why = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_default();
+            // async-io's message ends with the error, as Debug.
+            let errno = why
+                .split("code: ")
+                .nth(1)
+                .and_then(|rest| rest.split(',').next())
+                .and_then(|n| n.trim().parse::<i32>().ok());
+            Err(match errno {
+                Some(errno) => std::io::Error::from_raw_os_error(errno),
+                None => std::io::Error::other(why),
+            })
+        }
+    }
+}

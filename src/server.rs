@@ -51,7 +51,9 @@ struct Accepted {
 type Incoming = Pin<Box<dyn Stream<Item = io::Result<Accepted>>>>;
 
 /// Requests to stop or hand over: signals in the program, anything a test
-/// sends. The first stops accepting; the next ends the drain at once.
+/// sends. The first stops accepting; a stop request after it ends the drain
+/// at once. A repeated hand-over request (two reloads in a row) is never a
+/// reason to cut anything: it is ignored, with a line.
 pub struct Stops(async_channel::Receiver<Request>);
 
 impl Stops {
@@ -66,6 +68,19 @@ impl Stops {
             Err(_) => future::pending().await,
         }
     }
+
+    /// Waits for the next stop request, once the relay is stopping or
+    /// handing over already.
+    async fn next_stop(&self) {
+        loop {
+            match self.next().await {
+                Request::Stop => return,
+                Request::HandOver => crate::info!(
+                    "SIGUSR2: a hand-over or drain is under way already; ignored (SIGTERM cuts the open connections)"
+                ),
+            }
+        }
+    }
 }
 
 /// Why the accept loop stopped.
@@ -75,6 +90,8 @@ enum Stop {
     Idle,
     /// The one inherited connection was taken.
     Exhausted,
+    /// The resolver helper died (why): drain, then exit non-zero.
+    Resolver(String),
 }
 
 /// What systemd's file descriptor store gave this instance, and whether it
@@ -97,6 +114,8 @@ pub enum Served {
     Unreached,
     /// Handed over (or, failing that, drained) for the next instance.
     HandedOver,
+    /// `--check`: the configuration is valid; nothing ran.
+    Checked,
 }
 
 /// Serves what LISTEN opened, and the connections handed over, until a
@@ -111,6 +130,10 @@ pub async fn serve(
     let connections = Connections::new();
     let (limiter, throttle) = async_listen::backpressure::new(config.connections_max);
     let adopted = store.adopted.len();
+    // Closed once systemd has processed every removal sent before: adopted
+    // connections keep their linger 0 (a crash is a reset) until then, and
+    // no hand-over begins before it (it would store what is being removed).
+    let (forgotten, confirmed) = async_channel::bounded::<()>(1);
     for connection in store.adopted {
         crate::handover::commit(&connection);
         let debug = crate::log::enabled(crate::log::Level::Debug).then(|| {
@@ -125,8 +148,20 @@ pub async fn serve(
             connection.relay,
             (connection.started, connection.last_moved),
             debug,
-            Some(limiter.token()),
+            Origin::Adopted(limiter.token(), confirmed.clone()),
         );
+    }
+    if crate::notify::connected() {
+        crate::runtime::spawn(async move {
+            if let Err(e) = crate::notify::barrier(crate::handover::STORE_TIMEOUT).await {
+                crate::warn!(
+                    "systemd did not confirm that it forgot the adopted connections ({e}); closing them normally all the same"
+                );
+            }
+            drop(forgotten);
+        });
+    } else {
+        drop(forgotten);
     }
     if adopted > 0 {
         crate::info!(
@@ -198,7 +233,7 @@ pub async fn serve(
             config.connections_max
         );
     }
-    crate::runtime::spawn(crate::notify::keep_watchdog_happy());
+    crate::runtime::spawn(crate::notify::keep_watchdog_happy(crate::engine::alive));
     let counts = connections.clone();
     crate::runtime::spawn(crate::notify::report_status(endpoints, move || {
         (counts.active(), counts.total())
@@ -216,6 +251,9 @@ pub async fn serve(
                 Request::HandOver => Stop::HandOver,
             }
         };
+        let signal = future::or(signal, async {
+            Stop::Resolver(crate::resolver::failed().await)
+        });
         match config.exit_idle_time {
             Some(span) if !single => {
                 future::or(signal, async {
@@ -268,7 +306,7 @@ pub async fn serve(
                     true
                 },
                 async {
-                    signals.next().await;
+                    signals.next_stop().await;
                     false
                 },
             )
@@ -286,8 +324,27 @@ pub async fn serve(
             drain(&connections, config.shutdown_timeout, &signals).await;
         }
         Stop::HandOver => {
+            // The removals of this instance's adoption come first.
+            let _ = confirmed.recv().await;
             hand_over(&connections, &config, store.occupied, &signals).await;
             return Ok(Served::HandedOver);
+        }
+        Stop::Resolver(why) => {
+            // No new helper (fork is unsound and exec forbidden by now): the
+            // supervisor starts a new relay. Open connections need none:
+            // with a store they go to the next instance, otherwise they
+            // drain here.
+            crate::warn!("{why}: host names cannot be resolved; stopping");
+            crate::notify::stopping(&format!("stopping: {why}"));
+            if store.occupied.is_some() {
+                let _ = confirmed.recv().await;
+                hand_over(&connections, &config, store.occupied, &signals).await;
+            } else {
+                drain(&connections, config.shutdown_timeout, &signals).await;
+            }
+            return Err(io::Error::other(format!(
+                "{why}: host names cannot be resolved"
+            )));
         }
     }
     if single && connections.unreached() > 0 {
@@ -319,15 +376,10 @@ async fn hand_over(
     crate::notify::status("handing connections over to the next instance");
     // Clients still being admitted or connected finish that first (within
     // --connect-timeout): a half-opened connection cannot be stored.
-    let opened = async {
-        while connections.opening() > 0 {
-            Timer::after(Duration::from_millis(1)).await;
-        }
-    };
     let patience = async {
         Timer::after(config.connect_timeout.unwrap_or(Duration::from_secs(10))).await;
     };
-    future::or(opened, patience).await;
+    future::or(connections.none_opening(), patience).await;
     let taken = match crate::engine::hand_over().await {
         Ok(taken) => taken,
         Err(e) => {
@@ -336,7 +388,13 @@ async fn hand_over(
             return;
         }
     };
-    match crate::handover::store(taken, occupied) {
+    // Everything sent to systemd before (removals above all) is processed
+    // before anything is stored.
+    let stored = match crate::notify::barrier(crate::handover::STORE_TIMEOUT).await {
+        Ok(()) => crate::handover::store(taken, Some(occupied)).await,
+        Err(e) => Err((taken, format!("systemd does not answer ({e})"))),
+    };
+    match stored {
         Ok(stored) => {
             crate::info!(
                 "handed {stored} connection{} to systemd's file descriptor store: exiting for the next instance",
@@ -356,15 +414,10 @@ async fn hand_over(
         }
         Err((rest, why)) => {
             crate::warn!(
-                "hand-over: {} connection{} not stored ({why}): draining them instead",
+                "hand-over: {} connection{} not stored ({why}): they go on here, and drain",
                 rest.len(),
                 if rest.len() == 1 { "" } else { "s" }
             );
-            for taken in rest {
-                let last_moved = taken.last_moved.unwrap_or_else(Instant::now);
-                let times = (taken.started, last_moved);
-                relay_here(connections, config, taken.relay, times, None, None);
-            }
             // The tasks of the connections taken off the engine end first,
             // so that the drain counts only what is open.
             loop {
@@ -374,30 +427,62 @@ async fn hand_over(
                     break;
                 }
             }
+            for taken in rest {
+                let last_moved = taken.last_moved.unwrap_or_else(Instant::now);
+                let times = (taken.started, last_moved);
+                relay_here(
+                    connections,
+                    config,
+                    taken.relay,
+                    times,
+                    None,
+                    Origin::TakenBack,
+                );
+            }
             crate::notify::stopping("restarting: draining");
             drain(connections, config.shutdown_timeout, signals).await;
         }
     }
 }
 
+/// Where an already open connection comes from.
+enum Origin {
+    /// Handed over by the previous instance: it holds a `-c` token, and its
+    /// sockets close cleanly only once the store has forgotten them (the
+    /// channel closes then).
+    Adopted(
+        async_listen::backpressure::Token,
+        async_channel::Receiver<()>,
+    ),
+    /// Taken back from a hand-over that could not store it; counted
+    /// already.
+    TakenBack,
+}
+
 /// Relays a connection that is already open (handed over by the previous
 /// instance, or taken back from a hand-over that failed) until it ends, as
-/// a task of its own holding its `-c` token, if any. `times`: when it
-/// began and when a byte last moved.
+/// a task of its own. `times`: when it began and when a byte last moved.
 fn relay_here(
     connections: &Connections,
     config: &Rc<Config>,
     relay: relay::Relay,
     (started, last_moved): (Instant, Instant),
     debug: Option<Box<(Instant, String)>>,
-    token: Option<async_listen::backpressure::Token>,
+    origin: Origin,
 ) {
+    let client = relay.client.socket().as_raw_fd();
+    let (entry, token, forgotten) = match origin {
+        Origin::Adopted(token, forgotten) => {
+            (connections.open(client), Some(token), Some(forgotten))
+        }
+        Origin::TakenBack => (connections.reopen(client), None, None),
+    };
     let task = Connection {
-        entry: connections.open(relay.client.socket().as_raw_fd()),
+        entry,
         config: config.clone(),
     };
     task.entry.set_backend(relay.backend.socket().as_raw_fd());
-    let running = task.relay(relay, started, last_moved, debug);
+    let running = task.relay(relay, started, last_moved, debug, forgotten);
     crate::runtime::spawn(async move {
         running.await;
         drop(token);
@@ -503,20 +588,23 @@ impl Connection {
             return;
         };
         let now = Instant::now();
-        self.relay(relay::relay(client, backend), now, now, debug)
+        self.relay(relay::relay(client, backend), now, now, debug, None)
             .await;
     }
 
     /// Hands the connection to the engine at once (so that a hand-over
     /// finds it there), and returns what waits for its end and logs it.
     /// Not an async fn: its future would hold the relay state for the
-    /// connection's whole life.
+    /// connection's whole life. `forgotten`: for an adopted connection,
+    /// closed once the store has forgotten its sockets, which only then may
+    /// close with a clean end of stream.
     fn relay(
         self,
         relay: relay::Relay,
         started: Instant,
         last_moved: Instant,
         debug: Option<Box<(Instant, String)>>,
+        forgotten: Option<async_channel::Receiver<()>>,
     ) -> impl std::future::Future<Output = ()> {
         self.entry.relaying();
         let ended = crate::engine::relay(relay, started, last_moved, self.config.idle_timeout);
@@ -531,6 +619,12 @@ impl Connection {
                     outcome,
                     sockets,
                 }) => {
+                    if let (Some(forgotten), Some((client, backend))) = (forgotten, &sockets)
+                        && matches!(outcome, Outcome::Done | Outcome::Idle)
+                    {
+                        Box::pin(async move { forgotten.recv().await }).await.ok();
+                        crate::handover::clean_close(&[client, backend]);
+                    }
                     drop(sockets);
                     (totals, outcome)
                 }
@@ -695,7 +789,7 @@ async fn drain(connections: &Connections, timeout: Option<Duration>, signals: &S
         }
     };
     let again = async {
-        signals.next().await;
+        signals.next_stop().await;
         "second signal"
     };
     let why = future::or(finished, future::or(expired, again)).await;
@@ -774,7 +868,7 @@ mod tests {
     #[test]
     fn a_stop_request_ends_serving() {
         let config = crate::cli::config_for(&["127.0.0.1:0", "127.0.0.1:9"]);
-        let opened = crate::listener::open(&config.listen, Default::default()).unwrap();
+        let (opened, _) = crate::listener::open(&config.listen, Default::default()).unwrap();
         let (stop, stops) = async_channel::unbounded();
         stop.try_send(Request::Stop).unwrap();
         let served = crate::runtime::block_on(serve(
