@@ -643,7 +643,7 @@ impl Args {
         };
         let log_time = match &self.log_time {
             None => true,
-            Some(value) => crate::log::parse_boolean(text("--log-time", value)?)
+            Some(value) => crate::log::parse_boolean(&text("--log-time", value)?)
                 .map_err(|r| usage("--log-time", r))?,
         };
         let level = match (self.quiet, self.verbose) {
