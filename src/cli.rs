@@ -29,8 +29,8 @@ impl FromStr for SpanArg {
     }
 }
 
-/// A count written with digits only, as systemd reads numbers (`+5`, ` 5`
-/// and `5x` are refused).
+/// A count or descriptor number, read as systemd reads `MaxConnections=`
+/// and systemd-socket-proxyd its `--connections-max=` ([`parse_unsigned`]).
 #[derive(Debug, Clone, Copy)]
 struct CountArg(usize);
 
@@ -38,9 +38,44 @@ impl FromStr for CountArg {
     type Err = String;
     fn from_str(text: &str) -> Result<Self, String> {
         let text = resolve(text)?;
-        parse_number(&text)
-            .map(CountArg)
-            .ok_or_else(|| format!("{} is not a number", quote(&text)))
+        parse_unsigned(&text).map(|n| CountArg(n as usize))
+    }
+}
+
+/// An unsigned number as systemd's `safe_atou()` reads one: leading
+/// whitespace skipped, then an optional `+`, a `0x`, `0o` or `0b` prefix
+/// for hexadecimal, octal or binary, otherwise decimal (a leading zero is
+/// no octal); nothing after the digits; at most 4294967295. `-0` is 0, any
+/// other negative number out of range.
+fn parse_unsigned(text: &str) -> Result<u32, String> {
+    let not_a_number = || format!("{} is not a number", quote(text));
+    let s = text.trim_start_matches([' ', '\t', '\n', '\r']);
+    let (radix, s) = [
+        ("0x", 16),
+        ("0X", 16),
+        ("0o", 8),
+        ("0O", 8),
+        ("0b", 2),
+        ("0B", 2),
+    ]
+    .iter()
+    .find_map(|(prefix, radix)| s.strip_prefix(prefix).map(|rest| (*radix, rest)))
+    .unwrap_or((10, s));
+    // What strtoul(…, radix) reads: more spaces, a sign, digits.
+    let body = s.trim_start_matches(is_c_space);
+    let (negative, digits) = match body.strip_prefix('-') {
+        Some(rest) => (true, rest),
+        None => (false, body.strip_prefix('+').unwrap_or(body)),
+    };
+    if digits.is_empty() || !digits.chars().all(|c| c.is_digit(radix)) {
+        return Err(not_a_number());
+    }
+    let out_of_range = || format!("{} is out of range (at most 4294967295)", quote(text));
+    let value = u64::from_str_radix(digits, radix).map_err(|_| out_of_range())?;
+    match (negative, value) {
+        (_, 0) => Ok(0),
+        (true, _) => Err(out_of_range()),
+        (false, value) => u32::try_from(value).map_err(|_| out_of_range()),
     }
 }
 
@@ -152,7 +187,8 @@ const INFINITY: SpanArg = SpanArg(None);
   fd:N                        LISTEN only: inherited fd N; a listening socket is served,
                               a connected one is relayed once, then the relay exits
 Time spans use systemd syntax: 90, 90s, 500ms, 5min 20s, 1h30min, 1.5h, infinity,
-  with every systemd unit (ns, us, ms, s, min, h, d, w, M = month, y = year); 0 means no limit.
+  with every systemd unit (us, ms, s, min, h, d, w, M = month, y = year); 0 means no limit.
+Options take GNU forms too: --option=VALUE, grouped flags (-vc5); -- ends the options.
 Each listener logs 'listening on ADDR' (also with -q) once the relay is ready.
 Signals: SIGTERM/SIGINT stop gracefully (a second one at once; connections still open are
   cut, TCP peers get a reset); SIGUSR2 (systemctl reload) hands open connections to the next
@@ -890,6 +926,7 @@ mod tests {
         .unwrap();
         assert_eq!(config.connections_max, 5);
         assert_eq!(config.idle_timeout, Some(Duration::from_secs(300)));
+        assert_eq!(config.exit_idle_time, None);
         assert_eq!(config.connect_timeout, Some(Duration::from_secs(10)));
         assert_eq!(config.shutdown_timeout, Some(Duration::from_secs(30)));
         assert_eq!(config.exit_idle_time, None);
@@ -1084,6 +1121,43 @@ mod tests {
                 Ok(())
             })
             .unwrap();
+    }
+
+    /// As systemd-socket-proxyd reads --connections-max= (safe_atou).
+    #[test]
+    fn counts_as_systemd_reads_them() {
+        for (text, value) in [
+            ("5", 5),
+            ("+5", 5),
+            (" 5", 5),
+            ("010", 10),
+            ("0x10", 16),
+            ("0o17", 15),
+            ("0b101", 5),
+            ("-0", 0),
+            ("4294967295", u32::MAX),
+        ] {
+            assert_eq!(parse_unsigned(text), Ok(value), "{text:?}");
+        }
+        for (text, reason) in [
+            ("", "not a number"),
+            ("5 ", "not a number"),
+            ("5x", "not a number"),
+            ("1e3", "not a number"),
+            ("0x", "not a number"),
+            ("0o8", "not a number"),
+            ("++5", "not a number"),
+            ("-1", "out of range"),
+            ("4294967296", "out of range"),
+            ("99999999999999999999999", "out of range"),
+        ] {
+            let err = parse_unsigned(text).unwrap_err();
+            assert!(err.contains(reason), "{text:?}: {err}");
+        }
+        assert_eq!(
+            run(&["-c", "0x10", ":80", "/x"]).unwrap().connections_max,
+            16
+        );
     }
 
     #[test]

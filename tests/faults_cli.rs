@@ -466,9 +466,30 @@ fn socket_mode_is_one_to_four_octal_digits() {
 }
 
 #[test]
-fn connections_max_is_a_plain_decimal_number() {
-    for count in ["+5", "5x", "-1", " 5"] {
-        assert_usage_error_naming(&["-c", count, "127.0.0.1:0", CONNECT], "-c");
+fn connections_max_is_read_as_systemd_socket_proxyd_reads_it() {
+    // safe_atou(), as for MaxConnections= and proxyd's --connections-max=:
+    // a sign, leading whitespace and 0x/0o/0b prefixes are fine ...
+    for count in ["+5", " 5", "0x10", "0o17", "010"] {
+        starts(command(&["-c", count, "127.0.0.1:0", CONNECT]))
+            .unwrap_or_else(|log| panic!("-c {count:?} should start: {log}"));
+    }
+    // ... trailing garbage, negative numbers and 2^32 are not.
+    for (count, reason) in [
+        ("5x", "not a number"),
+        ("5 ", "not a number"),
+        ("1e3", "not a number"),
+        ("", "not a number"),
+        ("-1", "out of range"),
+        ("4294967296", "out of range"),
+    ] {
+        let line = usage_error(
+            command(&["-c", count, "127.0.0.1:0", CONNECT]),
+            &format!("-c {count:?}"),
+        );
+        assert!(
+            line.contains("-c") && line.contains(reason),
+            "-c {count:?}: should say {reason:?}: {line}"
+        );
     }
 }
 
