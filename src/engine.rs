@@ -265,6 +265,20 @@ fn spawn() -> io::Result<Inbox> {
     })
 }
 
+/// Test builds only: `SIMPLETCPUNIXRELAY_TEST_ENGINE=panic` or `hang` makes
+/// the engine thread fail at its first connection, as a bug would, so that
+/// the tests can show what the rest of the process does then.
+#[cfg(debug_assertions)]
+fn test_fault() {
+    match std::env::var("SIMPLETCPUNIXRELAY_TEST_ENGINE").as_deref() {
+        Ok("panic") => panic!("a test asked the engine to fail"),
+        Ok("hang") => loop {
+            std::thread::park();
+        },
+        _ => {}
+    }
+}
+
 /// One connection on the engine.
 struct Connection {
     relay: Relay,
@@ -374,6 +388,8 @@ impl Engine {
                     continue;
                 }
             };
+            #[cfg(debug_assertions)]
+            test_fault();
             // 31 bits: the generation shares the event data with the slot.
             self.generation = self.generation.wrapping_add(1) & 0x7fff_ffff;
             let slot = match self.free.pop() {

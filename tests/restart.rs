@@ -214,6 +214,55 @@ fn an_instance_killed_before_the_store_forgot_its_connections_leaves_them_cut_no
 }
 
 #[test]
+fn a_hand_over_right_after_an_adoption_waits_for_the_removals_and_loses_nothing() {
+    let backend = Backend::tcp(echo);
+    let args = ["--fd-store", "127.0.0.1:0", &backend.connect_arg];
+    let mut manager = manager_saying_its_size();
+    let first = manager.start(&args);
+    let mut clients: Vec<TcpStream> = (0..8).map(|_| exchanged(&first)).collect();
+    let _ = hand_over(&mut manager, first);
+
+    // PID 1 is late: the next instance's 16 removals fill the notification
+    // socket (net.unix.max_dgram_qlen, 10 here) and wait, and a reload
+    // comes at once. Its store messages must not overtake those removals:
+    // systemd would drop each socket it still holds under its old name as
+    // a duplicate, and the removal would then delete the only copy.
+    manager.pause();
+    let second = Relay::start_command(manager.command(&args), 1);
+    manager.spawned();
+    assert!(
+        second.log().contains("took over 8 connections"),
+        "{}",
+        second.log()
+    );
+    second.signal(libc::SIGUSR2);
+    // Long enough for a relay that does not wait to send what it stores.
+    let until = Instant::now() + Duration::from_millis(500);
+    while Instant::now() < until {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    manager.resume();
+    let log = exits_for_a_restart(second);
+    assert!(log.contains("handed 8 connections"), "{log}");
+    manager.settle();
+    assert!(manager.refused().is_empty(), "{:?}", manager.refused());
+    let third = manager.start(&args);
+    assert!(
+        third.log().contains("took over 8 connections"),
+        "{}",
+        third.log()
+    );
+    for client in &mut clients {
+        client.write_all(b"q").unwrap();
+        let mut byte = [0u8; 1];
+        client
+            .read_exact(&mut byte)
+            .expect("every connection still relayed");
+        assert_eq!(&byte, b"q");
+    }
+}
+
+#[test]
 fn forged_descriptors_under_a_connections_name_are_refused_and_removed_from_the_store() {
     use std::os::fd::OwnedFd;
     let (backends, backend_address) = held_backend();

@@ -265,6 +265,52 @@ fn watchdog_keepalives_when_asked() {
     );
 }
 
+/// The watchdog watches the data path: once the engine thread is stuck (a
+/// test build's fault at its first connection), WATCHDOG=1 stops, with a
+/// warning, so that systemd's WatchdogSec= restarts the relay.
+#[test]
+fn no_watchdog_while_the_engine_is_stuck() {
+    let backend = Backend::tcp(echo);
+    let mut notifications = Notifications::new();
+    let mut command = watched(&notifications, &backend, None);
+    command.env("SIMPLETCPUNIXRELAY_TEST_ENGINE", "hang");
+    let mut relay = Relay::start_command(command, 1);
+    notifications.wait_for("READY=1");
+    notifications.wait_for("WATCHDOG=1");
+    let _client = std::net::TcpStream::connect(relay.address()).unwrap();
+    relay.wait_for_line("the relay engine did not answer");
+    // Pings already on their way may still arrive; then, for ten intervals
+    // (2 s), none.
+    while notifications
+        .wait_within(Duration::from_millis(300), |m| has_line(m, "WATCHDOG=1"))
+        .is_some()
+    {}
+    let watchdog = notifications.wait_within(Duration::from_secs(2), |m| has_line(m, "WATCHDOG=1"));
+    assert_eq!(watchdog, None, "{:?}", notifications.received);
+}
+
+/// No thread may die while the process goes on: the engine thread failing
+/// (a test build's panic at its first connection) ends the relay with status
+/// 1 and one error line saying where, instead of a process that accepts and
+/// drops every client.
+#[test]
+fn a_failing_engine_ends_the_relay_with_status_1() {
+    let backend = Backend::tcp(echo);
+    let mut command = command(&["127.0.0.1:0", &backend.connect_arg]);
+    command.env("SIMPLETCPUNIXRELAY_TEST_ENGINE", "panic");
+    let mut relay = Relay::start_command(command, 1);
+    let _client = std::net::TcpStream::connect(relay.address()).unwrap();
+    let (status, log) = relay.finish();
+    assert_eq!(status.code(), Some(1), "{log}");
+    let errors: Vec<&str> = log.lines().filter(|l| l.contains("error:")).collect();
+    assert_eq!(errors.len(), 1, "{log}");
+    assert!(
+        errors[0].contains("thread 'relay-io'")
+            && errors[0].contains("a test asked the engine to fail"),
+        "{log}"
+    );
+}
+
 /// WATCHDOG_PID naming another process: the watchdog is not ours to feed.
 #[test]
 fn no_watchdog_for_another_pid() {
