@@ -153,7 +153,7 @@ pub(crate) fn quote_os(arg: &OsStr) -> String {
 
 /// A message on one line: control characters escaped, whatever part of it
 /// echoes an argument.
-fn one_line(message: &str) -> String {
+pub(crate) fn one_line(message: &str) -> String {
     let mut out = String::with_capacity(message.len());
     for c in message.chars() {
         if c.is_control() || matches!(c, '\u{2028}' | '\u{2029}') {

@@ -811,3 +811,15 @@ fn gnu_forms_of_systemd_socket_proxyds_options() {
     let line = usage_error(command(&["127.0.0.1:0", "--", "-v"]), "-- -v");
     assert!(line.contains("CONNECT '-v'"), "{line}");
 }
+
+#[test]
+fn a_start_up_error_naming_a_path_with_a_newline_is_one_line() {
+    let dir = TempDir::new();
+    let listen = dir.arg("no\nsuch/relay.sock");
+    let finished = run_command(command(&[&listen, CONNECT]));
+    assert_eq!(finished.status.code(), Some(1), "{finished:?}");
+    let lines = finished.stderr_lines();
+    assert_eq!(lines.len(), 1, "one line: {finished:?}");
+    assert!(lines[0].contains(r"no\nsuch"), "{finished:?}");
+    assert!(dir.entries().is_empty(), "{:?}", dir.entries());
+}
