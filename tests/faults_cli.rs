@@ -422,7 +422,7 @@ fn exit_idle_time_zero_is_a_usage_error() {
 }
 
 #[test]
-fn socket_mode_is_one_to_four_octal_digits() {
+fn socket_mode_is_read_as_systemds_parse_mode() {
     let dir = TempDir::new();
     let listen = dir.arg("relay.sock");
     for (mode, reason) in [
