@@ -401,6 +401,12 @@ fn command_line() -> impl Strategy<Value = Vec<OsString>> {
                 "3",
                 "bash",
                 "",
+                "18446744073709551615s",
+                "9300000000000000000s",
+                "32768",
+                "0x10",
+                "-0",
+                "+5",
             ][..]
         )
         .prop_map(String::from),
