@@ -1,8 +1,7 @@
-//! The accept loop: listeners turned into one stream of connections with
-//! async-listen (errors such as EMFILE logged and retried after a pause; at
-//! `--connections-max`, backpressure stops accepting so clients wait in the
-//! kernel backlog), one task per connection, `--exit-idle-time`, and the
-//! graceful shutdown on SIGTERM/SIGINT. An inherited connected socket is the
+//! Serving: the listeners' clients (accepted within `--connections-max` by
+//! `crate::accept`), one task per connection, the connections handed over
+//! by the previous instance, `--exit-idle-time`, the graceful shutdown on
+//! SIGTERM/SIGINT and the hand-over on SIGUSR2. An inherited connected socket is the
 //! same server over a stream of one connection.
 //!
 //! Who a client is comes from what `accept` returned: a TCP client whose
@@ -12,43 +11,23 @@
 //! could not be served.
 
 use std::io;
-use std::net::SocketAddr;
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
-use std::pin::Pin;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use async_io::{Async, Timer};
-use async_listen::ListenExt;
-use futures_lite::{Stream, StreamExt, future};
+use async_io::Timer;
+use futures_lite::future;
 use socket2::Socket;
+
+use crate::accept::{Accepted, Acceptor, Incoming, Limit, Token, accept_stream};
 
 use crate::config::Config;
 use crate::connections::{Connections, Entry};
 use crate::identity::proxy_header;
-use crate::listener::{Listener, Opened};
+use crate::listener::Opened;
 use crate::relay::{self, Outcome};
 use crate::shutdown::Request;
 use crate::timespan;
-
-/// How long the accept loop pauses after an error such as EMFILE before it
-/// tries again (the pending client stays in the backlog meanwhile).
-const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
-/// Accept errors are logged at most this often.
-const ACCEPT_ERROR_LOG_INTERVAL: Duration = Duration::from_secs(10);
-
-/// A connection accepted on some listener (or inherited).
-struct Accepted {
-    socket: Socket,
-    /// The client's IP address as `accept` returned it (Unix clients are
-    /// known by their credentials instead).
-    peer: Option<SocketAddr>,
-    tcp: bool,
-    /// A descriptor held for the client's socket towards CONNECT.
-    reserve: Option<OwnedFd>,
-}
-
-type Incoming = Pin<Box<dyn Stream<Item = io::Result<Accepted>>>>;
 
 /// Requests to stop or hand over: signals in the program, anything a test
 /// sends. The first stops accepting; a stop request after it ends the drain
@@ -128,7 +107,7 @@ pub async fn serve(
     ready_fd: Option<OwnedFd>,
 ) -> io::Result<Served> {
     let connections = Connections::new();
-    let (limiter, throttle) = async_listen::backpressure::new(config.connections_max);
+    let limit = Limit::new(config.connections_max);
     let adopted = store.adopted.len();
     // Closed once systemd has processed every removal sent before: adopted
     // connections keep their linger 0 (a crash is a reset) until then, and
@@ -137,10 +116,10 @@ pub async fn serve(
     for connection in store.adopted {
         crate::handover::commit(&connection);
         let debug = crate::log::enabled(crate::log::Level::Debug).then(|| {
-            Box::new((
+            (
                 connection.started,
                 crate::peer::describe(connection.relay.client.socket(), connection.peer),
-            ))
+            )
         });
         relay_here(
             &connections,
@@ -148,7 +127,7 @@ pub async fn serve(
             connection.relay,
             (connection.started, connection.last_moved),
             debug,
-            Origin::Adopted(limiter.token(), confirmed.clone()),
+            Origin::Adopted(limit.token(), confirmed.clone()),
         );
     }
     if crate::notify::connected() {
@@ -238,11 +217,7 @@ pub async fn serve(
     crate::runtime::spawn(crate::notify::report_status(endpoints, move || {
         (counts.active(), counts.total())
     }));
-    let mut incoming = incoming
-        .log_warnings(rate_limited_accept_warning())
-        .handle_errors(ACCEPT_ERROR_PAUSE)
-        .apply_backpressure(throttle)
-        .map(|accepted| (limiter.token(), accepted));
+    let mut incoming = Acceptor::new(incoming, limit);
 
     let stop = async {
         let signal = async {
@@ -450,10 +425,7 @@ enum Origin {
     /// Handed over by the previous instance: it holds a `-c` token, and its
     /// sockets close cleanly only once the store has forgotten them (the
     /// channel closes then).
-    Adopted(
-        async_listen::backpressure::Token,
-        async_channel::Receiver<()>,
-    ),
+    Adopted(Token, async_channel::Receiver<()>),
     /// Taken back from a hand-over that could not store it; counted
     /// already.
     TakenBack,
@@ -467,7 +439,7 @@ fn relay_here(
     config: &Rc<Config>,
     relay: relay::Relay,
     (started, last_moved): (Instant, Instant),
-    debug: Option<Box<(Instant, String)>>,
+    debug: Option<(Instant, String)>,
     origin: Origin,
 ) {
     let client = relay.client.socket().as_raw_fd();
@@ -482,83 +454,24 @@ fn relay_here(
         config: config.clone(),
     };
     task.entry.set_backend(relay.backend.socket().as_raw_fd());
-    let running = task.relay(relay, started, last_moved, debug, forgotten);
+    let extra =
+        (debug.is_some() || forgotten.is_some()).then(|| Box::new(Extra { debug, forgotten }));
+    let running = task.relay(relay, started, last_moved, extra);
     crate::runtime::spawn(async move {
         running.await;
         drop(token);
     });
 }
 
-/// A listener as a stream of accepted clients, and the socket file to
-/// remove when the stream is dropped.
-fn accept_stream(
-    listener: Listener,
-) -> io::Result<(Incoming, Option<crate::listener::SocketFile>)> {
-    let (socket, address, file) = listener.into_parts();
-    let tcp = socket
-        .local_addr()
-        .map(|a| a.as_socket().is_some())
-        .unwrap_or(false);
-    let socket = Async::new(socket)?;
-    crate::log::write(
-        crate::log::Level::Info,
-        true,
-        format_args!("listening on {address}"),
-    );
-    let stream = futures_lite::stream::unfold(
-        (socket, None::<OwnedFd>),
-        move |(socket, mut reserve)| async move {
-            let accepted = accept(&socket, &mut reserve, tcp).await;
-            Some((accepted, (socket, reserve)))
-        },
-    );
-    Ok((Box::pin(stream), file))
+/// What few connections carry, boxed (every byte of a connection's task is
+/// paid for each held connection): the start and peer for its `-v` line,
+/// and for an adopted connection, the channel that closes once the store
+/// has forgotten its sockets, which only then may close with a clean end of
+/// stream.
+struct Extra {
+    debug: Option<(Instant, String)>,
+    forgotten: Option<async_channel::Receiver<()>>,
 }
-
-/// Accepts one client once a descriptor is reserved for its socket towards
-/// CONNECT; without one, the client stays in the backlog.
-async fn accept(
-    socket: &Async<Socket>,
-    reserve: &mut Option<OwnedFd>,
-    tcp: bool,
-) -> io::Result<Accepted> {
-    if reserve.is_none() {
-        match socket.get_ref().as_fd().try_clone_to_owned() {
-            Ok(fd) => *reserve = Some(fd),
-            Err(e) => {
-                // Pooled pipes are a luxury next to a waiting client.
-                crate::pipe::release_pool();
-                return Err(io::Error::other(NoDescriptorToSpare(e)));
-            }
-        }
-    }
-    let (client, peer) = socket
-        .read_with(|s| s.accept4(libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC))
-        .await?;
-    Ok(Accepted {
-        socket: client,
-        peer: peer.as_socket(),
-        tcp,
-        reserve: reserve.take(),
-    })
-}
-
-/// Why the loop does not accept now: the client would get no socket
-/// towards CONNECT.
-#[derive(Debug)]
-struct NoDescriptorToSpare(io::Error);
-
-impl std::fmt::Display for NoDescriptorToSpare {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "no descriptor to spare for another client ({}): new clients wait in the backlog until a connection ends",
-            self.0
-        )
-    }
-}
-
-impl std::error::Error for NoDescriptorToSpare {}
 
 /// One connection's task.
 struct Connection {
@@ -573,11 +486,14 @@ impl Connection {
     async fn run(self, accepted: Box<Accepted>) {
         // For the -v line only; boxed, as every byte of this future is paid
         // for each held connection.
-        let debug = crate::log::enabled(crate::log::Level::Debug).then(|| {
-            Box::new((
-                Instant::now(),
-                crate::peer::describe(&accepted.socket, accepted.peer),
-            ))
+        let extra = crate::log::enabled(crate::log::Level::Debug).then(|| {
+            Box::new(Extra {
+                debug: Some((
+                    Instant::now(),
+                    crate::peer::describe(&accepted.socket, accepted.peer),
+                )),
+                forgotten: None,
+            })
         });
         // Boxed so that the task keeps only the relay's small state while it
         // lives, not the larger one of connecting.
@@ -588,23 +504,20 @@ impl Connection {
             return;
         };
         let now = Instant::now();
-        self.relay(relay::relay(client, backend), now, now, debug, None)
+        self.relay(relay::relay(client, backend), now, now, extra)
             .await;
     }
 
     /// Hands the connection to the engine at once (so that a hand-over
     /// finds it there), and returns what waits for its end and logs it.
     /// Not an async fn: its future would hold the relay state for the
-    /// connection's whole life. `forgotten`: for an adopted connection,
-    /// closed once the store has forgotten its sockets, which only then may
-    /// close with a clean end of stream.
+    /// connection's whole life.
     fn relay(
         self,
         relay: relay::Relay,
         started: Instant,
         last_moved: Instant,
-        debug: Option<Box<(Instant, String)>>,
-        forgotten: Option<async_channel::Receiver<()>>,
+        extra: Option<Box<Extra>>,
     ) -> impl std::future::Future<Output = ()> {
         self.entry.relaying();
         let ended = crate::engine::relay(relay, started, last_moved, self.config.idle_timeout);
@@ -619,13 +532,20 @@ impl Connection {
                     outcome,
                     sockets,
                 }) => {
-                    if let (Some(forgotten), Some((client, backend))) = (forgotten, &sockets)
-                        && matches!(outcome, Outcome::Done | Outcome::Idle)
-                    {
-                        Box::pin(async move { forgotten.recv().await }).await.ok();
-                        crate::handover::clean_close(&[client, backend]);
+                    let forgotten = extra.as_ref().and_then(|e| e.forgotten.clone());
+                    match (forgotten, sockets) {
+                        (Some(forgotten), Some((client, backend)))
+                            if matches!(outcome, Outcome::Done | Outcome::Idle) =>
+                        {
+                            // Closed by a task of their own, so that this
+                            // one stays small.
+                            crate::runtime::spawn(async move {
+                                let _ = forgotten.recv().await;
+                                crate::handover::clean_close(&[&client, &backend]);
+                            });
+                        }
+                        (_, sockets) => drop(sockets),
                     }
-                    drop(sockets);
                     (totals, outcome)
                 }
                 Err(e) => {
@@ -633,8 +553,7 @@ impl Connection {
                     return;
                 }
             };
-            if let Some(debug) = debug {
-                let (started, peer) = *debug;
+            if let Some((started, peer)) = extra.and_then(|e| e.debug) {
                 let how = match &outcome {
                     Outcome::Done => "closed".to_string(),
                     Outcome::Idle => format!(
@@ -801,37 +720,6 @@ async fn drain(connections: &Connections, timeout: Option<Duration>, signals: &S
         crate::warn!(
             "stopped: {why}; cutting {left} open connection{} (TCP peers get a reset)",
             if left == 1 { "" } else { "s" }
-        );
-    }
-}
-
-/// Logs accept errors that are not transient, at most once per interval,
-/// with the count of those not logged.
-fn rate_limited_accept_warning() -> impl FnMut(&io::Error) {
-    let mut throttle = crate::log::Throttle::new(ACCEPT_ERROR_LOG_INTERVAL);
-    move |error| {
-        let Some(held_back) = throttle.allow() else {
-            return;
-        };
-        if error
-            .get_ref()
-            .is_some_and(|e| e.downcast_ref::<NoDescriptorToSpare>().is_some())
-        {
-            crate::warn!(
-                "accepting paused: {error}{}",
-                crate::log::held_back(held_back)
-            );
-            return;
-        }
-        let hint = async_listen::error_hint(error);
-        crate::warn!(
-            "accept failed: {error}{}{}; retrying",
-            if hint.is_empty() {
-                String::new()
-            } else {
-                format!(". {hint}")
-            },
-            crate::log::held_back(held_back)
         );
     }
 }
