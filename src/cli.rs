@@ -194,7 +194,7 @@ Signals: SIGTERM/SIGINT stop gracefully (a second one at once; connections still
   cut, TCP peers get a reset); SIGUSR2 (systemctl reload) hands open connections to the next
   instance through systemd's file descriptor store (--fd-store) and exits 3, or drains and exits 3
   without one; SIGHUP is logged and ignored (nothing to reload).",
-    example = "Expose a TCP-only service as a Unix socket:\n  $ {command_name} --socket-mode 0660 /run/foobar-unix/socket 127.0.0.1:8080\nRe-expose a Unix socket on TCP:\n  $ {command_name} 127.0.0.1:8000 /run/app.sock",
+    example = "Expose a TCP-only service as a Unix socket:\n  $ mkdir /run/foobar-unix\n  $ {command_name} --socket-mode 0660 /run/foobar-unix/socket 127.0.0.1:8080\nRe-expose a Unix socket on TCP:\n  $ {command_name} 127.0.0.1:8000 /run/app.sock",
     error_code(
         0,
         "clean stop: signal, --exit-idle-time, or a single fd:N connection done"
