@@ -319,6 +319,37 @@ fn a_connection_whose_backend_finished_while_its_answer_waits_is_handed_over_who
 }
 
 #[test]
+fn more_connections_than_listen_fdnames_can_name_are_drained_not_stored() {
+    // systemd passes the store's names in one environment string, which
+    // Linux limits to 128 KiB: a hand-over of 1500 connections would leave
+    // systemd unable to start the next instance at all (E2BIG).
+    let backend = Backend::tcp(echo);
+    let args = [
+        "--fd-store",
+        "-c",
+        "2000",
+        "127.0.0.1:0",
+        &backend.connect_arg,
+    ];
+    let mut manager = Manager::with_max(10_000);
+    let mut relay = manager.start(&args);
+    let mut clients: Vec<TcpStream> = (0..1500).map(|_| exchanged(&relay)).collect();
+    relay.signal(libc::SIGUSR2);
+    let line = relay.wait_for_line("not stored");
+    assert!(line.contains("names would take"), "{line}");
+    for client in &mut clients {
+        client.write_all(b"w").unwrap();
+        let mut byte = [0u8; 1];
+        client.read_exact(&mut byte).expect("still relayed here");
+        client.shutdown(Shutdown::Write).unwrap();
+    }
+    drop(clients);
+    let _ = exits_for_a_restart(relay);
+    manager.settle();
+    assert_eq!(manager.names(), ["listener"], "no connection stored");
+}
+
+#[test]
 fn forged_descriptors_under_a_connections_name_are_refused_and_removed_from_the_store() {
     use std::os::fd::OwnedFd;
     let (backends, backend_address) = held_backend();
