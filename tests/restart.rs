@@ -198,19 +198,7 @@ fn an_instance_killed_before_the_store_forgot_its_connections_leaves_them_cut_no
     // Processing the removal closes systemd's copies, the last ones.
     manager.resume();
     manager.settle();
-    client.set_read_timeout(Some(DEADLINE)).unwrap();
-    backend.set_read_timeout(Some(DEADLINE)).unwrap();
-    let mut byte = [0u8; 1];
-    for (side, conn) in [("client", &mut client), ("backend", &mut backend)] {
-        let error = conn
-            .read(&mut byte)
-            .expect_err(&format!("the {side} sees an abort, not a clean end"));
-        assert_eq!(
-            error.kind(),
-            std::io::ErrorKind::ConnectionReset,
-            "{side}: {error}"
-        );
-    }
+    both_see_a_reset(&mut client, &mut backend);
 }
 
 #[test]
@@ -459,6 +447,22 @@ fn exits_for_a_restart(mut relay: Relay) -> String {
     log
 }
 
+/// Both peers of a relayed connection see an abort, never a clean end.
+fn both_see_a_reset(client: &mut TcpStream, backend: &mut TcpStream) {
+    let mut byte = [0u8; 1];
+    for (side, conn) in [("client", client), ("backend", backend)] {
+        conn.set_read_timeout(Some(DEADLINE)).unwrap();
+        let error = conn
+            .read(&mut byte)
+            .expect_err(&format!("the {side} sees an abort, not a clean end"));
+        assert_eq!(
+            error.kind(),
+            std::io::ErrorKind::ConnectionReset,
+            "{side}: {error}"
+        );
+    }
+}
+
 /// A backend the test holds itself: the relay's connection to it is `accept`ed
 /// here, so the test decides when it reads and writes.
 fn held_backend() -> (TcpListener, String) {
@@ -657,19 +661,7 @@ fn a_stored_connection_nobody_takes_over_ends_as_a_reset() {
     let _ = hand_over(&mut manager, first);
     // `systemctl stop`: systemd closes what it stored.
     manager.clear();
-    client.set_read_timeout(Some(DEADLINE)).unwrap();
-    backend.set_read_timeout(Some(DEADLINE)).unwrap();
-    let mut byte = [0u8; 1];
-    for (side, conn) in [("client", &mut client), ("backend", &mut backend)] {
-        let error = conn
-            .read(&mut byte)
-            .expect_err(&format!("the {side} sees an abort, not an EOF"));
-        assert_eq!(
-            error.kind(),
-            std::io::ErrorKind::ConnectionReset,
-            "{side}: {error}"
-        );
-    }
+    both_see_a_reset(&mut client, &mut backend);
 }
 
 #[test]
