@@ -38,6 +38,7 @@ mod relay;
 mod resolver;
 mod runtime;
 mod sandbox;
+mod seccomp;
 mod server;
 mod shutdown;
 mod startup;

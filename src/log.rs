@@ -25,6 +25,11 @@ pub fn init(level: Level) {
     JOURNAL.store(stderr_is_journal(), Ordering::Relaxed);
 }
 
+/// Whether standard error is the journal (lines carry `<N>` prefixes).
+pub fn to_journal() -> bool {
+    JOURNAL.load(Ordering::Relaxed)
+}
+
 /// Whether messages at `level` are printed.
 pub fn enabled(level: Level) -> bool {
     level as u8 <= LEVEL.load(Ordering::Relaxed)
