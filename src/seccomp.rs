@@ -20,7 +20,7 @@
 //! (ENOSYS: code that compares descriptors must do without), `open`/`openat`
 //! in the relay (EACCES, which Landlock answers anyway: the standard
 //! library looks for a CPU quota in `/proc/self/cgroup` when the runtime
-//! starts), and netlink sockets in the resolver (EAFNOSUPPORT: glibc's
+//! starts; `readlink` likewise, for a panic's backtrace), and netlink sockets in the resolver (EAFNOSUPPORT: glibc's
 //! getaddrinfo then orders addresses without asking the kernel which ones
 //! are configured, and needs no `bind`).
 
@@ -513,6 +513,10 @@ fn calls(profile: Profile) -> Vec<Call> {
                 #[cfg(target_arch = "x86_64")]
                 refuse("open", SYS_open, EACCES),
                 refuse("openat", SYS_openat, EACCES),
+                // A panic's backtrace looks for the binary (/proc/self/exe).
+                #[cfg(target_arch = "x86_64")]
+                refuse("readlink", SYS_readlink, EACCES),
+                refuse("readlinkat", SYS_readlinkat, EACCES),
             ]);
             calls
         }

@@ -128,8 +128,11 @@ fn every_thread_of_the_relay_and_of_its_resolver_runs_under_the_filter() {
 }
 
 #[test]
-fn sandbox_off_installs_no_filter() {
+fn best_effort_installs_the_filter_and_sandbox_off_does_not() {
     let backend = Backend::tcp(echo);
+    let relay = Relay::start(&["127.0.0.1:0", &backend.connect_arg]);
+    assert_eq!(exchange(connect(relay.address()), b"on".to_vec()), b"on");
+    assert_filtered(relay.pid(), "best-effort relay", 3);
     let relay = Relay::start(&["--sandbox", "off", "127.0.0.1:0", &backend.connect_arg]);
     assert_eq!(exchange(connect(relay.address()), b"off".to_vec()), b"off");
     for (task, field) in seccomp_of_threads(relay.pid()) {
@@ -190,10 +193,18 @@ fn under_the_journal_the_line_has_error_priority() {
         .stderr(Stdio::from(writer));
     let mut child = ChildGuard(relay.spawn().unwrap());
     drop(relay);
-    let mut log = String::new();
-    std::io::Read::read_to_string(&mut reader, &mut log).unwrap();
-    let status = wait_exit(&mut child.0, DEADLINE).expect("the relay exits");
-    assert_eq!(status.code(), Some(159), "{log}");
+    let log = std::thread::spawn(move || {
+        let mut log = String::new();
+        let _ = std::io::Read::read_to_string(&mut reader, &mut log);
+        log
+    });
+    let status = wait_exit(&mut child.0, DEADLINE);
+    if status.is_none() {
+        let _ = child.0.kill();
+        let _ = child.0.wait();
+    }
+    let log = log.join().unwrap();
+    assert_eq!(status.and_then(|s| s.code()), Some(159), "{log}");
     let line = log
         .lines()
         .find(|l| l.contains("forbidden system call"))
