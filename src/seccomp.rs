@@ -17,12 +17,16 @@
 //!
 //! A few calls get an error instead of either: `clone3` (ENOSYS, so that
 //! glibc falls back to `clone`, whose flags a filter can check), `kcmp`
-//! (ENOSYS: code that compares descriptors must do without), `open`/`openat`
-//! in the relay (EACCES, which Landlock answers anyway: the standard
-//! library looks for a CPU quota in `/proc/self/cgroup` when the runtime
-//! starts; `readlink` likewise, for a panic's backtrace), and netlink sockets in the resolver (EAFNOSUPPORT: glibc's
-//! getaddrinfo then orders addresses without asking the kernel which ones
-//! are configured, and needs no `bind`).
+//! (ENOSYS: code that compares descriptors must do without), `open`,
+//! `openat` and `readlink` in the relay (EACCES, which Landlock answers
+//! anyway: the standard library looks for a CPU quota in
+//! `/proc/self/cgroup` when the runtime starts, a panic's backtrace for
+//! `/proc/self/exe`), and netlink sockets in the resolver (EAFNOSUPPORT:
+//! glibc's getaddrinfo then orders addresses without asking the kernel
+//! which ones are configured, and needs no `bind`).
+//!
+//! The lists name calls by `libc::SYS_*` and exist for x86-64 and aarch64
+//! only; elsewhere [`unavailable`] says so and nothing is installed.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
@@ -73,8 +77,7 @@ pub enum Mode {
 pub struct Installed {
     /// How many system calls are allowed (some with argument checks).
     pub allowed: usize,
-    /// The calls answered with an error instead.
-    pub refused: Vec<&'static str>,
+    /// What a call outside the list does.
     pub mode: Mode,
 }
 
@@ -121,16 +124,18 @@ pub fn install(profile: Profile) -> Result<Installed, String> {
         Mode::Trap => SeccompAction::Trap,
         Mode::Log => SeccompAction::Log,
     };
-    let installed = install_with(profile, mismatch)?;
-    let installed = Installed { mode, ..installed };
+    install_with(profile, mismatch)?;
     #[cfg(debug_assertions)]
     test_call(profile);
-    Ok(installed)
+    Ok(Installed {
+        allowed: allowed_names(profile).len(),
+        mode,
+    })
 }
 
 /// Compiles and installs the filters, `mismatch` being what a call outside
 /// the list gets.
-fn install_with(profile: Profile, mismatch: SeccompAction) -> Result<Installed, String> {
+fn install_with(profile: Profile, mismatch: SeccompAction) -> Result<(), String> {
     let calls = calls(profile);
     let arch = std::env::consts::ARCH
         .try_into()
@@ -166,24 +171,7 @@ fn install_with(profile: Profile, mismatch: SeccompAction) -> Result<Installed, 
     for program in &programs {
         load(program).map_err(|e| format!("cannot install the filter: {e}"))?;
     }
-    let mut refused: Vec<&'static str> = calls
-        .iter()
-        .filter(|c| c.errno.is_some())
-        .map(|c| c.name)
-        .collect();
-    refused.dedup();
-    let mut allowed: Vec<&'static str> = calls
-        .iter()
-        .filter(|c| c.errno.is_none())
-        .map(|c| c.name)
-        .collect();
-    allowed.sort_unstable();
-    allowed.dedup();
-    Ok(Installed {
-        allowed: allowed.len(),
-        refused,
-        mode: Mode::Trap,
-    })
+    Ok(())
 }
 
 /// The rules of `calls` by number; a call listed with no condition allows
@@ -334,7 +322,14 @@ fn options(pairs: &[(libc::c_int, libc::c_int)]) -> Vec<SeccompRule> {
         .collect()
 }
 
+/// No list for other architectures ([`unavailable`] says so).
+#[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+fn calls(_profile: Profile) -> Vec<Call> {
+    Vec::new()
+}
+
 /// Calls both lists share: memory, threads, signals, time, exit.
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
 fn common(exec_mappings: bool) -> Vec<Call> {
     use libc::*;
     // New threads only: clone without CLONE_THREAD would make a process,
@@ -443,6 +438,7 @@ fn common(exec_mappings: bool) -> Vec<Call> {
 }
 
 /// The list of `profile`.
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
 fn calls(profile: Profile) -> Vec<Call> {
     use libc::*;
     match profile {
@@ -568,8 +564,8 @@ fn calls(profile: Profile) -> Vec<Call> {
     }
 }
 
-/// The names `profile` allows, sorted.
-#[cfg(test)]
+/// The names of the calls `profile` allows (some with argument checks),
+/// sorted.
 pub fn allowed_names(profile: Profile) -> Vec<&'static str> {
     let mut names: Vec<&'static str> = calls(profile)
         .iter()
@@ -784,7 +780,7 @@ fn test_call(profile: Profile) {
         });
 }
 
-#[cfg(test)]
+#[cfg(all(test, any(target_arch = "x86_64", target_arch = "aarch64")))]
 mod tests {
     use super::*;
 
@@ -879,9 +875,10 @@ mod tests {
                     failures.push(format!("{what}: errno {got}, want {want}"));
                 }
             };
-            // SAFETY (each call below): integers and null pointers only;
-            // the filter answers before the kernel would read them.
             let sys = |nr: libc::c_long, a: libc::c_long, b: libc::c_long, c: libc::c_long| {
+                // SAFETY: integers and null pointers only; the filter
+                // answers the forbidden calls before the kernel reads them,
+                // and the allowed ones below take no pointer.
                 errno_of(unsafe { libc::syscall(nr, a, b, c) })
             };
             check("execve", sys(libc::SYS_execve, 0, 0, 0), libc::EPERM);
@@ -949,6 +946,7 @@ mod tests {
             );
             check(
                 "setsockopt(SO_REUSEADDR)",
+                // SAFETY: a null option value, refused by the filter.
                 errno_of(unsafe {
                     libc::syscall(
                         libc::SYS_setsockopt,
