@@ -1010,4 +1010,72 @@ mod tests {
         .unwrap();
         assert!(failures.is_empty(), "{failures:#?}");
     }
+
+    /// The resolver helper's list, on a thread of this test process: the C
+    /// library resolves a name under it; writing files, binding, accepting
+    /// and netlink are refused.
+    #[test]
+    fn confined_thread_resolves_names_with_the_resolvers_calls() {
+        use std::net::ToSocketAddrs;
+        if unavailable().is_some() {
+            return;
+        }
+        let failures = std::thread::spawn(|| {
+            rustix::thread::set_no_new_privs(true).unwrap();
+            install_with(Profile::Resolver, SeccompAction::Errno(libc::EPERM as u32)).unwrap();
+            let mut failures = Vec::new();
+            match ("localhost", 80).to_socket_addrs() {
+                Ok(addresses) if addresses.len() > 0 => {}
+                other => failures.push(format!("resolving localhost: {other:?}")),
+            }
+            if let Err(e) = std::fs::read("/etc/hosts") {
+                failures.push(format!("reading /etc/hosts: {e}"));
+            }
+            let errno = |result: std::io::Result<std::fs::File>| {
+                result.err().and_then(|e| e.raw_os_error())
+            };
+            let written = std::env::temp_dir().join(format!("seccomp-{}", std::process::id()));
+            if errno(std::fs::File::create(&written)) != Some(libc::EPERM) {
+                failures.push("creating a file".into());
+            }
+            if errno(std::fs::OpenOptions::new().append(true).open("/etc/hosts"))
+                != Some(libc::EPERM)
+            {
+                failures.push("opening /etc/hosts for writing".into());
+            }
+            let sys = |nr: libc::c_long, a: libc::c_long, b: libc::c_long, c: libc::c_long| {
+                // SAFETY: integers only; refused before the kernel runs them.
+                let rc = unsafe { libc::syscall(nr, a, b, c) };
+                if rc >= 0 {
+                    0
+                } else {
+                    std::io::Error::last_os_error().raw_os_error().unwrap()
+                }
+            };
+            for (what, got, want) in [
+                ("bind", sys(libc::SYS_bind, -1, 0, 0), libc::EPERM),
+                ("accept4", sys(libc::SYS_accept4, -1, 0, 0), libc::EPERM),
+                ("splice", sys(libc::SYS_splice, -1, 0, -1), libc::EPERM),
+                ("execve", sys(libc::SYS_execve, 0, 0, 0), libc::EPERM),
+                (
+                    "socket(AF_NETLINK)",
+                    sys(
+                        libc::SYS_socket,
+                        libc::AF_NETLINK as _,
+                        libc::SOCK_RAW as _,
+                        0,
+                    ),
+                    libc::EAFNOSUPPORT,
+                ),
+            ] {
+                if got != want {
+                    failures.push(format!("{what}: errno {got}, want {want}"));
+                }
+            }
+            failures
+        })
+        .join()
+        .unwrap();
+        assert!(failures.is_empty(), "{failures:#?}");
+    }
 }
