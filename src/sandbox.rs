@@ -592,8 +592,20 @@ impl fmt::Display for Report {
                 }
                 Ok(())
             }
-            None if seccomp::unavailable().is_some() => write!(f, "; seccomp: not available"),
-            None => write!(f, "; seccomp: not installed"),
+            None => {
+                let reason = self.missing.iter().find_map(|m| match m {
+                    Missing::Seccomp(reason) => Some(reason.as_str()),
+                    _ => None,
+                });
+                match reason {
+                    // "not available on riscv64 (…)", "… in this kernel (…)"
+                    Some(reason) if reason.starts_with("not available") => {
+                        write!(f, "; seccomp: {reason}")
+                    }
+                    Some(reason) => write!(f, "; seccomp: not installed ({reason})"),
+                    None => write!(f, "; seccomp: not installed"),
+                }
+            }
         }
     }
 }
@@ -664,6 +676,47 @@ mod tests {
             ]
         );
         assert_eq!(missing_at(&p, 0), vec![Missing::Landlock]);
+    }
+
+    #[test]
+    fn the_line_says_what_became_of_the_seccomp_filter() {
+        let report = |seccomp, missing| Report {
+            abi: 7,
+            landlock: None,
+            missing,
+            capabilities_kept: Vec::new(),
+            no_new_privs: true,
+            seccomp,
+            policy: policy(&[":0", "127.0.0.1:1"]),
+        };
+        let installed = |mode| Some(seccomp::Installed { allowed: 68, mode });
+        let line = report(installed(seccomp::Mode::Trap), Vec::new()).to_string();
+        assert!(
+            line.contains("fully enforced") && line.ends_with("; seccomp: 68 system calls allowed"),
+            "{line}"
+        );
+        let line = report(
+            installed(seccomp::Mode::Log),
+            vec![Missing::Seccomp(log_only())],
+        )
+        .to_string();
+        assert!(
+            line.contains("landlock ABI 7 fully enforced")
+                && line.contains("[not enforced: seccomp filter (log only")
+                && line.contains("68 system calls allowed, others logged by the kernel"),
+            "{line}"
+        );
+        let unavailable = "not available on riscv64 (only x86-64 and aarch64 have a list)";
+        let line = report(None, vec![Missing::Seccomp(unavailable.into())]).to_string();
+        assert!(
+            line.ends_with(&format!("; seccomp: {unavailable}")),
+            "{line}"
+        );
+        let line = report(None, vec![Missing::Seccomp("cannot install".into())]).to_string();
+        assert!(
+            line.ends_with("; seccomp: not installed (cannot install)"),
+            "{line}"
+        );
     }
 
     // What a thread confined with the relay's own policy can still do.
