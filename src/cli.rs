@@ -193,7 +193,15 @@ Each listener logs 'listening on ADDR' (also with -q) once the relay is ready.
 Signals: SIGTERM/SIGINT stop gracefully (a second one at once; connections still open are
   cut, TCP peers get a reset); SIGUSR2 (systemctl reload) hands open connections to the next
   instance through systemd's file descriptor store (--fd-store) and exits 3, or drains and exits 3
-  without one; SIGHUP is logged and ignored (nothing to reload).",
+  without one; SIGHUP is logged and ignored (nothing to reload).
+Sandbox (--sandbox): no capabilities, no_new_privs, Landlock, and a seccomp allowlist of system calls:
+  sockets   accept4 connect shutdown socket (TCP, Unix stream), the socket options the relay uses
+  bytes     splice pipe2 read write recv*/send* (data, PROXY headers, NOTIFY_SOCKET)
+  waiting   epoll_* ppoll eventfd2 timerfd_* (the engine, the reactor, timeouts)
+  process   threads only (clone with CLONE_THREAD), memory (never executable), signals, time, exit
+  files     statx unlink (its socket file at exit); open/openat get EACCES
+  Any other call (execve, bind, listen, ptrace, mount, unshare, ...) ends the relay with a line naming
+  it (exit 159); SIMPLETCPUNIXRELAY_SECCOMP=log lets such calls through, logged by the kernel.",
     example = "Expose a TCP-only service as a Unix socket:\n  $ mkdir /run/foobar-unix\n  $ {command_name} --socket-mode 0660 /run/foobar-unix/socket 127.0.0.1:8080\nRe-expose a Unix socket on TCP:\n  $ {command_name} 127.0.0.1:8000 /run/app.sock",
     error_code(
         0,
@@ -207,6 +215,10 @@ Signals: SIGTERM/SIGINT stop gracefully (a second one at once; connections still
     error_code(
         3,
         "after SIGUSR2: connections handed to the file descriptor store (or drained): start the next instance"
+    ),
+    error_code(
+        159,
+        "a system call outside the seccomp allowlist, after one error line naming it"
     )
 )]
 struct Args {

@@ -41,6 +41,7 @@ mod relay;
 mod resolver;
 mod runtime;
 mod sandbox;
+mod seccomp;
 mod server;
 mod shutdown;
 mod startup;

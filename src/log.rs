@@ -42,6 +42,11 @@ pub fn parse_boolean(text: &str) -> Result<bool, String> {
     }
 }
 
+/// Whether standard error is the journal (lines carry `<N>` prefixes).
+pub fn to_journal() -> bool {
+    JOURNAL.load(Ordering::Relaxed)
+}
+
 /// Whether messages at `level` are printed.
 pub fn enabled(level: Level) -> bool {
     level as u8 <= LEVEL.load(Ordering::Relaxed)

@@ -1,7 +1,7 @@
 //! Self-confinement, applied once every listener exists and before the first
 //! accept, while the process is still single-threaded (capabilities,
-//! `no_new_privs` and Landlock act on the calling thread; threads created
-//! afterwards inherit them).
+//! `no_new_privs`, Landlock and the seccomp filter act on the calling
+//! thread; threads created afterwards inherit them).
 //!
 //! The policy is a plain value derived from the endpoints ([`Policy::derive`]),
 //! so it can be logged and tested; [`apply`] then enforces as much of it as
@@ -18,6 +18,7 @@ use landlock::{
 
 use crate::config::{Config, SandboxMode};
 use crate::endpoint::{Endpoint, Target, UnixAddr};
+use crate::seccomp;
 
 /// Environment variable that caps the Landlock ABI the relay uses, to test
 /// older kernels on a new one. It can only weaken the sandbox.
@@ -54,6 +55,8 @@ pub struct Policy {
     pub scope_abstract_unix: bool,
     /// Whether signalling other processes is denied.
     pub scope_signal: bool,
+    /// The system call allowlist installed last (`None`: none).
+    pub system_calls: Option<seccomp::Profile>,
 }
 
 impl Policy {
@@ -81,6 +84,7 @@ impl Policy {
             tcp_connect_ports,
             scope_abstract_unix: !matches!(config.connect, Target::Unix(UnixAddr::Abstract(_))),
             scope_signal: true,
+            system_calls: Some(seccomp::Profile::Relay),
         }
     }
 
@@ -98,6 +102,7 @@ impl Policy {
             tcp_connect_ports: vec![53],
             scope_abstract_unix: true,
             scope_signal: true,
+            system_calls: Some(seccomp::Profile::Resolver),
         }
     }
 }
@@ -128,6 +133,8 @@ pub enum Missing {
     Capabilities(&'static str),
     /// `no_new_privs` could not be set.
     NoNewPrivs,
+    /// The seccomp filter is not installed, or only logs.
+    Seccomp(String),
 }
 
 impl fmt::Display for Missing {
@@ -150,6 +157,7 @@ impl fmt::Display for Missing {
             ),
             Missing::Capabilities(set) => write!(f, "emptying the {set} capability set"),
             Missing::NoNewPrivs => write!(f, "no_new_privs"),
+            Missing::Seccomp(reason) => write!(f, "seccomp filter ({reason})"),
         }
     }
 }
@@ -166,6 +174,8 @@ pub struct Report {
     /// Capability sets that could not be emptied.
     pub capabilities_kept: Vec<CapSet>,
     pub no_new_privs: bool,
+    /// The seccomp filter, if installed.
+    pub seccomp: Option<seccomp::Installed>,
     policy: Policy,
 }
 
@@ -292,6 +302,13 @@ pub fn check_strict(policy: &Policy) -> Result<(), String> {
     if !bounding_empty && !can_drop_bounding() {
         missing.push(Missing::Bounding);
     }
+    if policy.system_calls.is_some() {
+        if let Some(reason) = seccomp::unavailable() {
+            missing.push(Missing::Seccomp(reason));
+        } else if seccomp::mode() == Ok(seccomp::Mode::Log) {
+            missing.push(Missing::Seccomp(log_only()));
+        }
+    }
     strict_refusal(&missing)
 }
 
@@ -306,8 +323,16 @@ fn strict_refusal(missing: &[Missing]) -> Result<(), String> {
     ))
 }
 
+fn log_only() -> String {
+    format!("log only: {}=log", seccomp::MODE_VARIABLE)
+}
+
 /// Confines the calling thread (and every thread it creates later).
 pub fn apply(policy: &Policy) -> Result<Report, String> {
+    if policy.mode != SandboxMode::Off && policy.system_calls.is_some() {
+        // A typo must not weaken the sandbox: refuse before applying any.
+        seccomp::mode()?;
+    }
     let abi = if policy.mode == SandboxMode::Off {
         0
     } else {
@@ -319,6 +344,7 @@ pub fn apply(policy: &Policy) -> Result<Report, String> {
         missing: Vec::new(),
         capabilities_kept: Vec::new(),
         no_new_privs: false,
+        seccomp: None,
         policy: policy.clone(),
     };
     if policy.mode == SandboxMode::Off {
@@ -350,6 +376,18 @@ pub fn apply(policy: &Policy) -> Result<Report, String> {
     }
     if !report.no_new_privs {
         report.no_new_privs = rustix::thread::set_no_new_privs(true).is_ok();
+    }
+    // Last: from here on, only the calls the relay needs.
+    if let Some(profile) = policy.system_calls {
+        match seccomp::install(profile) {
+            Ok(installed) => {
+                if installed.mode == seccomp::Mode::Log {
+                    report.missing.push(Missing::Seccomp(log_only()));
+                }
+                report.seccomp = Some(installed);
+            }
+            Err(reason) => report.missing.push(Missing::Seccomp(reason)),
+        }
     }
     if policy.mode == SandboxMode::Strict {
         let mut problems = report.missing.clone();
@@ -456,7 +494,11 @@ impl fmt::Display for Report {
         if self.abi < 1 {
             write!(f, "sandbox: landlock not available")?;
         } else {
-            let state = if self.missing.is_empty() {
+            let landlock_complete = self
+                .missing
+                .iter()
+                .all(|m| matches!(m, Missing::Seccomp(_)));
+            let state = if landlock_complete {
                 "fully enforced"
             } else {
                 "partially enforced"
@@ -534,7 +576,37 @@ impl fmt::Display for Report {
             f,
             "; capabilities: {caps}; no_new_privs: {}",
             if self.no_new_privs { "yes" } else { "no" }
-        )
+        )?;
+        if policy.system_calls.is_none() {
+            return Ok(());
+        }
+        match &self.seccomp {
+            Some(installed) => {
+                write!(f, "; seccomp: {} system calls allowed", installed.allowed)?;
+                if installed.mode == seccomp::Mode::Log {
+                    write!(
+                        f,
+                        ", others logged by the kernel and let through ({}=log)",
+                        seccomp::MODE_VARIABLE
+                    )?;
+                }
+                Ok(())
+            }
+            None => {
+                let reason = self.missing.iter().find_map(|m| match m {
+                    Missing::Seccomp(reason) => Some(reason.as_str()),
+                    _ => None,
+                });
+                match reason {
+                    // "not available on riscv64 (…)", "… in this kernel (…)"
+                    Some(reason) if reason.starts_with("not available") => {
+                        write!(f, "; seccomp: {reason}")
+                    }
+                    Some(reason) => write!(f, "; seccomp: not installed ({reason})"),
+                    None => write!(f, "; seccomp: not installed"),
+                }
+            }
+        }
     }
 }
 
@@ -604,6 +676,47 @@ mod tests {
             ]
         );
         assert_eq!(missing_at(&p, 0), vec![Missing::Landlock]);
+    }
+
+    #[test]
+    fn the_line_says_what_became_of_the_seccomp_filter() {
+        let report = |seccomp, missing| Report {
+            abi: 7,
+            landlock: None,
+            missing,
+            capabilities_kept: Vec::new(),
+            no_new_privs: true,
+            seccomp,
+            policy: policy(&[":0", "127.0.0.1:1"]),
+        };
+        let installed = |mode| Some(seccomp::Installed { allowed: 68, mode });
+        let line = report(installed(seccomp::Mode::Trap), Vec::new()).to_string();
+        assert!(
+            line.contains("fully enforced") && line.ends_with("; seccomp: 68 system calls allowed"),
+            "{line}"
+        );
+        let line = report(
+            installed(seccomp::Mode::Log),
+            vec![Missing::Seccomp(log_only())],
+        )
+        .to_string();
+        assert!(
+            line.contains("landlock ABI 7 fully enforced")
+                && line.contains("[not enforced: seccomp filter (log only")
+                && line.contains("68 system calls allowed, others logged by the kernel"),
+            "{line}"
+        );
+        let unavailable = "not available on riscv64 (only x86-64 and aarch64 have a list)";
+        let line = report(None, vec![Missing::Seccomp(unavailable.into())]).to_string();
+        assert!(
+            line.ends_with(&format!("; seccomp: {unavailable}")),
+            "{line}"
+        );
+        let line = report(None, vec![Missing::Seccomp("cannot install".into())]).to_string();
+        assert!(
+            line.ends_with("; seccomp: not installed (cannot install)"),
+            "{line}"
+        );
     }
 
     // What a thread confined with the relay's own policy can still do.
@@ -686,7 +799,10 @@ mod tests {
         let mut victim = Command::new("sleep").arg("60").spawn().unwrap();
         let victim_pid = victim.id() as i32;
 
-        let policy = policy(&[&dir.arg("relay.sock"), &format!("127.0.0.1:{allowed_port}")]);
+        let mut policy = policy(&[&dir.arg("relay.sock"), &format!("127.0.0.1:{allowed_port}")]);
+        // Landlock alone: the seccomp filter would end the test process at
+        // the first forbidden call (src/seccomp.rs tests it on its own).
+        policy.system_calls = None;
         let new_socket = dir.join("new.sock");
         let result = std::thread::spawn(move || {
             let report = apply(&policy).expect("apply");
@@ -775,7 +891,10 @@ mod tests {
         let elsewhere = TempDir::new();
         std::fs::write(socket_dir.join("relay.sock"), "").unwrap();
         std::fs::write(elsewhere.join("keep.txt"), "").unwrap();
-        let policy = policy(&[&socket_dir.arg("relay.sock"), "@backend"]);
+        let mut policy = policy(&[&socket_dir.arg("relay.sock"), "@backend"]);
+        // Landlock alone: the seccomp filter would end the test process at
+        // the first forbidden call (src/seccomp.rs tests it on its own).
+        policy.system_calls = None;
         assert!(
             !policy.scope_abstract_unix,
             "an abstract CONNECT stays reachable"

@@ -1076,6 +1076,8 @@ fn units_under_systemd_in_nspawn() {
     if kernel_has_landlock() {
         assert!(journal.contains("fully enforced"), "{journal}");
     }
+    // Its own seccomp filter too, under the unit's (which lacks seccomp(2)).
+    assert!(journal.contains(" system calls allowed"), "{journal}");
     // The system call filter still lets the relay raise its descriptor
     // limit to the hard one (glibc's setrlimit is prlimit64, not in
     // @resources).
