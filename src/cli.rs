@@ -182,10 +182,18 @@ struct Args {
     #[argh(switch)]
     fd_store: bool,
 
+    /// check the command line and exit: parse every option, look up users and groups, check LISTEN's directory and the endpoints; bind, create and send nothing (exit 0 if a start would get this far, else the exit status it would have); systemctl reload runs it first
+    #[argh(switch)]
+    check: bool,
+
     /// print a completion script for SHELL (bash, zsh or fish) and exit
     #[argh(option, arg_name = "SHELL")]
     #[allow(dead_code)] // handled before argh runs, so that no endpoints are needed
     completions: Option<String>,
+
+    /// start each log line with a UTC timestamp: yes or no (default yes; never in the journal); no under s6-log, svlogd or another logger that stamps lines itself
+    #[argh(option, arg_name = "BOOL")]
+    log_time: Option<String>,
 
     /// log errors only (and the 'listening on' lines)
     #[argh(switch, short = 'q')]
@@ -435,6 +443,11 @@ impl Args {
                 Some(fd)
             }
         };
+        let log_time = match &self.log_time {
+            None => true,
+            Some(value) => crate::log::parse_boolean(text("--log-time", value)?)
+                .map_err(|r| usage("--log-time", r))?,
+        };
         let level = match (self.quiet, self.verbose) {
             (true, true) => return Err(usage("-q/-v", "choose one".into())),
             (true, false) => Level::Error,
@@ -462,7 +475,9 @@ impl Args {
                     .is_some_and(|n| n > 0),
             keepalive,
             ready_fd,
+            check: self.check,
             level,
+            log_time,
         })
     }
 }

@@ -46,5 +46,9 @@ pub struct Config {
     pub keepalive: Option<Duration>,
     /// Where to write a newline once ready (s6's `notification-fd`).
     pub ready_fd: Option<std::os::fd::RawFd>,
+    /// Only check the configuration (`--check`), touching nothing.
+    pub check: bool,
     pub level: Level,
+    /// Start log lines with a timestamp (outside the journal).
+    pub log_time: bool,
 }

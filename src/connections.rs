@@ -36,7 +36,8 @@ struct Registry {
     /// The sockets of each live connection, by slot; `None` marks a free slot.
     slots: RefCell<Vec<Option<Slot>>>,
     free: RefCell<Vec<usize>>,
-    /// Tasks waiting for the relay to become idle.
+    /// Tasks waiting for the relay to become idle, or for no connection to
+    /// be opening.
     waiting: RefCell<Vec<Waker>>,
 }
 
@@ -86,9 +87,16 @@ impl Connections {
     /// Registers an accepted client.
     pub(crate) fn open(&self, client: RawFd) -> Entry {
         let registry = &self.0;
+        registry.total.set(registry.total.get() + 1);
+        self.reopen(client)
+    }
+
+    /// Registers a connection counted before (taken back from a hand-over
+    /// that could not store it): it is not one more in the total.
+    pub(crate) fn reopen(&self, client: RawFd) -> Entry {
+        let registry = &self.0;
         let active = registry.active.get() + 1;
         registry.active.set(active);
-        registry.total.set(registry.total.get() + 1);
         registry.peak.set(registry.peak.get().max(active));
         registry.opening.set(registry.opening.get() + 1);
         let sockets = Some(Slot {
@@ -127,21 +135,25 @@ impl Connections {
         self.0.unreached.get()
     }
 
-    /// Connections accepted but not yet relaying.
-    pub(crate) fn opening(&self) -> usize {
-        self.0.opening.get()
-    }
-
     /// Resolves once no connection is open.
     pub(crate) fn none_left(&self) -> impl Future<Output = ()> + '_ {
         futures_lite::future::poll_fn(|cx| {
             if self.0.active.get() == 0 {
                 return Poll::Ready(());
             }
-            let mut waiting = self.0.waiting.borrow_mut();
-            if !waiting.iter().any(|w| w.will_wake(cx.waker())) {
-                waiting.push(cx.waker().clone());
+            self.0.wait(cx.waker());
+            Poll::Pending
+        })
+    }
+
+    /// Resolves once no connection is still opening (being admitted or
+    /// connected to CONNECT).
+    pub(crate) fn none_opening(&self) -> impl Future<Output = ()> + '_ {
+        futures_lite::future::poll_fn(|cx| {
+            if self.0.opening.get() == 0 {
+                return Poll::Ready(());
             }
+            self.0.wait(cx.waker());
             Poll::Pending
         })
     }
@@ -150,7 +162,10 @@ impl Connections {
     pub(crate) async fn idle_for(&self, span: Duration) {
         loop {
             self.none_left().await;
-            let deadline = self.0.idle_since.get() + span;
+            // Beyond what a clock can count: never.
+            let Some(deadline) = self.0.idle_since.get().checked_add(span) else {
+                return futures_lite::future::pending().await;
+            };
             let total = self.total();
             async_io::Timer::at(deadline).await;
             // Still idle, and no connection came and went meanwhile.
@@ -182,6 +197,22 @@ impl Connections {
     }
 }
 
+impl Registry {
+    /// Wakes `waker` at the next change that a wait may be for.
+    fn wait(&self, waker: &Waker) {
+        let mut waiting = self.waiting.borrow_mut();
+        if !waiting.iter().any(|w| w.will_wake(waker)) {
+            waiting.push(waker.clone());
+        }
+    }
+
+    fn wake_all(&self) {
+        for waker in self.waiting.borrow_mut().drain(..) {
+            waker.wake();
+        }
+    }
+}
+
 impl Entry {
     /// Records the connection's socket towards CONNECT.
     pub(crate) fn set_backend(&self, backend: RawFd) {
@@ -197,6 +228,9 @@ impl Entry {
         {
             let opening = &self.registry.opening;
             opening.set(opening.get() - 1);
+            if opening.get() == 0 {
+                self.registry.wake_all();
+            }
         }
     }
 
@@ -226,9 +260,7 @@ impl Drop for Entry {
             return;
         }
         registry.idle_since.set(Instant::now());
-        for waker in registry.waiting.borrow_mut().drain(..) {
-            waker.wake();
-        }
+        registry.wake_all();
         if registry.peak.replace(0) >= TRIM_AFTER_PEAK {
             // Thousands of closed connections leave their memory in malloc's
             // free lists; give it back.

@@ -34,6 +34,8 @@ enum Command {
     Relay(Job),
     /// Stop moving bytes and hand every connection back (`crate::handover`).
     HandOver(async_channel::Sender<Vec<Taken>>),
+    /// Say that the thread goes on (for the watchdog).
+    Ping(async_channel::Sender<()>),
 }
 
 /// A connection for the engine, and where to say how it ended.
@@ -203,6 +205,17 @@ pub async fn hand_over() -> io::Result<Vec<Taken>> {
         .map_err(|_| io::Error::other("the relay engine is gone"))
 }
 
+/// Resolves once the engine thread has shown that it runs (it answered in
+/// its loop), or with an error if it is gone.
+pub async fn alive() -> io::Result<()> {
+    let (sender, receiver) = async_channel::bounded(1);
+    send(Command::Ping(sender))?;
+    receiver
+        .recv()
+        .await
+        .map_err(|_| io::Error::other("the relay engine is gone"))
+}
+
 fn send(command: Command) -> io::Result<()> {
     let inbox = INBOX
         .get()
@@ -239,11 +252,31 @@ fn spawn() -> io::Result<Inbox> {
     let wake_for_thread = wake.try_clone()?;
     std::thread::Builder::new()
         .name("relay-io".into())
-        .spawn(move || Engine::new(epoll, wake_for_thread, inbox).run())?;
+        .spawn(move || {
+            Engine::new(epoll, wake_for_thread, inbox).run();
+            // No thread may stop while the process looks healthy: the
+            // connections are gone with it, and so is the relay.
+            crate::error!("the relay engine stopped: exiting");
+            std::process::exit(1);
+        })?;
     Ok(Inbox {
         jobs: Mutex::new(jobs),
         wake,
     })
+}
+
+/// Test builds only: `SIMPLETCPUNIXRELAY_TEST_ENGINE=panic` or `hang` makes
+/// the engine thread fail at its first connection, as a bug would, so that
+/// the tests can show what the rest of the process does then.
+#[cfg(debug_assertions)]
+fn test_fault() {
+    match std::env::var("SIMPLETCPUNIXRELAY_TEST_ENGINE").as_deref() {
+        Ok("panic") => panic!("a test asked the engine to fail"),
+        Ok("hang") => loop {
+            std::thread::park();
+        },
+        _ => {}
+    }
 }
 
 /// One connection on the engine.
@@ -350,7 +383,13 @@ impl Engine {
                     let _ = reply.send_blocking(self.hand_over());
                     continue;
                 }
+                Command::Ping(reply) => {
+                    let _ = reply.try_send(());
+                    continue;
+                }
             };
+            #[cfg(debug_assertions)]
+            test_fault();
             // 31 bits: the generation shares the event data with the slot.
             self.generation = self.generation.wrapping_add(1) & 0x7fff_ffff;
             let slot = match self.free.pop() {
@@ -366,6 +405,8 @@ impl Engine {
             };
             // Reading at first; the first step adjusts that to what the
             // connection waits for (`Relay::waits`).
+            job.relay.client.registered();
+            job.relay.backend.registered();
             let flags = events(crate::relay::Edge::REGISTERED);
             let registered = epoll::add(
                 &self.epoll,
@@ -382,7 +423,10 @@ impl Engine {
                 )
             });
             let idle = job.idle_timeout.map(|span| {
-                self.deadlines.push(Reverse((job.last_moved + span, id)));
+                // A span beyond what the clock can count never ends.
+                if let Some(at) = job.last_moved.checked_add(span) {
+                    self.deadlines.push(Reverse((at, id)));
+                }
                 Box::new(Idle {
                     span,
                     last: job.last_moved,
@@ -489,11 +533,10 @@ impl Engine {
             let Some(idle) = &connection.idle else {
                 continue;
             };
-            let due = idle.last + idle.span;
-            if due > now {
-                self.deadlines.push(Reverse((due, id)));
-            } else {
-                self.finish(id, Outcome::Idle);
+            match idle.last.checked_add(idle.span) {
+                Some(due) if due <= now => self.finish(id, Outcome::Idle),
+                Some(due) => self.deadlines.push(Reverse((due, id))),
+                None => {}
             }
         }
     }

@@ -8,22 +8,35 @@
 //! name. The names pair the descriptors up again:
 //!
 //! ```text
-//! conn.PID.N.client,up=BYTES,down=BYTES,ended=up+down,copy=up,age=MS,idle=MS
+//! conn.PID.N.client,v=1,up=BYTES,down=BYTES,ended=up+down,copy=up,age=MS,idle=MS
 //! conn.PID.N.backend
 //! conn.PID.N.up.read, conn.PID.N.up.write      (client -> CONNECT, in flight)
 //! conn.PID.N.down.read, conn.PID.N.down.write  (CONNECT -> client, in flight)
 //! ```
 //!
+//! `v=` is the format's version (absent: 1, as the first hand-over wrote
+//! it); a connection stored in a format this version does not know is
+//! refused, not guessed at.
+//!
 //! Sockets are stored with `SO_LINGER` 0 and `FDPOLL=0`: one that no
 //! instance takes over (the unit was stopped) is closed by systemd as a
-//! reset, and one whose peer hung up stays stored with its pair. The next
-//! instance puts each connection together without changing anything that
-//! systemd's copies share (the pipes keep their bytes, the linger stays),
-//! so that if it fails before it runs them, the instance after it finds
-//! them intact. Only when a connection goes to its engine ([`commit`]) is
-//! the linger cleared and the connection removed from the store
-//! (`FDSTOREREMOVE=1`), so that systemd keeps no copy of a socket it closes.
-//! Names beginning with `conn.` are reserved for this.
+//! reset, and one whose peer hung up stays stored with its pair. systemd
+//! refuses without a word what does not fit in the store, so the relay
+//! never takes its size on trust: after the connections it stores a
+//! descriptor that tells whether it was kept (see [`store`]), and takes
+//! every connection back when it was not.
+//!
+//! The next instance checks every descriptor before it believes its name
+//! (a socket of the right kind, connected; both ends of one pipe;
+//! non-blocking), and puts each connection together without changing
+//! anything that systemd's copies share (the pipes keep their bytes, the
+//! linger stays), so that if it fails before it runs them, the instance
+//! after it finds them intact. When a connection goes to its engine
+//! ([`commit`]) it is removed from the store (`FDSTOREREMOVE=1`); its linger
+//! stays 0 until the store has confirmed that (`BARRIER=1`) and the
+//! connection ends cleanly, so that a crash in between is a reset for its
+//! peers, never a clean end of a cut stream. Names beginning with `conn.`
+//! are reserved for this.
 
 use std::io;
 use std::net::SocketAddr;
@@ -43,8 +56,16 @@ pub const EXIT_STATUS: u8 = 3;
 /// What every stored connection's names begin with.
 const PREFIX: &str = "conn.";
 
-/// How long systemd may take to read the stored descriptors.
-const STORE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long systemd may take to read the stored descriptors, or to confirm
+/// what it was sent (`BARRIER=1`).
+pub const STORE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The version of the stored connections' names that this version writes.
+const FORMAT: u64 = 1;
+
+/// The role of the descriptor that tells whether the store kept everything
+/// (`conn.PID.0.check`): the next instance drops it without a word.
+const CHECK_ROLE: &str = "check";
 
 /// Whether `name` is one of a stored connection's descriptors (and not a
 /// listener).
@@ -109,6 +130,10 @@ pub fn adopt(passed: Vec<(RawFd, String)>, skip: Option<RawFd>) -> (Vec<Adopted>
             Some("up.write") => parts.up[1].replace(fd).is_some(),
             Some("down.read") => parts.down[0].replace(fd).is_some(),
             Some("down.write") => parts.down[1].replace(fd).is_some(),
+            Some(CHECK_ROLE) => {
+                dropped.push(name);
+                continue;
+            }
             _ => {
                 crate::warn!("stored descriptor '{name}' is unknown to this version: closed");
                 dropped.push(name);
@@ -135,14 +160,20 @@ pub fn adopt(passed: Vec<(RawFd, String)>, skip: Option<RawFd>) -> (Vec<Adopted>
     (adopted, dropped)
 }
 
-/// Makes an adopted connection this instance's: its sockets close normally
-/// from now on, and systemd forgets them.
+/// Makes an adopted connection this instance's: systemd forgets it. Its
+/// sockets keep `SO_LINGER` 0 until the store has confirmed that and the
+/// connection ends cleanly ([`clean_close`]).
 pub fn commit(connection: &Adopted) {
-    for side in [&connection.relay.client, &connection.relay.backend] {
-        let _ = side.socket().set_linger(None);
-    }
     for name in &connection.names {
         crate::notify::remove_stored(name);
+    }
+}
+
+/// Lets an adopted connection's sockets close with a clean end of stream
+/// (its peers got everything), now that the store holds no copy of them.
+pub fn clean_close(sockets: &[&Socket]) {
+    for socket in sockets {
+        let _ = socket.set_linger(None);
     }
 }
 
@@ -162,16 +193,23 @@ fn assemble(parts: Parts) -> Result<Adopted, String> {
     let (Some((client, state)), Some((backend, _))) = (parts.client, parts.backend) else {
         return Err("is incomplete (a socket is missing)".into());
     };
-    let state = State::parse(&state).ok_or_else(|| format!("has an unreadable state '{state}'"))?;
+    let state = State::parse(&state)?;
+    check_socket(&client).map_err(|why| format!("has a client socket that {why}"))?;
+    check_socket(&backend).map_err(|why| format!("has a backend socket that {why}"))?;
+    if same_file(&client, &backend) {
+        return Err("has one socket as both client and backend".into());
+    }
     let client = Socket::from(client);
     let backend = Socket::from(backend);
     let half = |moved, ended, copying, [read, write]: [Option<OwnedFd>; 2]| {
         let in_flight = match (read, write) {
             (None, None) => InFlight::Nothing,
-            (Some(read), Some(write)) => match crate::pipe::Pipe::from_ends(read, write) {
+            (Some(read), Some(write)) => match check_pipe(&read, &write)
+                .and_then(|()| crate::pipe::Pipe::from_ends(read, write).map_err(|e| e.to_string()))
+            {
                 Ok((_, 0)) => InFlight::Nothing,
                 Ok((pipe, len)) => InFlight::Pipe(pipe, len),
-                Err(e) => return Err(format!("has a pipe that cannot be used ({e})")),
+                Err(why) => return Err(format!("has a pipe that cannot be used ({why})")),
             },
             _ => return Err("is incomplete (a pipe end is missing)".into()),
         };
@@ -193,6 +231,72 @@ fn assemble(parts: Parts) -> Result<Adopted, String> {
         peer,
         names: Vec::new(),
     })
+}
+
+/// What a stored socket must be: a connected, non-blocking stream socket
+/// (Unix, IPv4 or IPv6), as the relay stored it.
+fn check_socket(fd: &OwnedFd) -> Result<(), String> {
+    let socket = socket2::SockRef::from(fd);
+    match socket.r#type() {
+        Ok(kind) if kind == socket2::Type::STREAM => {}
+        Ok(_) => return Err("is not a stream socket".into()),
+        Err(_) => return Err("is not a socket".into()),
+    }
+    match socket.domain() {
+        Ok(d)
+            if [
+                socket2::Domain::UNIX,
+                socket2::Domain::IPV4,
+                socket2::Domain::IPV6,
+            ]
+            .contains(&d) => {}
+        _ => return Err("is neither Unix nor TCP".into()),
+    }
+    if socket.is_listener().unwrap_or(true) {
+        return Err("is listening, not connected".into());
+    }
+    if let Err(e) = socket.peer_addr() {
+        return Err(format!("is not connected ({e})"));
+    }
+    if !nonblocking(fd) {
+        return Err("is blocking (the relay stores non-blocking sockets)".into());
+    }
+    Ok(())
+}
+
+/// Both ends of one pipe, the read end and the write end, non-blocking.
+fn check_pipe(read: &OwnedFd, write: &OwnedFd) -> Result<(), String> {
+    use rustix::fs::{FileType, OFlags};
+    let stat = |fd: &OwnedFd| rustix::fs::fstat(fd).map_err(|e| e.to_string());
+    let (r, w) = (stat(read)?, stat(write)?);
+    if FileType::from_raw_mode(r.st_mode) != FileType::Fifo
+        || FileType::from_raw_mode(w.st_mode) != FileType::Fifo
+    {
+        return Err("not a pipe".into());
+    }
+    if (r.st_dev, r.st_ino) != (w.st_dev, w.st_ino) {
+        return Err("its two ends belong to different pipes".into());
+    }
+    let mode = |fd: &OwnedFd| rustix::fs::fcntl_getfl(fd).map(|f| f & OFlags::RWMODE);
+    if mode(read).ok() != Some(OFlags::RDONLY) || mode(write).ok() != Some(OFlags::WRONLY) {
+        return Err("its ends are swapped".into());
+    }
+    if !nonblocking(read) || !nonblocking(write) {
+        return Err("blocking".into());
+    }
+    Ok(())
+}
+
+fn nonblocking(fd: &OwnedFd) -> bool {
+    rustix::fs::fcntl_getfl(fd).is_ok_and(|f| f.contains(rustix::fs::OFlags::NONBLOCK))
+}
+
+/// Whether two descriptors are the same socket (or file).
+fn same_file(a: &OwnedFd, b: &OwnedFd) -> bool {
+    match (rustix::fs::fstat(a), rustix::fs::fstat(b)) {
+        (Ok(a), Ok(b)) => (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino),
+        _ => false,
+    }
 }
 
 /// A connection's state, as written into its client socket's name.
@@ -217,7 +321,7 @@ impl State {
             (false, false) => "-",
         };
         format!(
-            "client,up={},down={},ended={},copy={},age={},idle={}",
+            "client,v={FORMAT},up={},down={},ended={},copy={},age={},idle={}",
             self.up,
             self.down,
             both(self.up_ended, self.down_ended),
@@ -227,12 +331,31 @@ impl State {
         )
     }
 
-    fn parse(name: &str) -> Option<State> {
+    /// The state in a client socket's name, or why it cannot be read.
+    fn parse(name: &str) -> Result<State, String> {
+        let unreadable = || format!("has an unreadable state '{name}'");
         let (_, role) = split_name(name);
         let mut fields = role.split(',');
         if fields.next() != Some("client") {
-            return None;
+            return Err(unreadable());
         }
+        let version = fields
+            .clone()
+            .find_map(|f| f.strip_prefix("v="))
+            .map_or(Some(1), crate::endpoint::parse_number::<u64>);
+        match version {
+            Some(FORMAT) => {}
+            Some(v) => {
+                return Err(format!(
+                    "was stored in format {v}, which this version (format {FORMAT}) does not know"
+                ));
+            }
+            None => return Err(unreadable()),
+        }
+        State::fields(fields).ok_or_else(unreadable)
+    }
+
+    fn fields<'a>(fields: impl Iterator<Item = &'a str>) -> Option<State> {
         let mut state = State::default();
         let number = |v: &str| crate::endpoint::parse_number::<u64>(v);
         let both = |v: &str| match v {
@@ -251,6 +374,7 @@ impl State {
                 "copy" => (state.up_copy, state.down_copy) = both(value)?,
                 "age" => state.age = Duration::from_millis(number(value)?),
                 "idle" => state.idle = Duration::from_millis(number(value)?),
+                "v" => {}
                 // A later version's addition: not needed to go on.
                 _ => {}
             }
@@ -265,9 +389,9 @@ fn descriptors(taken: &Taken) -> usize {
 }
 
 /// How many descriptors the unit's store holds, when systemd says
-/// (`$FDSTORE`, set by systemd 254 and later, and by the unit templates).
-/// systemd refuses what does not fit without a word, so without it
-/// nothing is handed over.
+/// (`$FDSTORE`, set by systemd 254 and later). Only a first check: a unit
+/// can set it larger than the store really is, so what systemd kept is
+/// checked afterwards all the same.
 fn capacity() -> Option<usize> {
     std::env::var("FDSTORE")
         .ok()
@@ -275,55 +399,112 @@ fn capacity() -> Option<usize> {
 }
 
 /// Stores every taken connection in systemd's file descriptor store, in
-/// which `occupied` descriptors are already. On failure, the connections
-/// that were not stored come back, with why, to be relayed here until they
-/// end.
-pub fn store(taken: Vec<Taken>, occupied: usize) -> Result<usize, (Vec<Taken>, String)> {
-    let Some(capacity) = capacity() else {
-        return Err((
-            taken,
-            "the store's size is unknown ($FDSTORE is not set: systemd 254 and later set it; on 252 set Environment=FDSTORE= to FileDescriptorStoreMax=)".into(),
-        ));
-    };
-    let needed = occupied + taken.iter().map(descriptors).sum::<usize>();
-    if needed > capacity {
+/// which `occupied` descriptors are already (when known), and checks that
+/// the store kept them all. On failure, the connections come back, with
+/// why, to be relayed here until they end: those sent are removed from the
+/// store first.
+pub async fn store(
+    taken: Vec<Taken>,
+    occupied: Option<usize>,
+) -> Result<usize, (Vec<Taken>, String)> {
+    let needed = occupied.unwrap_or(0) + taken.iter().map(descriptors).sum::<usize>();
+    if let Some(capacity) = capacity()
+        && needed + 1 > capacity
+    {
         return Err((
             taken,
             format!(
-                "they need {needed} descriptors in the store, which holds {capacity} (raise FileDescriptorStoreMax= and FDSTORE=)"
+                "they need {needed} descriptors in the store and one to check it, and $FDSTORE says it holds {capacity} (raise FileDescriptorStoreMax=)"
             ),
         ));
     }
     let deadline = Instant::now() + STORE_TIMEOUT;
     let pid = std::process::id();
-    let count = taken.len();
+    let mut packed = Vec::with_capacity(taken.len());
     let mut taken = taken.into_iter().enumerate();
+    let mut failure = None;
     while let Some((n, connection)) = taken.next() {
-        let packed = match Packed::new(connection, format!("{PREFIX}{pid}.{n}")) {
-            Ok(packed) => packed,
+        match Packed::new(connection, format!("{PREFIX}{pid}.{}", n + 1)) {
+            Ok(connection) => packed.push(connection),
             Err(refused) => {
                 let (connection, why) = *refused;
                 let mut rest = vec![connection];
                 rest.extend(taken.map(|(_, t)| t));
-                return Err((rest, why));
+                failure = Some((rest, why));
+                break;
             }
-        };
-        let sent = packed
-            .descriptors()
-            .into_iter()
-            .try_for_each(|(name, fd)| crate::notify::store_connection(&name, fd, deadline));
-        if let Err(e) = sent {
-            // What reached the store of this one is incomplete there: the
-            // next instance closes it. This one, too, is relayed here.
-            let mut rest = vec![packed.unpack()];
-            rest.extend(taken.map(|(_, t)| t));
-            return Err((rest, format!("systemd did not take a descriptor ({e})")));
         }
     }
-    if let Err(e) = crate::notify::barrier(deadline) {
-        crate::warn!("systemd did not confirm the stored connections ({e})");
+    let (mut back, why) = failure.unwrap_or_default();
+    if back.is_empty() {
+        match send_and_check(&packed, pid, deadline).await {
+            Ok(()) => return Ok(packed.len()),
+            Err(e) => {
+                // Whatever reached the store must leave it before the
+                // connections go on here: two instances must never relay
+                // the same sockets.
+                for connection in &packed {
+                    for (name, _) in connection.descriptors() {
+                        crate::notify::remove_stored(&name);
+                    }
+                }
+                if let Err(e) = crate::notify::barrier(STORE_TIMEOUT).await {
+                    crate::warn!("hand-over: systemd did not confirm the removals ({e})");
+                }
+                return Err((packed.into_iter().map(Packed::unpack).collect(), e));
+            }
+        }
     }
-    Ok(count)
+    back.splice(0..0, packed.into_iter().map(Packed::unpack));
+    Err((back, why))
+}
+
+/// Sends every packed connection to the store, then a descriptor of its
+/// own: a pipe's write end, kept by systemd only if there was room for it
+/// after everything else (a full store closes what does not fit, without a
+/// word). Once systemd has processed it all (`BARRIER=1`), the pipe's read
+/// end tells: a hang-up means systemd closed the write end.
+async fn send_and_check(packed: &[Packed], pid: u32, deadline: Instant) -> Result<(), String> {
+    for connection in packed {
+        for (name, fd) in connection.descriptors() {
+            crate::notify::store_connection(&name, fd, deadline)
+                .map_err(|e| format!("systemd did not take a descriptor ({e})"))?;
+        }
+    }
+    let (check, probe) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)
+        .map_err(|e| format!("no pipe to check the store with ({e})"))?;
+    let check_name = format!("{PREFIX}{pid}.0.{CHECK_ROLE}");
+    // Polled by systemd (no FDPOLL=0): it removes itself when this process,
+    // holding the read end, exits.
+    crate::notify::store_polled(&check_name, probe.as_fd(), deadline)
+        .map_err(|e| format!("systemd did not take a descriptor ({e})"))?;
+    drop(probe);
+    crate::notify::barrier(STORE_TIMEOUT)
+        .await
+        .map_err(|e| format!("systemd did not confirm the stored connections ({e})"))?;
+    let mut fds = [rustix::event::PollFd::new(
+        &check,
+        rustix::event::PollFlags::IN,
+    )];
+    let zero = rustix::event::Timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    let kept = match rustix::event::poll(&mut fds, Some(&zero)) {
+        Ok(0) => true,
+        Ok(_) => !fds[0].revents().contains(rustix::event::PollFlags::HUP),
+        Err(e) => return Err(format!("cannot check the store ({e})")),
+    };
+    // Not needed by anybody once checked.
+    crate::notify::remove_stored(&check_name);
+    if kept {
+        Ok(())
+    } else {
+        let sent: usize = packed.iter().map(|p| p.descriptors().len()).sum();
+        Err(format!(
+            "systemd did not keep them all: {sent} descriptors and one to check the store did not fit (FileDescriptorStoreMax= too small, or no store)"
+        ))
+    }
 }
 
 /// A connection set up to be stored: its sockets end as a reset if nobody
@@ -446,13 +627,21 @@ mod tests {
         assert!(name.len() <= 255, "systemd's limit for a name");
         assert!(!name.contains(':'), "systemd's separator");
         assert_eq!(split_name(&name).0, "conn.42.7");
-        assert_eq!(State::parse(&name), Some(state));
+        assert_eq!(State::parse(&name), Ok(state));
     }
 
     #[test]
     fn an_unreadable_state_is_refused() {
-        assert_eq!(State::parse("conn.1.2.client,up=x"), None);
-        assert_eq!(State::parse("conn.1.2.backend"), None);
-        assert_eq!(State::parse("conn.1.2.client,ended=sideways"), None);
+        assert!(State::parse("conn.1.2.client,up=x").is_err());
+        assert!(State::parse("conn.1.2.backend").is_err());
+        assert!(State::parse("conn.1.2.client,ended=sideways").is_err());
+    }
+
+    #[test]
+    fn a_state_without_a_version_is_the_first_format_and_a_later_one_is_refused() {
+        let first = State::parse("conn.1.2.client,up=5,down=6,ended=-,copy=-,age=1,idle=0");
+        assert_eq!(first.map(|s| (s.up, s.down)), Ok((5, 6)));
+        let later = State::parse("conn.1.2.client,v=2,up=5").unwrap_err();
+        assert!(later.contains("format 2"), "{later}");
     }
 }

@@ -6,7 +6,8 @@
 //! only on the ones below it:
 //!
 //! - `startup`: the procedure, from the command line to the exit status;
-//! - `server`: the accept loop, limits, idle exit, shutdown;
+//! - `server`: serving, idle exit, shutdown; `accept`: accepting within
+//!   the limit, errors retried;
 //!   `connections`: the registry of live connections;
 //! - `relay`: one connection's data path; `pipe`: pipes and splice;
 //!   `connector`: reaching CONNECT; `resolver`: the name resolution helper;
@@ -14,11 +15,13 @@
 //!   `handover`: live connections to and from systemd's file descriptor
 //!   store;
 //! - `sandbox`: the policy and its enforcement; `notify`: sd_notify;
-//!   `shutdown`: signals; `runtime`: everything async-std;
+//!   `shutdown`: signals; `runtime`: the executor (async-executor on
+//!   async-io);
 //! - `cli` (parsing, `completions`) into `config`; `identity` and `peer`:
 //!   who a client is; `endpoint`, `timespan`, `log`, `failure`: the
 //!   vocabulary.
 
+mod accept;
 mod cli;
 mod completions;
 mod config;

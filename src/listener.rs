@@ -88,11 +88,60 @@ pub const STORED_NAME: &str = "listener";
 /// Opens LISTEN. Nothing is left behind on failure: a socket file created
 /// before a later step failed is removed again by [`Listener`]'s drop.
 /// Listeners a previous instance left in systemd's file descriptor store
-/// are adopted instead of bound again, when they are LISTEN's.
-pub fn open(endpoint: &Endpoint, file_options: FileOptions) -> Result<Opened, Failure> {
-    if let Some(listeners) = adopt_stored(endpoint)? {
-        return Ok(Opened::Listeners(listeners));
+/// are adopted instead of bound again, when they are LISTEN's; those that
+/// LISTEN no longer names are closed first (see [`Opened::stale`]).
+pub fn open(endpoint: &Endpoint, file_options: FileOptions) -> Result<(Opened, Stale), Failure> {
+    let (adopted, stale) = adopt_stored(endpoint)?;
+    if let Some(listeners) = adopted {
+        return Ok((Opened::Listeners(listeners), stale));
     }
+    open_anew(endpoint, file_options).map(|opened| (opened, stale))
+}
+
+/// What `--check` can tell of LISTEN without binding or touching anything:
+/// a name that resolves, a socket path whose directory exists and which is
+/// free or a socket (served now, by the running instance). Inherited
+/// sockets are the service manager's to pass at the start: nothing to check.
+pub fn check(endpoint: &Endpoint) -> Result<(), Failure> {
+    let failure = |what: String| Failure::Startup(format!("cannot listen on {endpoint}: {what}"));
+    match endpoint {
+        Endpoint::Tcp {
+            host: host @ Host::Name(_),
+            port,
+        } if wanted_ips(host, *port).is_empty() => {
+            return Err(failure("the name resolves to no address".into()));
+        }
+        Endpoint::Unix(UnixAddr::Path(path)) => {
+            let parent = path
+                .parent()
+                .filter(|p| !p.as_os_str().is_empty())
+                .unwrap_or(Path::new("."));
+            if !std::fs::metadata(parent).is_ok_and(|m| m.is_dir()) {
+                return Err(failure(format!(
+                    "directory {} does not exist",
+                    parent.display()
+                )));
+            }
+            match std::fs::symlink_metadata(path) {
+                Ok(meta) if !meta.file_type().is_socket() => {
+                    return Err(failure(
+                        "the path exists and is not a socket; not touching it".into(),
+                    ));
+                }
+                _ => {}
+            }
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+/// Stored listeners that LISTEN no longer names, closed: their entries are
+/// to leave systemd's store (all listeners share one name there).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Stale(pub usize);
+
+fn open_anew(endpoint: &Endpoint, file_options: FileOptions) -> Result<Opened, Failure> {
     let listeners = match endpoint {
         Endpoint::Tcp { host, port } => {
             Listeners::from_vec(bind_tcp(host, *port)?).ok_or_else(|| {
@@ -385,13 +434,15 @@ fn inherit_systemd(name: Option<&str>) -> Result<Opened, Failure> {
 /// The listeners of LISTEN that systemd passed back from its file
 /// descriptor store, if every one is there: a TCP LISTEN whose addresses
 /// all match (any port for port 0), the same socket path (whose file still
-/// exists) or abstract name. `None`: bind as usual.
-fn adopt_stored(endpoint: &Endpoint) -> Result<Option<Listeners>, Failure> {
+/// exists) or abstract name. `None`: bind as usual. The other stored
+/// listeners are closed, with their socket files: clients that connect to
+/// them would wait for ever.
+fn adopt_stored(endpoint: &Endpoint) -> Result<(Option<Listeners>, Stale), Failure> {
     if !matches!(endpoint, Endpoint::Tcp { .. } | Endpoint::Unix(_)) {
-        return Ok(None);
+        return Ok((None, Stale(0)));
     }
     let Ok(passed) = passed_sockets() else {
-        return Ok(None);
+        return Ok((None, Stale(0)));
     };
     let stored: Vec<RawFd> = passed
         .into_iter()
@@ -399,7 +450,7 @@ fn adopt_stored(endpoint: &Endpoint) -> Result<Option<Listeners>, Failure> {
         .map(|(fd, _)| fd)
         .collect();
     if stored.is_empty() {
-        return Ok(None);
+        return Ok((None, Stale(0)));
     }
     let mut sockets = Vec::new();
     for fd in stored {
@@ -410,50 +461,41 @@ fn adopt_stored(endpoint: &Endpoint) -> Result<Option<Listeners>, Failure> {
         }
     }
     let local = |s: &Socket| s.local_addr().ok();
-    let matching = match endpoint {
+    let named = |s: &Socket| -> bool {
+        let Some(address) = local(s) else {
+            return false;
+        };
+        match endpoint {
+            Endpoint::Tcp { host, port } => address.as_socket().is_some_and(|a| {
+                wanted_ips(host, *port).contains(&a.ip()) && (*port == 0 || a.port() == *port)
+            }),
+            Endpoint::Unix(UnixAddr::Path(path)) => address.as_pathname() == Some(path.as_path()),
+            Endpoint::Unix(UnixAddr::Abstract(name)) => {
+                address.as_abstract_namespace() == Some(name.as_slice())
+            }
+            _ => false,
+        }
+    };
+    let (mut found, stale): (Vec<Socket>, Vec<Socket>) = sockets.into_iter().partition(named);
+    let complete = match endpoint {
         Endpoint::Tcp { host, port } => {
-            let wanted: Vec<IpAddr> = match host {
-                Host::Ip(ip) => vec![*ip],
-                Host::Any => vec![IpAddr::V6(Ipv6Addr::UNSPECIFIED)],
-                Host::Name(name) => (name.as_str(), *port)
-                    .to_socket_addrs()
-                    .map(|a| a.map(|a| a.ip()).collect())
-                    .unwrap_or_default(),
-            };
-            let found: Vec<Socket> = sockets
-                .into_iter()
-                .filter(|s| {
-                    local(s).and_then(|a| a.as_socket()).is_some_and(|a| {
-                        wanted.contains(&a.ip()) && (*port == 0 || a.port() == *port)
-                    })
-                })
-                .collect();
-            (!wanted.is_empty() && found.len() == wanted.len()).then_some(found)
+            let wanted = wanted_ips(host, *port);
+            !wanted.is_empty() && found.len() == wanted.len()
         }
         Endpoint::Unix(UnixAddr::Path(path)) => {
-            let exists = std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_socket());
-            let found: Vec<Socket> = sockets
-                .into_iter()
-                .filter(|s| local(s).is_some_and(|a| a.as_pathname() == Some(path.as_path())))
-                .take(1)
-                .collect();
-            (exists && found.len() == 1).then_some(found)
+            std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_socket())
+                && found.len() == 1
         }
-        Endpoint::Unix(UnixAddr::Abstract(name)) => {
-            let found: Vec<Socket> = sockets
-                .into_iter()
-                .filter(|s| {
-                    local(s).is_some_and(|a| a.as_abstract_namespace() == Some(name.as_slice()))
-                })
-                .take(1)
-                .collect();
-            (found.len() == 1).then_some(found)
-        }
-        _ => None,
+        _ => found.len() == 1,
     };
-    let Some(found) = matching else {
-        return Ok(None);
-    };
+    let mut stale = stale;
+    if !complete {
+        stale.append(&mut found);
+    }
+    let closed = close_stale(stale);
+    if !complete {
+        return Ok((None, closed));
+    }
     let listeners = found
         .into_iter()
         .map(|socket| {
@@ -469,7 +511,75 @@ fn adopt_stored(endpoint: &Endpoint) -> Result<Option<Listeners>, Failure> {
             listener.address
         );
     }
-    Ok(Listeners::from_vec(listeners))
+    Ok((Listeners::from_vec(listeners), closed))
+}
+
+/// The addresses a TCP LISTEN binds.
+fn wanted_ips(host: &Host, port: u16) -> Vec<IpAddr> {
+    match host {
+        Host::Ip(ip) => vec![*ip],
+        Host::Any => vec![IpAddr::V6(Ipv6Addr::UNSPECIFIED)],
+        Host::Name(name) => (name.as_str(), port)
+            .to_socket_addrs()
+            .map(|a| a.map(|a| a.ip()).collect())
+            .unwrap_or_default(),
+    }
+}
+
+/// Closes stored listeners that LISTEN does not name (any clients waiting
+/// in their backlogs get a reset instead of waiting for ever), and removes
+/// the socket file of each one whose file still leads to it: a probe
+/// connected through the file is found in its backlog.
+fn close_stale(stale: Vec<Socket>) -> Stale {
+    if stale.is_empty() {
+        return Stale(0);
+    }
+    let mut addresses = Vec::new();
+    for socket in stale {
+        let address = socket.local_addr().ok();
+        addresses.push(address.as_ref().map(display_addr).unwrap_or_default());
+        if let Some(path) = address.as_ref().and_then(|a| a.as_pathname())
+            && leads_to(path, &socket)
+            && let Err(e) = std::fs::remove_file(path)
+        {
+            crate::warn!("cannot remove socket file {}: {e}", path.display());
+        }
+    }
+    crate::info!(
+        "closed {} stored listener{} that LISTEN no longer names, and removed {} from the store: {}",
+        addresses.len(),
+        if addresses.len() == 1 { "" } else { "s" },
+        if addresses.len() == 1 { "it" } else { "them" },
+        addresses.join(", ")
+    );
+    Stale(addresses.len())
+}
+
+/// Whether connecting to `path` reaches `listener` (and not a socket that
+/// another process has bound there since).
+fn leads_to(path: &Path, listener: &Socket) -> bool {
+    let is_socket = std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_socket());
+    if !is_socket || listener.set_nonblocking(true).is_err() {
+        return false;
+    }
+    let Ok(probe) = Socket::new(Domain::UNIX, Type::STREAM.nonblocking().cloexec(), None) else {
+        return false;
+    };
+    let Ok(address) = SockAddr::unix(path) else {
+        return false;
+    };
+    if probe.connect(&address).is_err() {
+        return false;
+    }
+    let me = std::process::id() as libc::pid_t;
+    // The backlog may hold real clients too: the probe is the one whose
+    // peer is this process.
+    while let Ok((client, _)) = listener.accept() {
+        if crate::peer::credentials(&client).is_ok_and(|c| c.pid == me) {
+            return true;
+        }
+    }
+    false
 }
 
 /// The sockets passed by socket activation: descriptors 3, 4, … per
@@ -491,7 +601,19 @@ pub fn passed_sockets() -> Result<Vec<(RawFd, String)>, String> {
         .filter(|n| *n <= 1 << 20)
         .ok_or_else(|| format!("LISTEN_FDS='{count}' is not a count of descriptors"))?;
     let names: Vec<String> = match std::env::var("LISTEN_FDNAMES") {
-        Ok(names) => names.split(':').map(str::to_owned).collect(),
+        // As sd_listen_fds_with_names(3): a name for every descriptor, or
+        // the environment is not to be trusted (EINVAL there).
+        Ok(names) => {
+            let names: Vec<String> = names.split(':').map(str::to_owned).collect();
+            if names.len() != count as usize {
+                return Err(format!(
+                    "LISTEN_FDNAMES names {} descriptor{} but LISTEN_FDS passes {count}",
+                    names.len(),
+                    if names.len() == 1 { "" } else { "s" }
+                ));
+            }
+            names
+        }
         Err(_) => Vec::new(),
     };
     Ok((0..count)

@@ -1,7 +1,8 @@
 //! One event per line on standard error. Timestamps normally; syslog `<N>`
 //! priority prefixes instead when standard error is the journal
 //! (`JOURNAL_STREAM` names the same device and inode), so journald files each
-//! line at the right priority.
+//! line at the right priority. `--log-time no` leaves the timestamp out for
+//! loggers that stamp each line themselves (s6-log, svlogd, multilog).
 
 use std::io::Write;
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
@@ -18,6 +19,7 @@ pub enum Level {
 
 static LEVEL: AtomicU8 = AtomicU8::new(Level::Info as u8);
 static JOURNAL: AtomicBool = AtomicBool::new(false);
+static TIMESTAMPS: AtomicBool = AtomicBool::new(true);
 
 /// Sets the verbosity and detects whether standard error is the journal.
 pub fn init(level: Level) {
@@ -28,6 +30,26 @@ pub fn init(level: Level) {
 /// Whether standard error is the journal (lines carry `<N>` prefixes).
 pub fn to_journal() -> bool {
     JOURNAL.load(Ordering::Relaxed)
+}
+
+/// Whether lines outside the journal start with a timestamp.
+pub fn timestamps() -> bool {
+    TIMESTAMPS.load(Ordering::Relaxed)
+}
+
+/// Whether lines outside the journal start with a timestamp (`--log-time`).
+pub fn set_timestamps(on: bool) {
+    TIMESTAMPS.store(on, Ordering::Relaxed);
+}
+
+/// A boolean as systemd reads one (`parse_boolean`): `yes`, `y`, `true`,
+/// `t`, `on`, `1` or `no`, `n`, `false`, `f`, `off`, `0`, in any case.
+pub fn parse_boolean(text: &str) -> Result<bool, String> {
+    match text.to_ascii_lowercase().as_str() {
+        "1" | "yes" | "y" | "true" | "t" | "on" => Ok(true),
+        "0" | "no" | "n" | "false" | "f" | "off" => Ok(false),
+        _ => Err(format!("'{text}' is not a boolean (yes or no)")),
+    }
 }
 
 /// Whether messages at `level` are printed.
@@ -72,8 +94,10 @@ fn emit(level: Level, tag: &str, message: std::fmt::Arguments<'_>) {
             Level::Debug => 7,
         };
         format!("<{priority}>{tag}{message}\n")
-    } else {
+    } else if TIMESTAMPS.load(Ordering::Relaxed) {
         format!("{} {tag}{message}\n", timestamp())
+    } else {
+        format!("{tag}{message}\n")
     };
     // One write per line so that concurrent lines never interleave.
     let _ = std::io::stderr().lock().write_all(line.as_bytes());
@@ -194,6 +218,19 @@ mod tests {
         assert_eq!(super::civil_date(0), (1970, 1, 1));
         assert_eq!(super::civil_date(11_016), (2000, 2, 29));
         assert_eq!(super::civil_date(20_778), (2026, 11, 21));
+    }
+
+    #[test]
+    fn booleans_as_systemd_reads_them() {
+        for yes in ["yes", "YES", "y", "true", "t", "on", "1"] {
+            assert_eq!(super::parse_boolean(yes), Ok(true), "{yes}");
+        }
+        for no in ["no", "No", "n", "false", "f", "off", "0"] {
+            assert_eq!(super::parse_boolean(no), Ok(false), "{no}");
+        }
+        for bad in ["", "2", "yess", " yes", "nope"] {
+            assert!(super::parse_boolean(bad).is_err(), "{bad:?}");
+        }
     }
 
     #[test]

@@ -6,14 +6,18 @@
 //! The socket is connected once, before the sandbox ([`connect`]):
 //! `NOTIFY_SOCKET` may be a path or an abstract name (`@…`), and Landlock's
 //! abstract-socket scoping checks `connect()`, not a datagram socket that was
-//! connected before the restriction. Messages are sent by one task, in
-//! order, without blocking: when systemd is slow to read, the task waits for
-//! room instead of stalling the relay.
+//! connected before the restriction. Every message goes out in the order it
+//! was made: at once when the socket has room, otherwise queued for a task
+//! that waits for room instead of stalling the relay; the store messages of
+//! a hand-over (sent at once, waiting for room) go after everything queued.
 
+use std::collections::VecDeque;
 use std::io;
-use std::os::fd::{AsFd, BorrowedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
-use std::sync::OnceLock;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::task::{Poll, Waker};
 use std::time::{Duration, Instant};
 
 use async_io::{Async, Timer};
@@ -26,8 +30,52 @@ const STATUS_INTERVAL: Duration = Duration::from_secs(1);
 
 /// The connected notification socket (the sending task has a duplicate).
 static SOCKET: OnceLock<Socket> = OnceLock::new();
-/// Messages for the sending task.
-static QUEUE: OnceLock<async_channel::Sender<String>> = OnceLock::new();
+/// Messages not sent yet, in order, once the sending task runs.
+static OUTBOX: Mutex<Outbox> = Mutex::new(Outbox {
+    started: false,
+    queue: VecDeque::new(),
+    waker: None,
+});
+
+/// Every message to the service manager goes out in the order it was made,
+/// whichever path it takes: removals from the store must not be overtaken
+/// by the store messages of a hand-over (systemd drops a descriptor it
+/// already holds under another name, and the removal that follows would
+/// delete the only copy).
+struct Outbox {
+    /// The sending task runs ([`start`]): messages may wait here.
+    started: bool,
+    queue: VecDeque<Message>,
+    /// The sending task, waiting for a message.
+    waker: Option<Waker>,
+}
+
+/// One datagram: its text and the descriptors that go with it.
+struct Message {
+    text: String,
+    fds: Vec<OwnedFd>,
+    /// Set if it could not be sent (a barrier must not take the closing
+    /// of its descriptor here for systemd's answer).
+    failed: Option<Arc<AtomicBool>>,
+}
+
+impl Message {
+    fn new(text: String) -> Message {
+        Message {
+            text,
+            fds: Vec::new(),
+            failed: None,
+        }
+    }
+
+    /// It could not be sent: said once, and marked.
+    fn fail(&self, e: rustix::io::Errno) {
+        crate::warn!("cannot notify systemd: {e}");
+        if let Some(failed) = &self.failed {
+            failed.store(true, Ordering::SeqCst);
+        }
+    }
+}
 
 /// Connects to `NOTIFY_SOCKET`, if set. Called before the sandbox; a
 /// failure is a warning (the relay still serves).
@@ -76,14 +124,48 @@ pub fn store_connection(name: &str, fd: BorrowedFd<'_>, deadline: Instant) -> io
     send_now(&text, &[fd], deadline)
 }
 
-/// Waits until systemd has read every message sent before
-/// (`BARRIER=1`: it closes the descriptor that comes with it).
-pub fn barrier(deadline: Instant) -> io::Result<()> {
+/// Stores `fd` under `name` for as long as it has no error or hang-up
+/// (systemd polls it): a descriptor that removes itself.
+pub fn store_polled(name: &str, fd: BorrowedFd<'_>, deadline: Instant) -> io::Result<()> {
+    let text = format!("FDSTORE=1\nFDNAME={name}\n");
+    send_now(&text, &[fd], deadline)
+}
+
+/// Waits until systemd has processed every message sent before
+/// (`BARRIER=1`: it closes the descriptor that comes with it), at most
+/// `timeout`.
+pub async fn barrier(timeout: Duration) -> io::Result<()> {
+    if SOCKET.get().is_none() {
+        return Err(io::Error::other("NOTIFY_SOCKET is not set"));
+    }
     let (read, write) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)?;
-    send_now("BARRIER=1\n", &[write.as_fd()], deadline)?;
-    drop(write);
-    // Readable (its end) once systemd has closed the descriptor.
-    wait_until(&read, PollFlags::IN, deadline)
+    let read = Async::new(read)?;
+    let failed = Arc::new(AtomicBool::new(false));
+    deliver(Message {
+        text: "BARRIER=1\n".into(),
+        fds: vec![write],
+        failed: Some(failed.clone()),
+    });
+    // Readable (its end) once systemd has closed the descriptor, and the
+    // message that carried it is gone from here.
+    let answered = async {
+        read.readable().await?;
+        if failed.load(Ordering::SeqCst) {
+            return Err(io::Error::other("BARRIER=1 could not be sent"));
+        }
+        Ok(())
+    };
+    futures_lite::future::or(answered, async {
+        Timer::after(timeout).await;
+        Err(io::Error::new(
+            io::ErrorKind::TimedOut,
+            format!(
+                "systemd did not answer BARRIER=1 within {}",
+                crate::timespan::format(Some(timeout))
+            ),
+        ))
+    })
+    .await
 }
 
 /// Waits until `fd` reports `events`, or `deadline` passes (an error).
@@ -106,79 +188,149 @@ fn wait_until(fd: impl AsFd, events: PollFlags, deadline: Instant) -> io::Result
 /// Drops a name from the store: its descriptor now lives here, and a copy
 /// kept by systemd would hold a closed connection open.
 pub fn remove_stored(name: &str) {
-    let Some(queue) = QUEUE.get() else {
-        return;
-    };
-    let _ = queue.try_send(format!("FDSTOREREMOVE=1\nFDNAME={name}\n"));
+    deliver(Message::new(format!("FDSTOREREMOVE=1\nFDNAME={name}\n")));
 }
 
-/// Sends one message with descriptors now, waiting (until `deadline`) for
-/// room in the queue, which a burst of stored descriptors can fill.
-fn send_now(text: &str, fds: &[BorrowedFd<'_>], deadline: Instant) -> io::Result<()> {
+/// Sends one datagram without waiting; `Err(AGAIN)` when the socket is full.
+fn try_send(socket: &Socket, text: &str, fds: &[BorrowedFd<'_>]) -> rustix::io::Result<()> {
     use rustix::net::{SendAncillaryBuffer, SendAncillaryMessage, SendFlags};
-    let Some(socket) = SOCKET.get() else {
-        return Err(io::Error::other("NOTIFY_SOCKET is not set"));
-    };
     let mut space =
         vec![std::mem::MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(fds.len()))];
-    loop {
-        let mut control = SendAncillaryBuffer::new(&mut space);
+    let mut control = SendAncillaryBuffer::new(&mut space);
+    if !fds.is_empty() {
         control.push(SendAncillaryMessage::ScmRights(fds));
+    }
+    loop {
         match rustix::net::sendmsg(
             socket,
             &[io::IoSlice::new(text.as_bytes())],
             &mut control,
             SendFlags::NOSIGNAL | SendFlags::DONTWAIT,
         ) {
-            Ok(_) => return Ok(()),
             Err(rustix::io::Errno::INTR) => {}
+            other => return other.map(drop),
+        }
+    }
+}
+
+/// Queues a message behind those still waiting, or sends it now when none
+/// is. Before the sending task runs, everything is sent at once (waiting a
+/// second at most for room).
+fn deliver(message: Message) {
+    let Some(socket) = SOCKET.get() else {
+        return;
+    };
+    let mut outbox = OUTBOX.lock().expect("not poisoned");
+    if !outbox.started {
+        drop(outbox);
+        let fds: Vec<_> = message.fds.iter().map(|fd| fd.as_fd()).collect();
+        let deadline = Instant::now() + Duration::from_secs(1);
+        if let Err(e) = send_now(&message.text, &fds, deadline) {
+            message.fail(rustix::io::Errno::from_io_error(&e).unwrap_or(rustix::io::Errno::IO));
+        }
+        return;
+    }
+    if outbox.queue.is_empty() {
+        let fds: Vec<_> = message.fds.iter().map(|fd| fd.as_fd()).collect();
+        match try_send(socket, &message.text, &fds) {
+            Ok(()) => return,
+            Err(rustix::io::Errno::AGAIN) => {}
+            Err(e) => {
+                message.fail(e);
+                return;
+            }
+        }
+    }
+    outbox.queue.push_back(message);
+    if let Some(waker) = outbox.waker.take() {
+        waker.wake();
+    }
+}
+
+/// Sends what waits in the queue, in order, until it is empty or the socket
+/// is full (`Err(AGAIN)`).
+fn flush(socket: &Socket, outbox: &mut Outbox) -> rustix::io::Result<()> {
+    while let Some(message) = outbox.queue.front() {
+        let fds: Vec<_> = message.fds.iter().map(|fd| fd.as_fd()).collect();
+        match try_send(socket, &message.text, &fds) {
+            Ok(()) => {}
+            Err(rustix::io::Errno::AGAIN) => return Err(rustix::io::Errno::AGAIN),
+            Err(e) => message.fail(e),
+        }
+        outbox.queue.pop_front();
+    }
+    Ok(())
+}
+
+/// Sends one message with descriptors now, after every message still
+/// queued, waiting (until `deadline`) for room, which a burst of stored
+/// descriptors can use up.
+fn send_now(text: &str, fds: &[BorrowedFd<'_>], deadline: Instant) -> io::Result<()> {
+    let Some(socket) = SOCKET.get() else {
+        return Err(io::Error::other("NOTIFY_SOCKET is not set"));
+    };
+    let mut outbox = OUTBOX.lock().expect("not poisoned");
+    loop {
+        match flush(socket, &mut outbox) {
+            Ok(()) => break,
+            Err(rustix::io::Errno::AGAIN) => wait_until(socket, PollFlags::OUT, deadline)?,
+            Err(e) => return Err(e.into()),
+        }
+    }
+    loop {
+        match try_send(socket, text, fds) {
+            Ok(()) => return Ok(()),
             Err(rustix::io::Errno::AGAIN) => wait_until(socket, PollFlags::OUT, deadline)?,
             Err(e) => return Err(e.into()),
         }
     }
 }
 
-/// Starts the task that sends the messages; from then on the functions
-/// below queue them. Call on the runtime's thread.
+/// Starts the task that sends queued messages when systemd is slow to read,
+/// so that the relay never waits for it. Call on the runtime's thread.
 pub fn start() {
     let Some(socket) = SOCKET.get() else {
         return;
     };
-    let socket = match socket.try_clone().and_then(Async::new_nonblocking) {
+    let writable = match socket.try_clone().and_then(Async::new_nonblocking) {
         Ok(socket) => socket,
         Err(e) => {
             crate::warn!("cannot notify systemd: {e}");
             return;
         }
     };
-    let (sender, receiver) = async_channel::unbounded::<String>();
-    let _ = QUEUE.set(sender);
+    OUTBOX.lock().expect("not poisoned").started = true;
     crate::runtime::spawn(async move {
-        while let Ok(message) = receiver.recv().await {
-            let sent = socket
-                .write_with(|s| s.send_with_flags(message.as_bytes(), libc::MSG_NOSIGNAL))
-                .await;
-            if let Err(e) = sent {
-                crate::warn!("cannot notify systemd: {e}");
+        loop {
+            futures_lite::future::poll_fn(|cx| {
+                let mut outbox = OUTBOX.lock().expect("not poisoned");
+                if outbox.queue.is_empty() {
+                    outbox.waker = Some(cx.waker().clone());
+                    Poll::Pending
+                } else {
+                    Poll::Ready(())
+                }
+            })
+            .await;
+            if writable.writable().await.is_err() {
+                return;
             }
+            let _ = flush(socket, &mut OUTBOX.lock().expect("not poisoned"));
         }
     });
 }
 
 fn enabled() -> bool {
-    QUEUE.get().is_some()
+    SOCKET.get().is_some()
 }
 
 fn send(states: &[NotifyState<'_>]) {
-    let Some(queue) = QUEUE.get() else {
-        return;
-    };
-    let message = states
+    let text = states
         .iter()
         .map(|s| s.to_string())
         .collect::<Vec<_>>()
         .join("\n");
-    let _ = queue.try_send(message + "\n");
+    deliver(Message::new(text + "\n"));
 }
 
 /// `READY=1` with a first status.
@@ -222,13 +374,39 @@ pub async fn report_status(endpoints: String, counts: impl Fn() -> (usize, u64))
 }
 
 /// Sends `WATCHDOG=1` at half the interval systemd asked for
-/// (`WATCHDOG_USEC`, for this process per `WATCHDOG_PID`). Runs until dropped.
-pub async fn keep_watchdog_happy() {
+/// (`WATCHDOG_USEC`, for this process per `WATCHDOG_PID`), each time only
+/// once `alive` has resolved with `Ok`: every thread that moves bytes
+/// showed that it goes on (this task runs on the runtime's). Runs until
+/// dropped.
+pub async fn keep_watchdog_happy<F, A>(alive: A)
+where
+    A: Fn() -> F,
+    F: std::future::Future<Output = io::Result<()>>,
+{
     let Some(interval) = sd_notify::watchdog_enabled().filter(|_| enabled()) else {
         return futures_lite::future::pending().await;
     };
+    let mut silent = crate::log::Throttle::new(Duration::from_secs(10));
     loop {
-        send(&[NotifyState::Watchdog]);
+        let answered = futures_lite::future::or(alive(), async {
+            Timer::after(interval / 4).await;
+            Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("no answer within {:?}", interval / 4),
+            ))
+        })
+        .await;
+        match answered {
+            Ok(()) => send(&[NotifyState::Watchdog]),
+            Err(e) => {
+                if let Some(held_back) = silent.allow() {
+                    crate::warn!(
+                        "watchdog: the relay engine did not answer ({e}): no WATCHDOG=1{}",
+                        crate::log::held_back(held_back)
+                    );
+                }
+            }
+        }
         Timer::after(interval / 2).await;
     }
 }

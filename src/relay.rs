@@ -91,6 +91,16 @@ impl Edge {
     /// What a socket is registered for at first: reading.
     pub const REGISTERED: (bool, bool) = (true, false);
 
+    /// The socket is registered afresh (with [`Edge::REGISTERED`]): what
+    /// was known of it belongs to a registration that is gone (a connection
+    /// taken off the engine for a hand-over, and given back), so every
+    /// operation is tried again and the interest follows from there.
+    pub fn registered(&self) {
+        self.interest.set(Some(Edge::REGISTERED));
+        self.readable.set(true);
+        self.writable.set(true);
+    }
+
     pub fn socket(&self) -> &Socket {
         &self.socket
     }

@@ -454,6 +454,8 @@ fn calls(profile: Profile) -> Vec<Call> {
                         (AF_UNIX, SOCK_STREAM),
                     ]),
                 ),
+                // The runtime's reactor is started with a probe pair.
+                allow_if("socketpair", SYS_socketpair, one_of(0, &[AF_UNIX])),
                 allow("accept4", SYS_accept4),
                 allow("shutdown", SYS_shutdown),
                 allow_if(
@@ -579,10 +581,12 @@ pub fn allowed_names(profile: Profile) -> Vec<&'static str> {
 
 // What the SIGSYS handler needs, set before the filter.
 static JOURNAL: AtomicBool = AtomicBool::new(false);
+static TIMESTAMPS: AtomicBool = AtomicBool::new(true);
 static WHO: AtomicU8 = AtomicU8::new(0);
 
 fn handle_sigsys(profile: Profile) -> std::io::Result<()> {
     JOURNAL.store(crate::log::to_journal(), Ordering::Relaxed);
+    TIMESTAMPS.store(crate::log::timestamps(), Ordering::Relaxed);
     WHO.store(
         match profile {
             Profile::Relay => 0,
@@ -698,7 +702,7 @@ fn name_of(nr: i64) -> Option<&'static str> {
 fn forbidden_line(line: &mut Line, nr: Option<i64>, journal: bool, resolver: bool) {
     if journal {
         line.push(b"<3>");
-    } else {
+    } else if TIMESTAMPS.load(Ordering::Relaxed) {
         line.timestamp();
     }
     line.push(b"simpletcpunixrelay: error: ");

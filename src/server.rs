@@ -1,8 +1,7 @@
-//! The accept loop: listeners turned into one stream of connections with
-//! async-listen (errors such as EMFILE logged and retried after a pause; at
-//! `--connections-max`, backpressure stops accepting so clients wait in the
-//! kernel backlog), one task per connection, `--exit-idle-time`, and the
-//! graceful shutdown on SIGTERM/SIGINT. An inherited connected socket is the
+//! Serving: the listeners' clients (accepted within `--connections-max` by
+//! `crate::accept`), one task per connection, the connections handed over
+//! by the previous instance, `--exit-idle-time`, the graceful shutdown on
+//! SIGTERM/SIGINT and the hand-over on SIGUSR2. An inherited connected socket is the
 //! same server over a stream of one connection.
 //!
 //! Who a client is comes from what `accept` returned: a TCP client whose
@@ -12,46 +11,28 @@
 //! could not be served.
 
 use std::io;
-use std::net::SocketAddr;
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
-use std::pin::Pin;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use async_io::{Async, Timer};
-use async_listen::ListenExt;
-use futures_lite::{Stream, StreamExt, future};
+use async_io::Timer;
+use futures_lite::future;
 use socket2::Socket;
+
+use crate::accept::{Accepted, Acceptor, Incoming, Limit, Token, accept_stream};
 
 use crate::config::Config;
 use crate::connections::{Connections, Entry};
 use crate::identity::proxy_header;
-use crate::listener::{Listener, Opened};
+use crate::listener::Opened;
 use crate::relay::{self, Outcome};
 use crate::shutdown::Request;
 use crate::timespan;
 
-/// How long the accept loop pauses after an error such as EMFILE before it
-/// tries again (the pending client stays in the backlog meanwhile).
-const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
-/// Accept errors are logged at most this often.
-const ACCEPT_ERROR_LOG_INTERVAL: Duration = Duration::from_secs(10);
-
-/// A connection accepted on some listener (or inherited).
-struct Accepted {
-    socket: Socket,
-    /// The client's IP address as `accept` returned it (Unix clients are
-    /// known by their credentials instead).
-    peer: Option<SocketAddr>,
-    tcp: bool,
-    /// A descriptor held for the client's socket towards CONNECT.
-    reserve: Option<OwnedFd>,
-}
-
-type Incoming = Pin<Box<dyn Stream<Item = io::Result<Accepted>>>>;
-
 /// Requests to stop or hand over: signals in the program, anything a test
-/// sends. The first stops accepting; the next ends the drain at once.
+/// sends. The first stops accepting; a stop request after it ends the drain
+/// at once. A repeated hand-over request (two reloads in a row) is never a
+/// reason to cut anything: it is ignored, with a line.
 pub struct Stops(async_channel::Receiver<Request>);
 
 impl Stops {
@@ -66,6 +47,19 @@ impl Stops {
             Err(_) => future::pending().await,
         }
     }
+
+    /// Waits for the next stop request, once the relay is stopping or
+    /// handing over already.
+    async fn next_stop(&self) {
+        loop {
+            match self.next().await {
+                Request::Stop => return,
+                Request::HandOver => crate::info!(
+                    "SIGUSR2: a hand-over or drain is under way already; ignored (SIGTERM cuts the open connections)"
+                ),
+            }
+        }
+    }
 }
 
 /// Why the accept loop stopped.
@@ -75,6 +69,8 @@ enum Stop {
     Idle,
     /// The one inherited connection was taken.
     Exhausted,
+    /// The resolver helper died (why): drain, then exit non-zero.
+    Resolver(String),
 }
 
 /// What systemd's file descriptor store gave this instance, and whether it
@@ -97,6 +93,8 @@ pub enum Served {
     Unreached,
     /// Handed over (or, failing that, drained) for the next instance.
     HandedOver,
+    /// `--check`: the configuration is valid; nothing ran.
+    Checked,
 }
 
 /// Serves what LISTEN opened, and the connections handed over, until a
@@ -109,15 +107,19 @@ pub async fn serve(
     ready_fd: Option<OwnedFd>,
 ) -> io::Result<Served> {
     let connections = Connections::new();
-    let (limiter, throttle) = async_listen::backpressure::new(config.connections_max);
+    let limit = Limit::new(config.connections_max);
     let adopted = store.adopted.len();
+    // Closed once systemd has processed every removal sent before: adopted
+    // connections keep their linger 0 (a crash is a reset) until then, and
+    // no hand-over begins before it (it would store what is being removed).
+    let (forgotten, confirmed) = async_channel::bounded::<()>(1);
     for connection in store.adopted {
         crate::handover::commit(&connection);
         let debug = crate::log::enabled(crate::log::Level::Debug).then(|| {
-            Box::new((
+            (
                 connection.started,
                 crate::peer::describe(connection.relay.client.socket(), connection.peer),
-            ))
+            )
         });
         relay_here(
             &connections,
@@ -125,8 +127,20 @@ pub async fn serve(
             connection.relay,
             (connection.started, connection.last_moved),
             debug,
-            Some(limiter.token()),
+            Origin::Adopted(limit.token(), confirmed.clone()),
         );
+    }
+    if crate::notify::connected() {
+        crate::runtime::spawn(async move {
+            if let Err(e) = crate::notify::barrier(crate::handover::STORE_TIMEOUT).await {
+                crate::warn!(
+                    "systemd did not confirm that it forgot the adopted connections ({e}); closing them normally all the same"
+                );
+            }
+            drop(forgotten);
+        });
+    } else {
+        drop(forgotten);
     }
     if adopted > 0 {
         crate::info!(
@@ -198,16 +212,12 @@ pub async fn serve(
             config.connections_max
         );
     }
-    crate::runtime::spawn(crate::notify::keep_watchdog_happy());
+    crate::runtime::spawn(crate::notify::keep_watchdog_happy(crate::engine::alive));
     let counts = connections.clone();
     crate::runtime::spawn(crate::notify::report_status(endpoints, move || {
         (counts.active(), counts.total())
     }));
-    let mut incoming = incoming
-        .log_warnings(rate_limited_accept_warning())
-        .handle_errors(ACCEPT_ERROR_PAUSE)
-        .apply_backpressure(throttle)
-        .map(|accepted| (limiter.token(), accepted));
+    let mut incoming = Acceptor::new(incoming, limit);
 
     let stop = async {
         let signal = async {
@@ -216,6 +226,9 @@ pub async fn serve(
                 Request::HandOver => Stop::HandOver,
             }
         };
+        let signal = future::or(signal, async {
+            Stop::Resolver(crate::resolver::failed().await)
+        });
         match config.exit_idle_time {
             Some(span) if !single => {
                 future::or(signal, async {
@@ -268,7 +281,7 @@ pub async fn serve(
                     true
                 },
                 async {
-                    signals.next().await;
+                    signals.next_stop().await;
                     false
                 },
             )
@@ -286,8 +299,27 @@ pub async fn serve(
             drain(&connections, config.shutdown_timeout, &signals).await;
         }
         Stop::HandOver => {
+            // The removals of this instance's adoption come first.
+            let _ = confirmed.recv().await;
             hand_over(&connections, &config, store.occupied, &signals).await;
             return Ok(Served::HandedOver);
+        }
+        Stop::Resolver(why) => {
+            // No new helper (fork is unsound and exec forbidden by now): the
+            // supervisor starts a new relay. Open connections need none:
+            // with a store they go to the next instance, otherwise they
+            // drain here.
+            crate::warn!("{why}: host names cannot be resolved; stopping");
+            crate::notify::stopping(&format!("stopping: {why}"));
+            if store.occupied.is_some() {
+                let _ = confirmed.recv().await;
+                hand_over(&connections, &config, store.occupied, &signals).await;
+            } else {
+                drain(&connections, config.shutdown_timeout, &signals).await;
+            }
+            return Err(io::Error::other(format!(
+                "{why}: host names cannot be resolved"
+            )));
         }
     }
     if single && connections.unreached() > 0 {
@@ -319,15 +351,10 @@ async fn hand_over(
     crate::notify::status("handing connections over to the next instance");
     // Clients still being admitted or connected finish that first (within
     // --connect-timeout): a half-opened connection cannot be stored.
-    let opened = async {
-        while connections.opening() > 0 {
-            Timer::after(Duration::from_millis(1)).await;
-        }
-    };
     let patience = async {
         Timer::after(config.connect_timeout.unwrap_or(Duration::from_secs(10))).await;
     };
-    future::or(opened, patience).await;
+    future::or(connections.none_opening(), patience).await;
     let taken = match crate::engine::hand_over().await {
         Ok(taken) => taken,
         Err(e) => {
@@ -336,7 +363,13 @@ async fn hand_over(
             return;
         }
     };
-    match crate::handover::store(taken, occupied) {
+    // Everything sent to systemd before (removals above all) is processed
+    // before anything is stored.
+    let stored = match crate::notify::barrier(crate::handover::STORE_TIMEOUT).await {
+        Ok(()) => crate::handover::store(taken, Some(occupied)).await,
+        Err(e) => Err((taken, format!("systemd does not answer ({e})"))),
+    };
+    match stored {
         Ok(stored) => {
             crate::info!(
                 "handed {stored} connection{} to systemd's file descriptor store: exiting for the next instance",
@@ -356,15 +389,10 @@ async fn hand_over(
         }
         Err((rest, why)) => {
             crate::warn!(
-                "hand-over: {} connection{} not stored ({why}): draining them instead",
+                "hand-over: {} connection{} not stored ({why}): they go on here, and drain",
                 rest.len(),
                 if rest.len() == 1 { "" } else { "s" }
             );
-            for taken in rest {
-                let last_moved = taken.last_moved.unwrap_or_else(Instant::now);
-                let times = (taken.started, last_moved);
-                relay_here(connections, config, taken.relay, times, None, None);
-            }
             // The tasks of the connections taken off the engine end first,
             // so that the drain counts only what is open.
             loop {
@@ -374,106 +402,76 @@ async fn hand_over(
                     break;
                 }
             }
+            for taken in rest {
+                let last_moved = taken.last_moved.unwrap_or_else(Instant::now);
+                let times = (taken.started, last_moved);
+                relay_here(
+                    connections,
+                    config,
+                    taken.relay,
+                    times,
+                    None,
+                    Origin::TakenBack,
+                );
+            }
             crate::notify::stopping("restarting: draining");
             drain(connections, config.shutdown_timeout, signals).await;
         }
     }
 }
 
+/// Where an already open connection comes from.
+enum Origin {
+    /// Handed over by the previous instance: it holds a `-c` token, and its
+    /// sockets close cleanly only once the store has forgotten them (the
+    /// channel closes then).
+    Adopted(Token, async_channel::Receiver<()>),
+    /// Taken back from a hand-over that could not store it; counted
+    /// already.
+    TakenBack,
+}
+
 /// Relays a connection that is already open (handed over by the previous
 /// instance, or taken back from a hand-over that failed) until it ends, as
-/// a task of its own holding its `-c` token, if any. `times`: when it
-/// began and when a byte last moved.
+/// a task of its own. `times`: when it began and when a byte last moved.
 fn relay_here(
     connections: &Connections,
     config: &Rc<Config>,
     relay: relay::Relay,
     (started, last_moved): (Instant, Instant),
-    debug: Option<Box<(Instant, String)>>,
-    token: Option<async_listen::backpressure::Token>,
+    debug: Option<(Instant, String)>,
+    origin: Origin,
 ) {
+    let client = relay.client.socket().as_raw_fd();
+    let (entry, token, forgotten) = match origin {
+        Origin::Adopted(token, forgotten) => {
+            (connections.open(client), Some(token), Some(forgotten))
+        }
+        Origin::TakenBack => (connections.reopen(client), None, None),
+    };
     let task = Connection {
-        entry: connections.open(relay.client.socket().as_raw_fd()),
+        entry,
         config: config.clone(),
     };
     task.entry.set_backend(relay.backend.socket().as_raw_fd());
-    let running = task.relay(relay, started, last_moved, debug);
+    let extra =
+        (debug.is_some() || forgotten.is_some()).then(|| Box::new(Extra { debug, forgotten }));
+    let running = task.relay(relay, started, last_moved, extra);
     crate::runtime::spawn(async move {
         running.await;
         drop(token);
     });
 }
 
-/// A listener as a stream of accepted clients, and the socket file to
-/// remove when the stream is dropped.
-fn accept_stream(
-    listener: Listener,
-) -> io::Result<(Incoming, Option<crate::listener::SocketFile>)> {
-    let (socket, address, file) = listener.into_parts();
-    let tcp = socket
-        .local_addr()
-        .map(|a| a.as_socket().is_some())
-        .unwrap_or(false);
-    let socket = Async::new(socket)?;
-    crate::log::write(
-        crate::log::Level::Info,
-        true,
-        format_args!("listening on {address}"),
-    );
-    let stream = futures_lite::stream::unfold(
-        (socket, None::<OwnedFd>),
-        move |(socket, mut reserve)| async move {
-            let accepted = accept(&socket, &mut reserve, tcp).await;
-            Some((accepted, (socket, reserve)))
-        },
-    );
-    Ok((Box::pin(stream), file))
+/// What few connections carry, boxed (every byte of a connection's task is
+/// paid for each held connection): the start and peer for its `-v` line,
+/// and for an adopted connection, the channel that closes once the store
+/// has forgotten its sockets, which only then may close with a clean end of
+/// stream.
+struct Extra {
+    debug: Option<(Instant, String)>,
+    forgotten: Option<async_channel::Receiver<()>>,
 }
-
-/// Accepts one client once a descriptor is reserved for its socket towards
-/// CONNECT; without one, the client stays in the backlog.
-async fn accept(
-    socket: &Async<Socket>,
-    reserve: &mut Option<OwnedFd>,
-    tcp: bool,
-) -> io::Result<Accepted> {
-    if reserve.is_none() {
-        match socket.get_ref().as_fd().try_clone_to_owned() {
-            Ok(fd) => *reserve = Some(fd),
-            Err(e) => {
-                // Pooled pipes are a luxury next to a waiting client.
-                crate::pipe::release_pool();
-                return Err(io::Error::other(NoDescriptorToSpare(e)));
-            }
-        }
-    }
-    let (client, peer) = socket
-        .read_with(|s| s.accept4(libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC))
-        .await?;
-    Ok(Accepted {
-        socket: client,
-        peer: peer.as_socket(),
-        tcp,
-        reserve: reserve.take(),
-    })
-}
-
-/// Why the loop does not accept now: the client would get no socket
-/// towards CONNECT.
-#[derive(Debug)]
-struct NoDescriptorToSpare(io::Error);
-
-impl std::fmt::Display for NoDescriptorToSpare {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "no descriptor to spare for another client ({}): new clients wait in the backlog until a connection ends",
-            self.0
-        )
-    }
-}
-
-impl std::error::Error for NoDescriptorToSpare {}
 
 /// One connection's task.
 struct Connection {
@@ -488,11 +486,14 @@ impl Connection {
     async fn run(self, accepted: Box<Accepted>) {
         // For the -v line only; boxed, as every byte of this future is paid
         // for each held connection.
-        let debug = crate::log::enabled(crate::log::Level::Debug).then(|| {
-            Box::new((
-                Instant::now(),
-                crate::peer::describe(&accepted.socket, accepted.peer),
-            ))
+        let extra = crate::log::enabled(crate::log::Level::Debug).then(|| {
+            Box::new(Extra {
+                debug: Some((
+                    Instant::now(),
+                    crate::peer::describe(&accepted.socket, accepted.peer),
+                )),
+                forgotten: None,
+            })
         });
         // Boxed so that the task keeps only the relay's small state while it
         // lives, not the larger one of connecting.
@@ -503,7 +504,7 @@ impl Connection {
             return;
         };
         let now = Instant::now();
-        self.relay(relay::relay(client, backend), now, now, debug)
+        self.relay(relay::relay(client, backend), now, now, extra)
             .await;
     }
 
@@ -516,7 +517,7 @@ impl Connection {
         relay: relay::Relay,
         started: Instant,
         last_moved: Instant,
-        debug: Option<Box<(Instant, String)>>,
+        extra: Option<Box<Extra>>,
     ) -> impl std::future::Future<Output = ()> {
         self.entry.relaying();
         let ended = crate::engine::relay(relay, started, last_moved, self.config.idle_timeout);
@@ -531,7 +532,20 @@ impl Connection {
                     outcome,
                     sockets,
                 }) => {
-                    drop(sockets);
+                    let forgotten = extra.as_ref().and_then(|e| e.forgotten.clone());
+                    match (forgotten, sockets) {
+                        (Some(forgotten), Some((client, backend)))
+                            if matches!(outcome, Outcome::Done | Outcome::Idle) =>
+                        {
+                            // Closed by a task of their own, so that this
+                            // one stays small.
+                            crate::runtime::spawn(async move {
+                                let _ = forgotten.recv().await;
+                                crate::handover::clean_close(&[&client, &backend]);
+                            });
+                        }
+                        (_, sockets) => drop(sockets),
+                    }
                     (totals, outcome)
                 }
                 Err(e) => {
@@ -539,8 +553,7 @@ impl Connection {
                     return;
                 }
             };
-            if let Some(debug) = debug {
-                let (started, peer) = *debug;
+            if let Some((started, peer)) = extra.and_then(|e| e.debug) {
                 let how = match &outcome {
                     Outcome::Done => "closed".to_string(),
                     Outcome::Idle => format!(
@@ -695,7 +708,7 @@ async fn drain(connections: &Connections, timeout: Option<Duration>, signals: &S
         }
     };
     let again = async {
-        signals.next().await;
+        signals.next_stop().await;
         "second signal"
     };
     let why = future::or(finished, future::or(expired, again)).await;
@@ -707,37 +720,6 @@ async fn drain(connections: &Connections, timeout: Option<Duration>, signals: &S
         crate::warn!(
             "stopped: {why}; cutting {left} open connection{} (TCP peers get a reset)",
             if left == 1 { "" } else { "s" }
-        );
-    }
-}
-
-/// Logs accept errors that are not transient, at most once per interval,
-/// with the count of those not logged.
-fn rate_limited_accept_warning() -> impl FnMut(&io::Error) {
-    let mut throttle = crate::log::Throttle::new(ACCEPT_ERROR_LOG_INTERVAL);
-    move |error| {
-        let Some(held_back) = throttle.allow() else {
-            return;
-        };
-        if error
-            .get_ref()
-            .is_some_and(|e| e.downcast_ref::<NoDescriptorToSpare>().is_some())
-        {
-            crate::warn!(
-                "accepting paused: {error}{}",
-                crate::log::held_back(held_back)
-            );
-            return;
-        }
-        let hint = async_listen::error_hint(error);
-        crate::warn!(
-            "accept failed: {error}{}{}; retrying",
-            if hint.is_empty() {
-                String::new()
-            } else {
-                format!(". {hint}")
-            },
-            crate::log::held_back(held_back)
         );
     }
 }
@@ -774,7 +756,7 @@ mod tests {
     #[test]
     fn a_stop_request_ends_serving() {
         let config = crate::cli::config_for(&["127.0.0.1:0", "127.0.0.1:9"]);
-        let opened = crate::listener::open(&config.listen, Default::default()).unwrap();
+        let (opened, _) = crate::listener::open(&config.listen, Default::default()).unwrap();
         let (stop, stops) = async_channel::unbounded();
         stop.try_send(Request::Stop).unwrap();
         let served = crate::runtime::block_on(serve(

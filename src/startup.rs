@@ -28,6 +28,7 @@ pub fn main() -> ExitCode {
     let args: Vec<std::ffi::OsString> = args.collect();
     // Before parsing, so that even a usage error is logged the journal's way.
     log::init(log::Level::Info);
+    end_on_panic();
     let result = match cli::parse(&program, &args) {
         Ok(cli::Command::Print(text)) => {
             print!("{text}");
@@ -50,12 +51,65 @@ pub fn main() -> ExitCode {
     }
 }
 
+/// No thread may die while the process goes on looking healthy: a panic
+/// anywhere (the engine's thread, the runtime's, the reactor's) ends the
+/// relay with status 1 and one error line saying where. The listeners stay
+/// in systemd's store, if they are there, for the next instance.
+fn end_on_panic() {
+    std::panic::set_hook(Box::new(|info| {
+        let thread = std::thread::current();
+        let payload = info
+            .payload()
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| info.payload().downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "a panic".into());
+        let place = info
+            .location()
+            .map(|l| format!(" at {}:{}", l.file(), l.line()))
+            .unwrap_or_default();
+        crate::error!(
+            "internal failure in thread '{}': {}{place}; exiting",
+            thread.name().unwrap_or("unnamed"),
+            payload.replace('\n', " ")
+        );
+        std::process::exit(1);
+    }));
+}
+
+/// `--check`: everything a start would check before it binds, and nothing
+/// else (`systemctl reload` runs this first, so that a typo fails the
+/// reload instead of the next instance).
+fn check(config: &Config) -> Result<server::Served, Failure> {
+    listener::check(&config.listen)?;
+    if config.allow.is_active() && matches!(config.listen, endpoint::Endpoint::Tcp { .. }) {
+        return Err(Failure::Usage(format!(
+            "--allow-uid/--allow-gid: LISTEN '{}' is TCP (TCP clients have no credentials)",
+            config.listen
+        )));
+    }
+    sandbox::check_strict(&sandbox::Policy::derive(config)).map_err(Failure::Startup)?;
+    log::write(
+        log::Level::Info,
+        true,
+        format_args!(
+            "check: the configuration is valid: {} -> {}",
+            config.listen, config.connect
+        ),
+    );
+    Ok(server::Served::Checked)
+}
+
 /// Runs the relay until a clean stop or a hand-over.
 fn run(config: Config) -> Result<server::Served, Failure> {
     log::init(config.level);
+    log::set_timestamps(config.log_time);
+    if config.check {
+        return check(&config);
+    }
     let ready_fd = config.ready_fd.map(take_ready_fd).transpose()?;
     // 1. Open LISTEN with plain blocking calls: no threads exist yet.
-    let opened = listener::open(
+    let (opened, stale) = listener::open(
         &config.listen,
         FileOptions {
             mode: config.socket_mode,
@@ -74,7 +128,8 @@ fn run(config: Config) -> Result<server::Served, Failure> {
         )));
     }
     // Connections a previous instance stored, taken over (whatever LISTEN).
-    let passed = listener::passed_sockets().unwrap_or_default();
+    let passed = listener::passed_sockets()
+        .map_err(|e| Failure::Startup(format!("bad socket activation environment: {e}")))?;
     let passed_count = passed.len();
     let listen_fd = match config.listen {
         endpoint::Endpoint::Fd(fd) => Some(fd),
@@ -86,7 +141,7 @@ fn run(config: Config) -> Result<server::Served, Failure> {
     raise_fd_limit();
     // 2. Host names for CONNECT are resolved by a helper process with a
     //    policy of its own, forked while single-threaded and before the
-    //    signal handlers (it keeps the defaults).
+    //    signal handlers (it ignores stop signals instead).
     if let endpoint::Target::Tcp {
         host: endpoint::TargetHost::Name(_),
         ..
@@ -100,6 +155,13 @@ fn run(config: Config) -> Result<server::Served, Failure> {
     // 4. The notification socket is connected before the sandbox, which
     //    would refuse an abstract one.
     notify::connect();
+    // All listeners share one name in the store: once stale ones are gone
+    // from it, those that stay are stored again (after the removal, in
+    // order, so that systemd does not take them for duplicates).
+    let restore = stale.0 > 0;
+    if restore {
+        notify::remove_stored(listener::STORED_NAME);
+    }
     let mut opened = opened;
     let mut store = server::Store {
         adopted,
@@ -114,9 +176,15 @@ fn run(config: Config) -> Result<server::Served, Failure> {
             endpoint::Endpoint::SdListen(_) | endpoint::Endpoint::Fd(_) => {
                 notify::connected().then_some(0)
             }
-            _ => store_listeners(listeners),
+            _ => store_listeners(listeners, restore),
         };
-        store.occupied = stored.map(|new| kept + new);
+        let adopted_listeners = listeners.iter().filter(|l| l.from_store).count();
+        let gone = if restore {
+            stale.0 + adopted_listeners
+        } else {
+            0
+        };
+        store.occupied = stored.map(|new| kept.saturating_sub(gone) + new);
     }
     // 5. Confine the process while it has a single thread.
     confine(&config)?;
@@ -124,13 +192,15 @@ fn run(config: Config) -> Result<server::Served, Failure> {
     //    bytes, then the runtime.
     crate::engine::start()
         .map_err(|e| Failure::Startup(format!("cannot start the relay engine: {e}")))?;
+    runtime::start_reactor()
+        .map_err(|e| Failure::Startup(format!("cannot start the runtime: {e}")))?;
     let config = Rc::new(config);
     let signals = signals
         .into_async()
         .map_err(|e| Failure::Startup(e.to_string()))?;
     runtime::block_on(async move {
         notify::start();
-        resolver::start();
+        resolver::start()?;
         // Broken connections and unknown names must not stay in the store.
         for name in orphans {
             notify::remove_stored(&name);
@@ -149,14 +219,15 @@ fn run(config: Config) -> Result<server::Served, Failure> {
 /// Hands the listeners to systemd's file descriptor store, so that the
 /// next instance adopts them; their socket files then stay at exit (the
 /// unit's `RuntimeDirectory=` goes on `systemctl stop`). Returns how many
-/// were added to the store (adopted ones are there already).
-fn store_listeners(listeners: &mut listener::Listeners) -> Option<usize> {
+/// were added to the store (adopted ones are there already, unless `all`:
+/// their entries were removed).
+fn store_listeners(listeners: &mut listener::Listeners, all: bool) -> Option<usize> {
     use std::os::fd::AsFd;
     // An adopted listener is still in the store (systemd keeps it until
     // the unit stops).
     let fds: Vec<_> = listeners
         .iter()
-        .filter(|l| !l.from_store)
+        .filter(|l| all || !l.from_store)
         .map(|l| l.socket.as_fd())
         .collect();
     let stored = if fds.is_empty() {

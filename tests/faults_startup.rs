@@ -115,3 +115,44 @@ fn a_notify_socket_with_a_full_queue_does_not_keep_the_relay_from_serving() {
         ),
     }
 }
+
+/// Too few descriptors at start-up, whichever step runs out first (the
+/// sandbox, the engine, the runtime's reactor, the first accept): the relay
+/// either serves or exits 1 naming the cause, never panics (exit 101).
+#[test]
+fn too_few_descriptors_at_start_up_are_an_error_never_a_panic() {
+    let backend = Backend::tcp(echo);
+    let mut started = 0;
+    for limit in 8..=24 {
+        let mut command = command(&["127.0.0.1:0", &backend.connect_arg]);
+        limit_open_files(&mut command, limit);
+        let mut relay = Relay::start_command(command, 0);
+        let mut status = None;
+        wait_until(
+            &format!("the relay with {limit} descriptors to start or fail"),
+            || {
+                status = relay.wait_exit_within(Duration::from_millis(10));
+                status.is_some() || relay.log().contains("listening on")
+            },
+        );
+        let log = relay.log();
+        match status {
+            Some(status) => {
+                assert_eq!(status.code(), Some(1), "with {limit} descriptors: {log}");
+                assert!(
+                    log.contains("Too many open files") && !log.contains("panicked"),
+                    "with {limit} descriptors: {log}"
+                );
+            }
+            None => {
+                started += 1;
+                relay.signal(libc::SIGTERM);
+                assert!(
+                    relay.wait_exit().success(),
+                    "with {limit} descriptors: {log}"
+                );
+            }
+        }
+    }
+    assert!(started > 0, "24 descriptors are enough to start");
+}

@@ -7,143 +7,36 @@
 mod common;
 
 use std::io::{Read, Write};
-use std::mem::MaybeUninit;
 use std::net::{Shutdown, TcpListener, TcpStream};
-use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::fs::MetadataExt;
-use std::os::unix::net::{UnixDatagram, UnixStream};
+use std::os::unix::net::UnixStream;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use common::*;
 
-/// The service manager's notification socket and its file descriptor store.
-struct Manager {
-    socket: UnixDatagram,
-    dir: TempDir,
-    /// Stored descriptors, by name.
-    store: Vec<(String, OwnedFd)>,
-    /// `$FDSTORE` for the relays it starts: the store's size, which the
-    /// relay must know to hand connections over.
-    size: Option<&'static str>,
+/// A manager whose store holds 100 descriptors.
+fn manager() -> Manager {
+    Manager::with_max(100)
 }
 
-impl Manager {
-    fn new() -> Manager {
-        let dir = TempDir::new();
-        let socket = UnixDatagram::bind(dir.join("notify")).unwrap();
-        socket
-            .set_read_timeout(Some(Duration::from_millis(200)))
-            .unwrap();
-        Manager {
-            socket,
-            dir,
-            store: Vec::new(),
-            size: None,
-        }
-    }
+/// A manager whose store holds 100 descriptors, and says so (`$FDSTORE`, as
+/// systemd 254 and later do).
+fn manager_saying_its_size() -> Manager {
+    let mut manager = manager();
+    manager.size = Some("100".into());
+    manager
+}
 
-    /// A manager whose store holds 100 descriptors, and says so.
-    fn with_store() -> Manager {
-        Manager {
-            size: Some("100"),
-            ..Manager::new()
-        }
-    }
-
-    fn notify_socket(&self) -> String {
-        self.dir.arg("notify")
-    }
-
-    /// Reads messages until `READY=1`, keeping what comes with `FDSTORE=1`.
-    fn until_ready(&mut self) {
-        self.receive_until("READY=1");
-    }
-
-    /// Reads messages until one has the line `wanted`, as systemd does:
-    /// `FDSTORE=1` keeps the descriptors under `FDNAME=`, `FDSTOREREMOVE=1`
-    /// drops that name, and any other descriptor (`BARRIER=1`'s) is closed
-    /// once the message is read.
-    fn receive_until(&mut self, wanted: &str) -> String {
-        use rustix::net::{RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags};
-        let deadline = Instant::now() + DEADLINE;
-        while Instant::now() < deadline {
-            let mut data = [0u8; 4096];
-            let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(8))];
-            let mut control = RecvAncillaryBuffer::new(&mut space);
-            let received = rustix::net::recvmsg(
-                &self.socket,
-                &mut [std::io::IoSliceMut::new(&mut data)],
-                &mut control,
-                RecvFlags::CMSG_CLOEXEC,
-            );
-            let Ok(received) = received else {
-                continue;
-            };
-            let text = String::from_utf8_lossy(&data[..received.bytes]).into_owned();
-            let mut fds = Vec::new();
-            for message in control.drain() {
-                if let RecvAncillaryMessage::ScmRights(rights) = message {
-                    fds.extend(rights);
-                }
-            }
-            let name = text
-                .lines()
-                .find_map(|l| l.strip_prefix("FDNAME="))
-                .unwrap_or("stored")
-                .to_string();
-            if text.lines().any(|l| l == "FDSTORE=1") {
-                self.store
-                    .extend(fds.into_iter().map(|fd| (name.clone(), fd)));
-            } else if text.lines().any(|l| l == "FDSTOREREMOVE=1") {
-                self.store.retain(|(n, _)| *n != name);
-            }
-            if text.lines().any(|l| l == wanted) {
-                return text;
-            }
-        }
-        panic!("no {wanted} within {DEADLINE:?}");
-    }
-
-    /// The names of what is stored.
-    fn names(&self) -> Vec<&str> {
-        self.store.iter().map(|(n, _)| n.as_str()).collect()
-    }
-
-    /// Asks `relay` to hand over (SIGUSR2, what `systemctl reload` sends),
-    /// keeps what it stores, and checks that it exits asking to be
-    /// restarted (status 3).
-    fn hand_over(&mut self, relay: Relay) -> String {
-        relay.signal(libc::SIGUSR2);
-        self.receive_until("BARRIER=1");
-        exits_for_a_restart(relay)
-    }
-
-    /// A relay started with NOTIFY_SOCKET, and with the store passed back
-    /// as systemd passes it (descriptors 3…, LISTEN_FDNAMES).
-    fn start(&mut self, args: &[&str]) -> Relay {
-        let command = self.command(args);
-        let relay = Relay::start_command(command, 1);
-        self.until_ready();
-        relay
-    }
-
-    /// The command that starts the next instance, as systemd would.
-    fn command(&self, args: &[&str]) -> std::process::Command {
-        let fds: Vec<i32> = self.store.iter().map(|(_, fd)| fd.as_raw_fd()).collect();
-        let names: Vec<&str> = self.store.iter().map(|(n, _)| n.as_str()).collect();
-        let mut command = if fds.is_empty() {
-            command(args)
-        } else {
-            socket_activated(args, &fds, &names)
-        };
-        command.env("NOTIFY_SOCKET", self.notify_socket());
-        if let Some(size) = self.size {
-            command.env("FDSTORE", size);
-        }
-        command
-    }
+/// Asks `relay` to hand over (SIGUSR2, what `systemctl reload` sends),
+/// checks that it exits asking to be restarted (status 3), and waits until
+/// the manager has processed all it sent; its log.
+fn hand_over(manager: &mut Manager, relay: Relay) -> String {
+    relay.signal(libc::SIGUSR2);
+    let log = exits_for_a_restart(relay);
+    manager.settle();
+    log
 }
 
 #[test]
@@ -152,10 +45,9 @@ fn a_unix_listener_survives_a_restart_and_the_client_in_between_is_served() {
     let backend = Backend::tcp(echo);
     let socket = dir.arg("relay.sock");
     let args = ["--fd-store", &socket, &backend.connect_arg];
-    let mut manager = Manager::new();
+    let mut manager = manager();
     let mut first = manager.start(&args);
-    assert_eq!(manager.store.len(), 1, "one listener stored");
-    assert_eq!(manager.store[0].0, "listener");
+    assert_eq!(manager.names(), ["listener"], "one listener stored");
     let inode = std::fs::metadata(&socket).unwrap().ino();
     assert_eq!(exchange(connect(&socket), b"before".to_vec()), b"before");
 
@@ -190,7 +82,7 @@ fn a_unix_listener_survives_a_restart_and_the_client_in_between_is_served() {
 fn a_tcp_listener_on_port_0_keeps_its_port_across_a_restart() {
     let backend = Backend::tcp(echo);
     let args = ["--fd-store", "127.0.0.1:0", &backend.connect_arg];
-    let mut manager = Manager::new();
+    let mut manager = manager();
     let mut first = manager.start(&args);
     let address = first.address().to_string();
     first.signal(libc::SIGTERM);
@@ -210,25 +102,257 @@ fn without_fd_store_nothing_is_stored_and_the_socket_file_goes() {
     let dir = TempDir::new();
     let backend = Backend::tcp(echo);
     let socket = dir.arg("relay.sock");
-    let mut manager = Manager::new();
+    let mut manager = manager();
     let mut relay = manager.start(&[&socket, &backend.connect_arg]);
-    assert!(manager.store.is_empty());
+    assert!(manager.names().is_empty());
     relay.signal(libc::SIGTERM);
     assert!(relay.wait_exit().success());
     assert!(!std::path::Path::new(&socket).exists());
 }
 
 #[test]
-fn a_stored_listener_for_another_path_is_not_adopted() {
+fn a_stored_listener_that_listen_no_longer_names_is_closed_with_its_file_and_leaves_the_store() {
     let dir = TempDir::new();
     let backend = Backend::tcp(echo);
-    let mut manager = Manager::new();
-    let mut first = manager.start(&["--fd-store", &dir.arg("a.sock"), &backend.connect_arg]);
+    let mut manager = manager();
+    let old = dir.arg("a.sock");
+    let mut first = manager.start(&["--fd-store", &old, &backend.connect_arg]);
     first.signal(libc::SIGTERM);
     assert!(first.wait_exit().success());
+    // A client arrives during the restart, at the old path.
+    let mut waiting = UnixStream::connect(&old).expect("the stored listener's backlog");
     let second = manager.start(&["--fd-store", &dir.arg("b.sock"), &backend.connect_arg]);
     assert!(!second.log().contains("adopted"), "{}", second.log());
+    assert!(
+        second
+            .log()
+            .contains("closed 1 stored listener that LISTEN no longer names"),
+        "{}",
+        second.log()
+    );
+    assert!(
+        !std::path::Path::new(&old).exists(),
+        "the old socket file went with its listener"
+    );
+    waiting.set_read_timeout(Some(DEADLINE)).unwrap();
+    let mut byte = [0u8; 1];
+    match waiting.read(&mut byte) {
+        Ok(0) | Err(_) => {}
+        Ok(_) => panic!("bytes from a stale listener"),
+    }
     assert_eq!(exchange(connect(&dir.arg("b.sock")), b"b".to_vec()), b"b");
+    manager.settle();
+    assert_eq!(
+        manager.names(),
+        ["listener"],
+        "only the new listener is stored"
+    );
+}
+
+#[test]
+fn a_second_hand_over_request_during_a_drain_cuts_nothing() {
+    let backend = Backend::tcp(echo);
+    let mut relay = Relay::start(&["127.0.0.1:0", &backend.connect_arg]);
+    let mut client = exchanged(&relay);
+    relay.signal(libc::SIGUSR2);
+    relay.wait_for_line("no file descriptor store");
+    relay.signal(libc::SIGUSR2);
+    relay.wait_for_line("ignored");
+    client.write_all(b"still").unwrap();
+    let mut reply = [0u8; 5];
+    client.read_exact(&mut reply).expect("still relayed");
+    assert_eq!(&reply, b"still");
+    client.shutdown(Shutdown::Write).unwrap();
+    let mut rest = Vec::new();
+    client
+        .read_to_end(&mut rest)
+        .expect("a clean end, not a cut");
+    let log = exits_for_a_restart(relay);
+    assert!(!log.contains("cutting"), "{log}");
+}
+
+#[test]
+fn an_instance_killed_before_the_store_forgot_its_connections_leaves_them_cut_not_ended() {
+    let (backends, backend_address) = held_backend();
+    let args = ["--fd-store", "127.0.0.1:0", &backend_address];
+    let mut manager = manager();
+    let first = manager.start(&args);
+    let mut client = TcpStream::connect(first.address()).unwrap();
+    let (mut backend, _) = backends.accept().unwrap();
+    client.write_all(b"part").unwrap();
+    let mut got = [0u8; 4];
+    backend.read_exact(&mut got).unwrap();
+    let _ = hand_over(&mut manager, first);
+
+    // PID 1 is busy: the next instance's removals wait in the socket.
+    manager.pause();
+    let mut second = Relay::start_command(manager.command(&args), 1);
+    manager.spawned();
+    assert!(
+        second.log().contains("took over 1 connection"),
+        "{}",
+        second.log()
+    );
+    second.signal(libc::SIGKILL);
+    let _ = second.wait_exit();
+    // Processing the removal closes systemd's copies, the last ones.
+    manager.resume();
+    manager.settle();
+    client.set_read_timeout(Some(DEADLINE)).unwrap();
+    backend.set_read_timeout(Some(DEADLINE)).unwrap();
+    let mut byte = [0u8; 1];
+    for (side, conn) in [("client", &mut client), ("backend", &mut backend)] {
+        let error = conn
+            .read(&mut byte)
+            .expect_err(&format!("the {side} sees an abort, not a clean end"));
+        assert_eq!(
+            error.kind(),
+            std::io::ErrorKind::ConnectionReset,
+            "{side}: {error}"
+        );
+    }
+}
+
+#[test]
+fn a_hand_over_right_after_an_adoption_waits_for_the_removals_and_loses_nothing() {
+    let backend = Backend::tcp(echo);
+    let args = ["--fd-store", "127.0.0.1:0", &backend.connect_arg];
+    let mut manager = manager_saying_its_size();
+    let first = manager.start(&args);
+    let mut clients: Vec<TcpStream> = (0..8).map(|_| exchanged(&first)).collect();
+    let _ = hand_over(&mut manager, first);
+
+    // PID 1 is late: the next instance's 16 removals fill the notification
+    // socket (net.unix.max_dgram_qlen, 10 here) and wait, and a reload
+    // comes at once. Its store messages must not overtake those removals:
+    // systemd would drop each socket it still holds under its old name as
+    // a duplicate, and the removal would then delete the only copy.
+    manager.pause();
+    let second = Relay::start_command(manager.command(&args), 1);
+    manager.spawned();
+    assert!(
+        second.log().contains("took over 8 connections"),
+        "{}",
+        second.log()
+    );
+    second.signal(libc::SIGUSR2);
+    // Long enough for a relay that does not wait to send what it stores.
+    let until = Instant::now() + Duration::from_millis(500);
+    while Instant::now() < until {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    manager.resume();
+    let log = exits_for_a_restart(second);
+    assert!(log.contains("handed 8 connections"), "{log}");
+    manager.settle();
+    assert!(manager.refused().is_empty(), "{:?}", manager.refused());
+    let third = manager.start(&args);
+    assert!(
+        third.log().contains("took over 8 connections"),
+        "{}",
+        third.log()
+    );
+    for client in &mut clients {
+        client.write_all(b"q").unwrap();
+        let mut byte = [0u8; 1];
+        client
+            .read_exact(&mut byte)
+            .expect("every connection still relayed");
+        assert_eq!(&byte, b"q");
+    }
+}
+
+#[test]
+fn forged_descriptors_under_a_connections_name_are_refused_and_removed_from_the_store() {
+    use std::os::fd::OwnedFd;
+    let (backends, backend_address) = held_backend();
+    let mut manager = manager();
+    let backend_socket = || {
+        let socket = TcpStream::connect(&backend_address).unwrap();
+        socket.set_nonblocking(true).unwrap();
+        OwnedFd::from(socket)
+    };
+    let state = "client,v=1,up=0,down=0,ended=-,copy=-,age=0,idle=0";
+    // A pipe with bytes in it, stored as the client socket.
+    let (read, write) = rustix::pipe::pipe().unwrap();
+    rustix::io::write(&write, b"foreign").unwrap();
+    manager.put(&format!("conn.1.1.{state}"), read);
+    manager.put("conn.1.1.backend", backend_socket());
+    // A blocking socket, with bytes waiting.
+    let (blocking, peer) = UnixStream::pair().unwrap();
+    (&peer).write_all(b"foreign").unwrap();
+    manager.put(&format!("conn.1.2.{state}"), OwnedFd::from(blocking));
+    manager.put("conn.1.2.backend", backend_socket());
+    // The two ends of two different pipes for the bytes in flight.
+    let (client, _client_peer) = UnixStream::pair().unwrap();
+    client.set_nonblocking(true).unwrap();
+    let (one_read, one_write) = rustix::pipe::pipe().unwrap();
+    let (other_read, other_write) = rustix::pipe::pipe().unwrap();
+    rustix::io::write(&other_write, b"foreign").unwrap();
+    for fd in [&one_read, &one_write, &other_read, &other_write] {
+        rustix::io::ioctl_fionbio(fd, true).unwrap();
+    }
+    manager.put(&format!("conn.1.3.{state}"), OwnedFd::from(client));
+    manager.put("conn.1.3.backend", backend_socket());
+    manager.put("conn.1.3.up.read", one_read);
+    manager.put("conn.1.3.up.write", other_write);
+    drop((one_write, other_read));
+
+    let relay = manager.start(&["--fd-store", "127.0.0.1:0", &backend_address]);
+    let log = relay.log();
+    for (id, why) in [
+        ("conn.1.1", "has a client socket that is not a socket"),
+        ("conn.1.2", "has a client socket that is blocking"),
+        ("conn.1.3", "two ends belong to different pipes"),
+    ] {
+        assert!(
+            log.lines().any(|l| l.contains(id) && l.contains(why)),
+            "{id}: {why}: {log}"
+        );
+    }
+    assert!(!log.contains("took over"), "{log}");
+    manager.settle();
+    assert_eq!(manager.names(), ["listener"], "every forged entry removed");
+    // The backend hears nothing foreign: each connection just ends.
+    drop(manager);
+    backends.set_nonblocking(false).unwrap();
+    for _ in 0..3 {
+        let (mut conn, _) = backends.accept().unwrap();
+        conn.set_read_timeout(Some(DEADLINE)).unwrap();
+        let mut seen = Vec::new();
+        let _ = conn.read_to_end(&mut seen);
+        assert!(
+            seen.is_empty(),
+            "foreign bytes reached the backend: {seen:?}"
+        );
+    }
+}
+
+#[test]
+fn a_connection_taken_back_is_counted_once_in_the_status() {
+    let backend = Backend::tcp(echo);
+    let args = ["--fd-store", "127.0.0.1:0", &backend.connect_arg];
+    let mut manager = manager();
+    manager.size = Some("2".into());
+    let mut relay = manager.start(&args);
+    let mut client = exchanged(&relay);
+    relay.signal(libc::SIGUSR2);
+    relay.wait_for_line("not stored");
+    // STATUS= follows the counts within a second of a change; give it two.
+    let until = Instant::now() + Duration::from_secs(2);
+    while Instant::now() < until {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    manager.settle();
+    let statuses = manager.lines("STATUS=");
+    assert!(
+        !statuses.iter().any(|s| s.contains("2 total")),
+        "{statuses:?}"
+    );
+    client.shutdown(Shutdown::Write).unwrap();
+    let mut rest = Vec::new();
+    client.read_to_end(&mut rest).unwrap();
+    let _ = exits_for_a_restart(relay);
 }
 
 /// A TCP client of `relay` whose one-byte exchange went through: it is
@@ -294,7 +418,7 @@ fn a_hand_over_moves_open_connections_with_their_bytes_in_flight_to_the_next_ins
     let socket = dir.arg("relay.sock");
     let (backends, backend_address) = held_backend();
     let args = ["--fd-store", "-v", &socket, &backend_address];
-    let mut manager = Manager::with_store();
+    let mut manager = manager_saying_its_size();
     let first = manager.start(&args);
 
     let client: Box<dyn Conn> = connect(&socket);
@@ -309,13 +433,13 @@ fn a_hand_over_moves_open_connections_with_their_bytes_in_flight_to_the_next_ins
     until_stalled(&up_written);
     until_stalled(&down_written);
 
-    let log = manager.hand_over(first);
+    let log = hand_over(&mut manager, first);
     assert!(
         log.contains("handed 1 connection to systemd's file descriptor store"),
         "{log}"
     );
     let names = manager.names();
-    assert!(names.contains(&"listener"), "{names:?}");
+    assert!(names.iter().any(|n| n == "listener"), "{names:?}");
     let client_name = names
         .iter()
         .find(|n| n.contains(".client,"))
@@ -389,7 +513,7 @@ fn a_half_closed_connection_stays_half_closed_and_the_proxy_header_is_not_sent_t
         "127.0.0.1:0",
         &backend_address,
     ];
-    let mut manager = Manager::with_store();
+    let mut manager = manager_saying_its_size();
     let first = manager.start(&args);
     let address = first.address().to_string();
 
@@ -406,7 +530,7 @@ fn a_half_closed_connection_stays_half_closed_and_the_proxy_header_is_not_sent_t
         "{seen:?}"
     );
 
-    let _ = manager.hand_over(first);
+    let _ = hand_over(&mut manager, first);
     let client_name = manager
         .names()
         .into_iter()
@@ -435,7 +559,7 @@ fn a_half_closed_connection_stays_half_closed_and_the_proxy_header_is_not_sent_t
 fn a_stored_connection_nobody_takes_over_ends_as_a_reset() {
     let (backends, backend_address) = held_backend();
     let args = ["--fd-store", "127.0.0.1:0", &backend_address];
-    let mut manager = Manager::with_store();
+    let mut manager = manager_saying_its_size();
     let first = manager.start(&args);
     let mut client = TcpStream::connect(first.address()).unwrap();
     let (mut backend, _) = backends.accept().unwrap();
@@ -443,9 +567,9 @@ fn a_stored_connection_nobody_takes_over_ends_as_a_reset() {
     let mut got = [0u8; 10];
     backend.read_exact(&mut got).unwrap();
 
-    let _ = manager.hand_over(first);
+    let _ = hand_over(&mut manager, first);
     // `systemctl stop`: systemd closes what it stored.
-    manager.store.clear();
+    manager.clear();
     client.set_read_timeout(Some(DEADLINE)).unwrap();
     backend.set_read_timeout(Some(DEADLINE)).unwrap();
     let mut byte = [0u8; 1];
@@ -488,19 +612,18 @@ fn without_a_store_a_hand_over_request_drains_and_exits_for_a_restart() {
 fn a_store_too_small_for_the_connections_means_a_drain_said_in_one_line() {
     let backend = Backend::tcp(echo);
     let args = ["--fd-store", "127.0.0.1:0", &backend.connect_arg];
-    let mut manager = Manager::new();
-    let mut command = command(&args);
-    // The listener and one connection need 3 descriptors.
-    command
-        .env("FDSTORE", "2")
-        .env("NOTIFY_SOCKET", manager.notify_socket());
-    let mut relay = Relay::start_command(command, 1);
-    manager.until_ready();
+    let mut manager = manager();
+    // The listener and one connection need 3 descriptors, and one more
+    // checks the store.
+    manager.size = Some("3".into());
+    let mut relay = manager.start(&args);
     let mut client = exchanged(&relay);
     relay.signal(libc::SIGUSR2);
     let line = relay.wait_for_line("not stored");
     assert!(
-        line.contains("need 3 descriptors in the store, which holds 2"),
+        line.contains(
+            "need 3 descriptors in the store and one to check it, and $FDSTORE says it holds 3"
+        ),
         "{line}"
     );
     client.write_all(b"y").unwrap();
@@ -509,7 +632,72 @@ fn a_store_too_small_for_the_connections_means_a_drain_said_in_one_line() {
     assert_eq!(&byte, b"y", "still relayed while draining");
     client.shutdown(Shutdown::Write).unwrap();
     let _ = exits_for_a_restart(relay);
+    manager.settle();
     assert_eq!(manager.names(), ["listener"], "no connection stored");
+}
+
+/// Reads everything the stalled upload sends, checks it, and ends the
+/// connection cleanly; the relay's log once it has exited for a restart.
+fn finish_stalled_upload(stalled: Stalled) -> String {
+    let Stalled {
+        relay,
+        client,
+        mut backend,
+        data,
+        writer,
+    } = stalled;
+    let got = read_exactly(&mut *backend, data.len());
+    writer.join().unwrap();
+    assert!(got == *data, "every byte, once, in order");
+    let mut client = client;
+    client.shutdown_write();
+    let (rest, closed) = read_until_closed(&mut *backend);
+    assert!(rest.is_empty() && closed, "a clean end towards the backend");
+    backend.shutdown_write();
+    assert!(
+        read_to_end(&mut *client).is_empty(),
+        "a clean end towards the client"
+    );
+    exits_for_a_restart(relay)
+}
+
+#[test]
+fn a_connection_the_store_cannot_take_goes_on_even_with_its_write_side_blocked() {
+    let (backends, backend_address) = held_backend();
+    let args = ["--fd-store", "127.0.0.1:0", &backend_address];
+    let mut manager = manager();
+    manager.size = Some("2".into());
+    let mut stalled = stalled_upload(&mut manager, &args, &backends);
+    // The backend reads nothing: the relay's writes towards it are blocked
+    // when the connection is taken off the engine, and given back.
+    stalled.relay.signal(libc::SIGUSR2);
+    let line = stalled.relay.wait_for_line("not stored");
+    assert!(line.contains("they go on here"), "{line}");
+    let log = finish_stalled_upload(stalled);
+    assert!(!log.contains("cutting"), "{log}");
+}
+
+#[test]
+fn a_store_smaller_than_it_says_is_found_out_and_nothing_is_lost() {
+    let (backends, backend_address) = held_backend();
+    let args = ["--fd-store", "127.0.0.1:0", &backend_address];
+    // FileDescriptorStoreMax= lowered to 3 in a drop-in, while $FDSTORE (set
+    // by the unit) still says 100: the listener and the connection's two
+    // sockets fit, its pipe and the check do not.
+    let mut manager = Manager::with_max(3);
+    manager.size = Some("100".into());
+    let mut stalled = stalled_upload(&mut manager, &args, &backends);
+    stalled.relay.signal(libc::SIGUSR2);
+    let line = stalled.relay.wait_for_line("not stored");
+    assert!(line.contains("systemd did not keep them all"), "{line}");
+    let _ = finish_stalled_upload(stalled);
+    manager.settle();
+    assert_eq!(
+        manager.names(),
+        ["listener"],
+        "what reached the store was removed from it: {:?}",
+        manager.refused()
+    );
 }
 
 /// One connection with 8 MiB on its way up that the backend does not read
@@ -544,7 +732,7 @@ fn an_instance_that_fails_after_adopting_leaves_the_connections_intact_for_the_n
     let socket = dir.arg("relay.sock");
     let (backends, backend_address) = held_backend();
     let args = ["--fd-store", &socket, &backend_address];
-    let mut manager = Manager::with_store();
+    let mut manager = manager_saying_its_size();
     let Stalled {
         relay: first,
         client,
@@ -552,7 +740,7 @@ fn an_instance_that_fails_after_adopting_leaves_the_connections_intact_for_the_n
         data,
         writer,
     } = stalled_upload(&mut manager, &args, &backends);
-    let _ = manager.hand_over(first);
+    let _ = hand_over(&mut manager, first);
     let stored = manager.names().join(" ");
     assert!(
         stored.contains(".up.read"),
@@ -604,10 +792,7 @@ fn a_store_that_refuses_mid_way_means_a_drain_not_a_cut() {
     drop(notify);
     relay.signal(libc::SIGUSR2);
     let line = relay.wait_for_line("not stored");
-    assert!(
-        line.contains("2 connections not stored (systemd did not take a descriptor"),
-        "{line}"
-    );
+    assert!(line.contains("2 connections not stored (systemd"), "{line}");
     for client in &mut clients {
         client.set_read_timeout(Some(DEADLINE)).unwrap();
         client.write_all(b"two").unwrap();
@@ -630,18 +815,31 @@ fn a_store_that_refuses_mid_way_means_a_drain_not_a_cut() {
 }
 
 #[test]
-fn without_the_store_size_connections_are_drained_not_stored() {
+fn without_the_store_size_connections_are_handed_over_and_checked() {
     let backend = Backend::tcp(echo);
     let args = ["--fd-store", "127.0.0.1:0", &backend.connect_arg];
-    let mut manager = Manager::new();
-    let mut relay = manager.start(&args);
-    let client = exchanged(&relay);
-    relay.signal(libc::SIGUSR2);
-    let line = relay.wait_for_line("not stored");
-    assert!(line.contains("$FDSTORE is not set"), "{line}");
-    client.shutdown(Shutdown::Write).unwrap();
-    let _ = exits_for_a_restart(relay);
-    assert_eq!(manager.names(), ["listener"], "no connection stored");
+    // systemd 252 does not say how large the store is ($FDSTORE).
+    let mut manager = manager();
+    let relay = manager.start(&args);
+    let mut client = exchanged(&relay);
+    let log = hand_over(&mut manager, relay);
+    assert!(log.contains("handed 1 connection"), "{log}");
+    let next = manager.start(&args);
+    assert!(
+        next.log().contains("took over 1 connection"),
+        "{}",
+        next.log()
+    );
+    client.write_all(b"z").unwrap();
+    let mut byte = [0u8; 1];
+    client.read_exact(&mut byte).unwrap();
+    assert_eq!(&byte, b"z");
+    manager.settle();
+    assert_eq!(
+        manager.names(),
+        ["listener"],
+        "the check left the store too"
+    );
 }
 
 #[test]
@@ -659,11 +857,11 @@ fn a_client_still_connecting_when_the_hand_over_goes_on_is_cut_with_a_reset() {
         "127.0.0.1:0",
         &missing,
     ];
-    let mut manager = Manager::with_store();
+    let mut manager = manager_saying_its_size();
     let relay = manager.start(&args);
     let mut client = TcpStream::connect(relay.address()).unwrap();
     client.write_all(b"waiting").unwrap();
-    let log = manager.hand_over(relay);
+    let log = hand_over(&mut manager, relay);
     assert!(log.contains("1 client still connecting"), "{log}");
     client.set_read_timeout(Some(DEADLINE)).unwrap();
     let mut byte = [0u8; 1];

@@ -265,6 +265,52 @@ fn watchdog_keepalives_when_asked() {
     );
 }
 
+/// The watchdog watches the data path: once the engine thread is stuck (a
+/// test build's fault at its first connection), WATCHDOG=1 stops, with a
+/// warning, so that systemd's WatchdogSec= restarts the relay.
+#[test]
+fn no_watchdog_while_the_engine_is_stuck() {
+    let backend = Backend::tcp(echo);
+    let mut notifications = Notifications::new();
+    let mut command = watched(&notifications, &backend, None);
+    command.env("SIMPLETCPUNIXRELAY_TEST_ENGINE", "hang");
+    let mut relay = Relay::start_command(command, 1);
+    notifications.wait_for("READY=1");
+    notifications.wait_for("WATCHDOG=1");
+    let _client = std::net::TcpStream::connect(relay.address()).unwrap();
+    relay.wait_for_line("the relay engine did not answer");
+    // Pings already on their way may still arrive; then, for ten intervals
+    // (2 s), none.
+    while notifications
+        .wait_within(Duration::from_millis(300), |m| has_line(m, "WATCHDOG=1"))
+        .is_some()
+    {}
+    let watchdog = notifications.wait_within(Duration::from_secs(2), |m| has_line(m, "WATCHDOG=1"));
+    assert_eq!(watchdog, None, "{:?}", notifications.received);
+}
+
+/// No thread may die while the process goes on: the engine thread failing
+/// (a test build's panic at its first connection) ends the relay with status
+/// 1 and one error line saying where, instead of a process that accepts and
+/// drops every client.
+#[test]
+fn a_failing_engine_ends_the_relay_with_status_1() {
+    let backend = Backend::tcp(echo);
+    let mut command = command(&["127.0.0.1:0", &backend.connect_arg]);
+    command.env("SIMPLETCPUNIXRELAY_TEST_ENGINE", "panic");
+    let mut relay = Relay::start_command(command, 1);
+    let _client = std::net::TcpStream::connect(relay.address()).unwrap();
+    let (status, log) = relay.finish();
+    assert_eq!(status.code(), Some(1), "{log}");
+    let errors: Vec<&str> = log.lines().filter(|l| l.contains("error:")).collect();
+    assert_eq!(errors.len(), 1, "{log}");
+    assert!(
+        errors[0].contains("thread 'relay-io'")
+            && errors[0].contains("a test asked the engine to fail"),
+        "{log}"
+    );
+}
+
 /// WATCHDOG_PID naming another process: the watchdog is not ours to feed.
 #[test]
 fn no_watchdog_for_another_pid() {
@@ -414,7 +460,8 @@ fn assert_usage_error(status: ExitStatus, stderr: &str, argument: &str, reason: 
 }
 
 /// Misuse is a usage error (exit 2, one line naming the argument): `sd-listen`
-/// with nothing passed, `fd:N` on a file, and, under socket activation,
+/// with nothing passed or with LISTEN_FDNAMES not naming every descriptor,
+/// `fd:N` on a file, and, under socket activation,
 /// `sd-listen:NAME` matching no socket and `fd:3` on a datagram socket.
 /// Nothing is removed.
 #[test]
@@ -431,6 +478,21 @@ fn activation_misuse_is_a_usage_error() {
         &output.stderr,
         "sd-listen",
         "no sockets were passed",
+    );
+
+    // A name for every passed descriptor, or none: sd_listen_fds_with_names
+    // refuses anything else, and so does the relay.
+    let mut miscounted = command(&["sd-listen", &backend.connect_arg]);
+    miscounted
+        .env("LISTEN_FDS", "1")
+        .env("LISTEN_FDNAMES", "a:b")
+        .env_remove("LISTEN_PID");
+    let output = run_command(miscounted);
+    assert_usage_error(
+        output.status,
+        &output.stderr,
+        "sd-listen",
+        "LISTEN_FDNAMES names 2 descriptors but LISTEN_FDS passes 1",
     );
 
     let on_a_file = command(&["fd:0", &backend.connect_arg]);
@@ -1431,6 +1493,126 @@ fn hand_over_restarts_under_systemd_in_nspawn() {
     }
     assert_eq!(container.ok("systemctl --failed --no-legend").trim(), "");
     eprintln!("hand-over test took {:.1?}", started.elapsed());
+}
+
+/// The failure paths of `systemctl reload`, under systemd 252 as PID 1,
+/// with a ping-pong client through reexpose@ all along:
+/// - a typo in the environment file fails the reload with the relay's own
+///   message (ExecReload= runs `--check` first), and the running instance
+///   and its connection go on untouched;
+/// - a drop-in that lowers FileDescriptorStoreMax= below what the hand-over
+///   needs: the relay finds out that systemd did not keep everything, takes
+///   the connection back and drains it, and the next instance starts;
+/// - a restart with another LISTEN closes the stored listener it no longer
+///   names (its clients are refused, not left waiting) and leaves only the
+///   new one in the store.
+#[test]
+fn reload_failure_paths_under_systemd_in_nspawn() {
+    let Some((container, _stage)) = boot_with_units() else {
+        return;
+    };
+    let expose = "simpletcpunixrelay-expose@foobar.service";
+    let reexpose = "simpletcpunixrelay-reexpose@foobar.service";
+    let env = "/etc/simpletcpunixrelay/reexpose-foobar.env";
+    container.ok(&format!(
+        "systemctl start foobar.service {expose} && systemctl start {reexpose}"
+    ));
+    background(
+        &container,
+        "pingpong",
+        "perl /stage/pingpong.pl 127.0.0.1:8081 /tmp/stop-pingpong",
+    );
+    let status = format!("systemctl show -p StatusText --value {reexpose}");
+    wait_until("the ping-pong client through reexpose@", || {
+        container.sh(&status).stdout.contains(": 1 active")
+    });
+
+    // 1. A typo: the reload fails, nothing else happens.
+    let pid = main_pid(&container, reexpose);
+    container.ok(&format!(
+        "cp {env} /tmp/good.env && echo 'OPTIONS=--idle-timout 5s' >> {env}"
+    ));
+    let reloaded = container.sh(&format!("systemctl reload {reexpose}"));
+    assert!(
+        !reloaded.status.success(),
+        "a bad configuration fails the reload"
+    );
+    let journal = container.ok(&format!("journalctl -o cat -u {reexpose}"));
+    assert!(
+        journal.contains("usage error: Unrecognized argument: --idle-timout"),
+        "the relay's message is in the journal:\n{journal}"
+    );
+    assert_eq!(
+        main_pid(&container, reexpose),
+        pid,
+        "the same instance runs"
+    );
+    assert_eq!(
+        container
+            .ok(&format!("systemctl is-active {reexpose}"))
+            .trim(),
+        "active"
+    );
+    assert!(
+        container.sh(&status).stdout.contains(": 1 active"),
+        "still relaying"
+    );
+    container.ok(&format!("cp /tmp/good.env {env}"));
+
+    // 2. A store smaller than the hand-over needs (the listener fits, the
+    //    connection does not): found out, the connection drains.
+    container.ok(&format!(
+        "mkdir -p /etc/systemd/system/{reexpose}.d && printf '[Service]\\nFileDescriptorStoreMax=2\\n' > /etc/systemd/system/{reexpose}.d/small.conf && systemctl daemon-reload"
+    ));
+    container.ok(&format!("systemctl reload {reexpose}"));
+    container.wait_for_output(
+        &format!("journalctl -o cat -u {reexpose} | grep -c 'systemd did not keep them all'"),
+        "1",
+    );
+    assert_eq!(
+        main_pid(&container, reexpose),
+        pid,
+        "draining, not gone yet"
+    );
+    container.ok("touch /tmp/stop-pingpong");
+    let pingpong = finished(&container, "pingpong");
+    assert!(pingpong.starts_with("answered "), "{pingpong}");
+    wait_until("the next instance of reexpose@", || {
+        let now = main_pid(&container, reexpose);
+        now != 0 && now != pid
+    });
+    container.wait_for_output(
+        &format!("systemctl show -p NFileDescriptorStore --value {reexpose}"),
+        "1",
+    );
+    container.ok(&format!(
+        "rm -r /etc/systemd/system/{reexpose}.d && systemctl daemon-reload"
+    ));
+
+    // 3. Another LISTEN: the stored listener for 8081 is closed, not kept
+    //    unserved.
+    container.ok(&format!(
+        "sed -i s/8081/8083/ {env} && systemctl restart {reexpose}"
+    ));
+    let journal = container.ok(&format!("journalctl -o cat -u {reexpose}"));
+    assert!(
+        journal.contains("closed 1 stored listener that LISTEN no longer names"),
+        "{journal}"
+    );
+    let (code, _, stderr) = client(&container, "", "127.0.0.1:8081", "stale");
+    assert_ne!(code, 0, "8081 refuses instead of hanging: {stderr}");
+    let (code, reply, stderr) = client(&container, "", "127.0.0.1:8083", "new");
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(reply, "hello from foobar\nnew");
+    assert_eq!(
+        container
+            .ok(&format!(
+                "systemctl show -p NFileDescriptorStore --value {reexpose}"
+            ))
+            .trim(),
+        "1"
+    );
+    assert_eq!(container.ok("systemctl --failed --no-legend").trim(), "");
 }
 
 /// The package `packaging/build-deb` wrote (CI builds it before the tests).

@@ -24,7 +24,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use async_std::io::{ReadExt, WriteExt};
+use async_io::Async;
+use futures_lite::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use socket2::{Domain, SockAddr, Socket, Type};
 
 /// Read and write size of the bulk modes (client and backend).
@@ -114,19 +115,31 @@ pub fn child_main(args: &[String]) -> io::Result<()> {
         let _ = io::copy(&mut io::stdin(), &mut io::sink());
         std::process::exit(0);
     });
-    let tcp = async_std::net::TcpListener::from(std::net::TcpListener::from(tcp));
-    let unix = async_std::os::unix::net::UnixListener::from(
-        std::os::unix::net::UnixListener::from(std::os::fd::OwnedFd::from(unix)),
-    );
-    async_std::task::block_on(futures_lite::future::or(
+    let tcp = Async::new(std::net::TcpListener::from(tcp))?;
+    let unix = Async::new(std::os::unix::net::UnixListener::from(
+        std::os::fd::OwnedFd::from(unix),
+    ))?;
+    // A multi-threaded executor, one thread per core, as the async-std
+    // runtime this backend ran on before.
+    let executor: &'static async_executor::Executor<'static> =
+        Box::leak(Box::new(async_executor::Executor::new()));
+    let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
+    for _ in 1..threads {
+        std::thread::spawn(|| {
+            async_io::block_on(executor.run(futures_lite::future::pending::<()>()))
+        });
+    }
+    async_io::block_on(executor.run(futures_lite::future::or(
         async {
             loop {
                 match tcp.accept().await {
                     Ok((stream, _)) => {
-                        let _ = stream.set_nodelay(true);
-                        async_std::task::spawn(async move {
-                            let _ = serve(stream).await;
-                        });
+                        let _ = stream.get_ref().set_nodelay(true);
+                        executor
+                            .spawn(async move {
+                                let _ = serve(stream).await;
+                            })
+                            .detach();
                     }
                     Err(e) => pause_after(e).await,
                 }
@@ -136,37 +149,39 @@ pub fn child_main(args: &[String]) -> io::Result<()> {
             loop {
                 match unix.accept().await {
                     Ok((stream, _)) => {
-                        async_std::task::spawn(async move {
-                            let _ = serve(stream).await;
-                        });
+                        executor
+                            .spawn(async move {
+                                let _ = serve(stream).await;
+                            })
+                            .detach();
                     }
                     Err(e) => pause_after(e).await,
                 }
             }
         },
-    ))
+    )))
 }
 
 async fn pause_after(error: io::Error) {
     eprintln!("bench backend: accept failed: {error}");
-    async_std::task::sleep(Duration::from_millis(50)).await;
+    async_io::Timer::after(Duration::from_millis(50)).await;
 }
 
-async fn read_u64<S: async_std::io::Read + Unpin>(stream: &mut S) -> io::Result<u64> {
+async fn read_u64<S: AsyncRead + Unpin>(stream: &mut S) -> io::Result<u64> {
     let mut bytes = [0u8; 8];
     stream.read_exact(&mut bytes).await?;
     Ok(u64::from_le_bytes(bytes))
 }
 
 /// Reads until EOF (or an error): the client decides when the connection ends.
-async fn wait_eof<S: async_std::io::Read + Unpin>(stream: &mut S) {
+async fn wait_eof<S: AsyncRead + Unpin>(stream: &mut S) {
     let mut scrap = [0u8; 64];
     while let Ok(1..) = stream.read(&mut scrap).await {}
 }
 
 async fn serve<S>(mut stream: S) -> io::Result<()>
 where
-    S: async_std::io::Read + async_std::io::Write + Unpin,
+    S: AsyncRead + AsyncWrite + Unpin,
 {
     let mut mode = [0u8; 1];
     stream.read_exact(&mut mode).await?;

@@ -206,7 +206,7 @@ fn start_relay(
     let store = manager.store.lock().unwrap();
     let mut command = Command::new(relay);
     command
-        .args(["--fd-store", "-c", "4096"])
+        .args(["--fd-store", "-c", "8192"])
         .arg(listen)
         .arg(backend.tcp.to_string())
         .env("NOTIFY_SOCKET", &manager.path)

@@ -130,7 +130,7 @@ impl Settings {
                 redis_requests: 100_000,
                 redis_clients: 50,
                 redis_timeout: Duration::from_secs(60),
-                handover_connections: vec![1, 1000],
+                handover_connections: vec![1, 1000, 3000],
                 time_limit: Duration::from_secs(30 * 60),
             }
         }
@@ -770,6 +770,29 @@ impl Drop for Scratch {
     }
 }
 
+/// Measures the hand-over alone and prints each case.
+fn handover_only(settings: &Settings) -> ExitCode {
+    let scratch = Scratch(std::env::temp_dir().join(format!("stur-bench-{}", std::process::id())));
+    if let Err(e) = std::fs::create_dir_all(&scratch.0) {
+        eprintln!("benchmark: {e}");
+        return ExitCode::FAILURE;
+    }
+    let backend = match backend::Backend::start(&scratch.0, "main", None) {
+        Ok(backend) => backend,
+        Err(e) => {
+            eprintln!("benchmark: cannot start the backend: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let relay = PathBuf::from(env!("CARGO_BIN_EXE_simpletcpunixrelay"));
+    let run = handover::measure(&relay, &backend, &scratch.0, settings);
+    if run.cases.iter().any(|c| c.error.is_some()) {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    }
+}
+
 fn run(settings: &Settings, only: Option<Vec<String>>) -> io::Result<Results> {
     let started = Instant::now();
     let scratch = Scratch(std::env::temp_dir().join(format!("stur-bench-{}", std::process::id())));
@@ -907,8 +930,17 @@ fn main() -> ExitCode {
         .position(|a| a == "--peers")
         .and_then(|i| args.get(i + 1))
         .map(|list| list.split(',').map(str::to_string).collect::<Vec<_>>());
-    let settings = Settings::new(quick);
+    let mut settings = Settings::new(quick);
     raise_own_fd_limit();
+    // `-- --handover-only [N,N…]`: only the hand-over's pause, printed (for
+    // sizing: how it grows with the open connections).
+    if let Some(i) = args.iter().position(|a| a == "--handover-only") {
+        if let Some(counts) = args.get(i + 1).filter(|a| !a.starts_with('-')) {
+            settings.handover_connections =
+                counts.split(',').filter_map(|n| n.parse().ok()).collect();
+        }
+        return handover_only(&settings);
+    }
     let limit = settings.time_limit;
     std::thread::spawn(move || {
         std::thread::sleep(limit);

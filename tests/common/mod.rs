@@ -8,7 +8,8 @@
 //! - [`system`]: how the relay's process is set up (inherited descriptors,
 //!   limits, umask, a private `/etc/hosts`) and what the tests ask the
 //!   kernel and the machine about it (root, tools, groups);
-//! - [`notify`]: the service manager's end of `NOTIFY_SOCKET`;
+//! - [`notify`]: the service manager's end of `NOTIFY_SOCKET`; [`store`]: the
+//!   service manager with its file descriptor store, as systemd keeps it;
 //! - [`container`]: the isolation systemd gives a service, by hand (a
 //!   network namespace) and for real (systemd as PID 1 in `systemd-nspawn`).
 
@@ -18,11 +19,12 @@ mod container;
 mod data;
 mod net;
 mod notify;
+mod store;
 mod system;
 
 // Each test binary uses a different subset, some none of a module.
 #[allow(unused_imports)]
-pub use {container::*, data::*, net::*, notify::*, system::*};
+pub use {container::*, data::*, net::*, notify::*, store::*, system::*};
 
 use std::io::{BufRead, BufReader, Read};
 use std::os::fd::AsRawFd;

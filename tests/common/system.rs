@@ -73,7 +73,7 @@ fn check(rc: libc::c_int) -> io::Result<()> {
 /// way systemd and inetd pass sockets. Our own copies stay ours: they are
 /// close-on-exec, like every descriptor Rust opens.
 pub fn pass_fds(command: &mut Command, fds: &[RawFd]) {
-    const MAX: usize = 8;
+    const MAX: usize = 64;
     assert!(fds.len() <= MAX);
     let mut sources = [-1; MAX];
     sources[..fds.len()].copy_from_slice(fds);
