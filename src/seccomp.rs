@@ -382,6 +382,9 @@ fn common(exec_mappings: bool) -> Vec<Call> {
         allow("getpid", SYS_getpid),
         allow_if("prctl", SYS_prctl, one_of(0, &[PR_SET_NAME, PR_GET_NAME])),
         allow("getrandom", SYS_getrandom),
+        // glibc's qsort (getaddrinfo sorts its answers) asks how much memory
+        // the machine has.
+        allow("sysinfo", SYS_sysinfo),
         // Signals; nobody may take the SIGSYS handler away.
         allow_if(
             "rt_sigaction",
@@ -399,11 +402,12 @@ fn common(exec_mappings: bool) -> Vec<Call> {
         allow("gettimeofday", SYS_gettimeofday),
         allow("clock_nanosleep", SYS_clock_nanosleep),
         allow("nanosleep", SYS_nanosleep),
-        // Non-blocking mode, pending bytes.
+        // Non-blocking mode, pending bytes; whether standard error is a
+        // terminal (TCGETS: the line of a failure after the sandbox).
         allow_if(
             "ioctl",
             SYS_ioctl,
-            one_of(1, &[FIONBIO as c_int, FIONREAD as c_int]),
+            one_of(1, &[FIONBIO as c_int, FIONREAD as c_int, TCGETS as c_int]),
         ),
         allow_if(
             "fcntl",
@@ -484,6 +488,9 @@ fn calls(profile: Profile) -> Vec<Call> {
                 ),
                 allow("splice", SYS_splice),
                 allow("pipe2", SYS_pipe2),
+                // The reactor's wake-up pipe, when no eventfd is left.
+                #[cfg(target_arch = "x86_64")]
+                allow("pipe", SYS_pipe),
                 allow("epoll_create1", SYS_epoll_create1),
                 allow("epoll_ctl", SYS_epoll_ctl),
                 allow("epoll_pwait", SYS_epoll_pwait),
