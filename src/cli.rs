@@ -2,7 +2,9 @@
 //! into a [`Config`]. Anything wrong is a [`Failure::Usage`] (exit status 2)
 //! naming the argument, found before the relay touches the system.
 
+use std::cell::RefCell;
 use std::ffi::{CString, OsStr, OsString};
+use std::fmt::Write as _;
 use std::os::unix::ffi::OsStrExt;
 use std::str::FromStr;
 use std::time::Duration;
@@ -23,36 +25,68 @@ struct SpanArg(Span);
 impl FromStr for SpanArg {
     type Err = String;
     fn from_str(text: &str) -> Result<Self, String> {
-        if is_placeholder(text) {
-            return Err(NOT_UTF8.into());
-        }
-        timespan::parse(text).map(SpanArg)
+        timespan::parse(&resolve(text)?).map(SpanArg)
     }
 }
 
-/// A count written with digits only, as systemd reads numbers (`+5`, ` 5`
-/// and `5x` are refused).
+/// A count or descriptor number, read as systemd reads `MaxConnections=`
+/// and systemd-socket-proxyd its `--connections-max=` ([`parse_unsigned`]).
 #[derive(Debug, Clone, Copy)]
 struct CountArg(usize);
 
 impl FromStr for CountArg {
     type Err = String;
     fn from_str(text: &str) -> Result<Self, String> {
-        if is_placeholder(text) {
-            return Err(NOT_UTF8.into());
-        }
-        parse_number(text)
-            .map(CountArg)
-            .ok_or_else(|| format!("'{text}' is not a number"))
+        let text = resolve(text)?;
+        parse_unsigned(&text).map(|n| CountArg(n as usize))
+    }
+}
+
+/// An unsigned number as systemd's `safe_atou()` reads one: leading
+/// whitespace skipped, then an optional `+`, a `0x`, `0o` or `0b` prefix
+/// for hexadecimal, octal or binary, otherwise decimal (a leading zero is
+/// no octal); nothing after the digits; at most 4294967295. `-0` is 0, any
+/// other negative number out of range.
+fn parse_unsigned(text: &str) -> Result<u32, String> {
+    let not_a_number = || format!("{} is not a number", quote(text));
+    let s = text.trim_start_matches([' ', '\t', '\n', '\r']);
+    let (radix, s) = [
+        ("0x", 16),
+        ("0X", 16),
+        ("0o", 8),
+        ("0O", 8),
+        ("0b", 2),
+        ("0B", 2),
+    ]
+    .iter()
+    .find_map(|(prefix, radix)| s.strip_prefix(prefix).map(|rest| (*radix, rest)))
+    .unwrap_or((10, s));
+    // What strtoul(…, radix) reads: more spaces, a sign, digits.
+    let body = s.trim_start_matches(is_c_space);
+    let (negative, digits) = match body.strip_prefix('-') {
+        Some(rest) => (true, rest),
+        None => (false, body.strip_prefix('+').unwrap_or(body)),
+    };
+    if digits.is_empty() || !digits.chars().all(|c| c.is_digit(radix)) {
+        return Err(not_a_number());
+    }
+    let out_of_range = || format!("{} is out of range (at most 4294967295)", quote(text));
+    let value = u64::from_str_radix(digits, radix).map_err(|_| out_of_range())?;
+    match (negative, value) {
+        (_, 0) => Ok(0),
+        (true, _) => Err(out_of_range()),
+        (false, value) => u32::try_from(value).map_err(|_| out_of_range()),
     }
 }
 
 /// What a value that is not UTF-8 is told.
 const NOT_UTF8: &str = "the value is not valid UTF-8";
 
-/// argh parses `&str`: an argument that is not UTF-8 stands in for it as
-/// `\0N\0` (N its index), which no real argument can contain, and is put
-/// back where a path is allowed (LISTEN, CONNECT).
+/// argh parses `&str`, and echoes arguments raw in its messages: an argument
+/// that is not UTF-8 or holds a control character stands in for it as
+/// `\0N\0` (N its index), which no real argument can contain. The value
+/// parsers and [`Args::validate`] read the original through [`resolve`], and
+/// messages show it quoted ([`quote_os`]).
 fn placeholder(index: usize) -> String {
     format!("\0{index}\0")
 }
@@ -60,6 +94,79 @@ fn placeholder(index: usize) -> String {
 fn is_placeholder(text: &str) -> bool {
     text.starts_with('\0')
 }
+
+thread_local! {
+    /// The arguments being parsed, for [`resolve`].
+    static ORIGINALS: RefCell<Vec<OsString>> = const { RefCell::new(Vec::new()) };
+}
+
+/// The original of an argument argh handed over: itself, or what its
+/// placeholder stands for; an error if that is not UTF-8.
+fn resolve(text: &str) -> Result<String, String> {
+    if !is_placeholder(text) {
+        return Ok(text.to_owned());
+    }
+    let original = ORIGINALS.with(|o| {
+        let index: usize = text.trim_matches('\0').parse().ok()?;
+        o.borrow().get(index).cloned()
+    });
+    match original.as_ref().map(|o| o.to_str()) {
+        Some(Some(text)) => Ok(text.to_owned()),
+        _ => Err(NOT_UTF8.into()),
+    }
+}
+
+/// Appends `c`, escaped if it is a control character or breaks a line.
+fn push_escaped(out: &mut String, c: char) {
+    match c {
+        '\'' => out.push_str("\\'"),
+        '\\' => out.push_str("\\\\"),
+        c if c.is_control() || matches!(c, '\u{2028}' | '\u{2029}') => {
+            out.extend(c.escape_debug());
+        }
+        c => out.push(c),
+    }
+}
+
+/// An argument as a usage error names it: in single quotes, on one line,
+/// with control characters escaped (`'a\nb'`, `'\u{1}'`), so that an
+/// argument holding a newline is not echoed across lines and one of control
+/// characters is not shown as empty.
+pub(crate) fn quote(text: &str) -> String {
+    quote_os(OsStr::new(text))
+}
+
+/// [`quote`] for bytes: those that are not UTF-8 are shown as `\xNN`.
+pub(crate) fn quote_os(arg: &OsStr) -> String {
+    let mut out = String::from("'");
+    for chunk in arg.as_bytes().utf8_chunks() {
+        for c in chunk.valid().chars() {
+            push_escaped(&mut out, c);
+        }
+        for byte in chunk.invalid() {
+            let _ = write!(out, "\\x{byte:02x}");
+        }
+    }
+    out.push('\'');
+    out
+}
+
+/// A message on one line: control characters escaped, whatever part of it
+/// echoes an argument.
+pub(crate) fn one_line(message: &str) -> String {
+    let mut out = String::with_capacity(message.len());
+    for c in message.chars() {
+        if c.is_control() || matches!(c, '\u{2028}' | '\u{2029}') {
+            out.extend(c.escape_debug());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// Linux's `MAX_TCP_KEEPIDLE`: the longest `--keepalive` the kernel takes.
+const MAX_TCP_KEEPIDLE: u64 = 32767;
 
 const SECONDS_10: SpanArg = SpanArg(Some(Duration::from_secs(10)));
 const SECONDS_30: SpanArg = SpanArg(Some(Duration::from_secs(30)));
@@ -80,7 +187,8 @@ const INFINITY: SpanArg = SpanArg(None);
   fd:N                        LISTEN only: inherited fd N; a listening socket is served,
                               a connected one is relayed once, then the relay exits
 Time spans use systemd syntax: 90, 90s, 500ms, 5min 20s, 1h30min, 1.5h, infinity,
-  with every systemd unit (ns, us, ms, s, min, h, d, w, M = month, y = year); 0 means no limit.
+  with every systemd unit (us, ms, s, min, h, d, w, M = month, y = year); 0 means no limit.
+Options take GNU forms too: --option=VALUE, grouped flags (-vc5); -- ends the options.
 Each listener logs 'listening on ADDR' (also with -q) once the relay is ready.
 Signals: SIGTERM/SIGINT stop gracefully (a second one at once; connections still open are
   cut, TCP peers get a reset); SIGUSR2 (systemctl reload) hands open connections to the next
@@ -94,7 +202,7 @@ Sandbox (--sandbox): no capabilities, no_new_privs, Landlock, and a seccomp allo
   files     statx unlink (its socket file at exit); open/openat get EACCES
   Any other call (execve, bind, listen, ptrace, mount, unshare, ...) ends the relay with a line naming
   it (exit 159); SIMPLETCPUNIXRELAY_SECCOMP=log lets such calls through, logged by the kernel.",
-    example = "Expose a TCP-only service as a Unix socket:\n  $ {command_name} --socket-mode 0660 /run/foobar-unix/socket 127.0.0.1:8080\nRe-expose a Unix socket on TCP:\n  $ {command_name} 127.0.0.1:8000 /run/app.sock",
+    example = "Expose a TCP-only service as a Unix socket:\n  $ mkdir /run/foobar-unix\n  $ {command_name} --socket-mode 0660 /run/foobar-unix/socket 127.0.0.1:8080\nRe-expose a Unix socket on TCP:\n  $ {command_name} 127.0.0.1:8000 /run/app.sock",
     error_code(
         0,
         "clean stop: signal, --exit-idle-time, or a single fd:N connection done"
@@ -218,62 +326,166 @@ pub enum Command {
 }
 
 /// Whether `option` (`--idle-timeout`, `-c`) takes a value, so that a `-h`
-/// right after it is that value, not a request for help.
+/// right after it is that value, not a request for help. `None`: no such
+/// option.
+fn option_kind(option: &str) -> Option<bool> {
+    Args::get_args_info()
+        .flags
+        .iter()
+        .find(|flag| flag.long == option || flag.short.is_some_and(|c| option == format!("-{c}")))
+        .map(|flag| matches!(flag.kind, argh::FlagInfoKind::Option { .. }))
+}
+
 fn takes_a_value(option: &str) -> bool {
-    Args::get_args_info().flags.iter().any(|flag| {
-        matches!(flag.kind, argh::FlagInfoKind::Option { .. })
-            && (flag.long == option || flag.short.is_some_and(|c| option == format!("-{c}")))
-    })
+    option_kind(option) == Some(true)
+}
+
+/// The arguments in the forms argh reads, GNU's forms taken apart:
+/// `--option=value` becomes `--option value`, grouped short options `-vq`
+/// become `-v -q` (and `-c5`, `-vc5` give `-c` its value), `-h` becomes
+/// `--help`. Nothing after `--`, and no option's value, is touched. Each
+/// argument comes with whether it is free text (an option's value, or after
+/// `--`) rather than something that may be an option.
+fn normalise(args: &[OsString]) -> Result<Vec<(OsString, bool)>, Failure> {
+    let mut out: Vec<(OsString, bool)> = Vec::with_capacity(args.len());
+    let mut value_next = false;
+    let mut options_ended = false;
+    for arg in args {
+        if options_ended || value_next {
+            out.push((arg.clone(), true));
+            value_next = false;
+            continue;
+        }
+        let bytes = arg.as_bytes();
+        if bytes == b"--" {
+            options_ended = true;
+            out.push((arg.clone(), false));
+            continue;
+        }
+        if bytes.starts_with(b"--") {
+            if let Some(eq) = bytes.iter().position(|&b| b == b'=')
+                && let Ok(name) = std::str::from_utf8(&bytes[..eq])
+            {
+                match option_kind(name) {
+                    Some(true) => {
+                        out.push((OsString::from(name), false));
+                        out.push((OsStr::from_bytes(&bytes[eq + 1..]).to_owned(), true));
+                        continue;
+                    }
+                    Some(false) => {
+                        return Err(Failure::Usage(format!(
+                            "{}: {name} takes no value (see --help)",
+                            quote_os(arg)
+                        )));
+                    }
+                    None => {}
+                }
+            }
+            value_next = arg.to_str().is_some_and(takes_a_value);
+            out.push((arg.clone(), false));
+            continue;
+        }
+        if let Some(expanded) = arg
+            .to_str()
+            .and_then(|a| a.strip_prefix('-'))
+            .and_then(short_group)
+        {
+            // A trailing value-taking option without its value takes the next argument.
+            value_next = expanded
+                .last()
+                .is_some_and(|(a, v)| !*v && takes_a_value(a.to_str().unwrap_or_default()));
+            out.extend(expanded);
+            continue;
+        }
+        out.push((arg.clone(), false));
+    }
+    Ok(out)
+}
+
+/// `-vq` as `-v -q`, `-c5` as `-c 5`, `-h` as `--help`; `None` if `group`
+/// (the text after `-`) is not made of this program's short options.
+fn short_group(group: &str) -> Option<Vec<(OsString, bool)>> {
+    let mut out = Vec::new();
+    for (at, c) in group.char_indices() {
+        if c == 'h' {
+            out.push((OsString::from("--help"), false));
+            continue;
+        }
+        let option = format!("-{c}");
+        match option_kind(&option)? {
+            false => out.push((OsString::from(option), false)),
+            true => {
+                out.push((OsString::from(option), false));
+                let rest = &group[at + c.len_utf8()..];
+                if !rest.is_empty() {
+                    out.push((OsString::from(rest), true));
+                }
+                return Some(out);
+            }
+        }
+    }
+    (!out.is_empty()).then_some(out)
 }
 
 /// Parses the arguments after the program name, as the bytes Linux passed.
+/// Every usage error is one line.
 pub fn parse(program: &str, args: &[OsString]) -> Result<Command, Failure> {
-    let before_dashdash: Vec<&OsString> = args.iter().take_while(|a| *a != "--").collect();
+    let parsed = normalise(args).and_then(|args| parse_normalised(program, &args));
+    ORIGINALS.with(|o| o.borrow_mut().clear());
+    parsed.map_err(|failure| match failure {
+        Failure::Usage(message) => Failure::Usage(one_line(&message)),
+        other => other,
+    })
+}
+
+fn parse_normalised(program: &str, args: &[(OsString, bool)]) -> Result<Command, Failure> {
+    let options = |(arg, free): &(OsString, bool)| !*free && *arg != "--";
+    let before_dashdash: Vec<&OsString> = args
+        .iter()
+        .take_while(|(a, free)| *free || *a != "--")
+        .filter(|a| options(a))
+        .map(|(a, _)| a)
+        .collect();
     if before_dashdash.iter().any(|a| *a == "--version") {
         return Ok(Command::Print(format!(
             "{program} {}\n",
             env!("CARGO_PKG_VERSION")
         )));
     }
-    if let Some(at) = before_dashdash.iter().position(|a| *a == "--completions") {
-        let shell = before_dashdash.get(at + 1).and_then(|s| s.to_str());
+    if let Some(at) = args
+        .iter()
+        .position(|a| options(a) && a.0 == "--completions")
+    {
+        let shell = args.get(at + 1).and_then(|(s, _)| s.to_str());
         return crate::completions::script(program, &Args::get_args_info(), shell)
             .map(Command::Print)
             .map_err(|r| Failure::Usage(format!("--completions: {r}")));
     }
-    // -h is --help, unless it is the value of an option.
-    let args: Vec<OsString> = args
-        .iter()
-        .enumerate()
-        .map(|(index, arg)| {
-            let value_of_option = index > 0 && args[index - 1].to_str().is_some_and(takes_a_value);
-            let before_dashdash = index < before_dashdash.len();
-            if arg == "-h" && !value_of_option && before_dashdash {
-                OsString::from("--help")
-            } else {
-                arg.clone()
-            }
-        })
-        .collect();
-    let args = args.as_slice();
+    let originals: Vec<OsString> = args.iter().map(|(a, _)| a.clone()).collect();
     let mut texts: Vec<String> = Vec::with_capacity(args.len());
-    for (index, arg) in args.iter().enumerate() {
-        match arg.to_str() {
+    let mut options_ended = false;
+    for (index, (arg, free)) in args.iter().enumerate() {
+        let plain = arg.to_str().filter(|t| !t.chars().any(|c| c.is_control()));
+        match plain {
             Some(text) => texts.push(text.to_owned()),
-            None if arg.as_bytes().starts_with(b"-") => {
+            None if arg.as_bytes().starts_with(b"-") && !*free && !options_ended => {
                 return Err(Failure::Usage(format!(
-                    "'{}': unrecognized option, and not valid UTF-8 (see --help)",
-                    arg.to_string_lossy()
+                    "{}: unrecognized option (see --help)",
+                    quote_os(arg)
                 )));
             }
             None => texts.push(placeholder(index)),
         }
+        options_ended |= !*free && arg == "--";
     }
-    // The placeholders, written back as the user sees them, for messages.
+    ORIGINALS.with(|o| *o.borrow_mut() = originals);
+    // The placeholders, written back quoted, for messages.
     let shown = |text: &str| {
         let mut text = text.to_owned();
-        for (index, arg) in args.iter().enumerate() {
-            text = text.replace(&placeholder(index), &arg.to_string_lossy());
+        for (index, (arg, _)) in args.iter().enumerate() {
+            let quoted = quote_os(arg);
+            text = text.replace(&format!("'{}'", placeholder(index)), &quoted);
+            text = text.replace(&placeholder(index), &quoted);
         }
         text
     };
@@ -289,6 +501,17 @@ pub fn parse(program: &str, args: &[OsString]) -> Result<Command, Failure> {
             return Ok(Command::Print(help));
         }
         Err(exit) => {
+            if let Some(arg) = exit.output.strip_prefix("Unrecognized argument: ") {
+                let arg = arg.strip_suffix('\n').unwrap_or(arg);
+                let shown_arg = if is_placeholder(arg) {
+                    shown(arg)
+                } else {
+                    quote(arg)
+                };
+                return Err(Failure::Usage(format!(
+                    "unrecognized argument {shown_arg} (see --help)"
+                )));
+            }
             let reason = exit.output.split_whitespace().collect::<Vec<_>>().join(" ");
             return Err(Failure::Usage(format!("{} (see --help)", shown(&reason))));
         }
@@ -298,7 +521,7 @@ pub fn parse(program: &str, args: &[OsString]) -> Result<Command, Failure> {
         args.iter()
             .enumerate()
             .find(|(index, _)| placeholder(*index) == text)
-            .map_or_else(|| OsString::from(text), |(_, arg)| arg.clone())
+            .map_or_else(|| OsString::from(text), |(_, (arg, _))| arg.clone())
     };
     let listen = original(&parsed.listen);
     let connect = original(&parsed.connect);
@@ -308,12 +531,8 @@ pub fn parse(program: &str, args: &[OsString]) -> Result<Command, Failure> {
 }
 
 /// The value of a string option, which must be UTF-8.
-fn text<'a>(option: &str, value: &'a str) -> Result<&'a str, Failure> {
-    if is_placeholder(value) {
-        Err(Failure::Usage(format!("{option}: {NOT_UTF8}")))
-    } else {
-        Ok(value)
-    }
+fn text(option: &str, value: &str) -> Result<String, Failure> {
+    resolve(value).map_err(|r| Failure::Usage(format!("{option}: {r}")))
 }
 
 /// A timeout of 0 means no timeout, as it does for systemd's own
@@ -326,10 +545,10 @@ impl Args {
     fn validate(self, listen_arg: &OsStr, connect_arg: &OsStr) -> Result<Config, Failure> {
         let usage = |what: &str, reason: String| Failure::Usage(format!("{what}: {reason}"));
         let listen = Endpoint::parse_os(listen_arg, Role::Listen)
-            .map_err(|r| usage(&format!("LISTEN '{}'", listen_arg.to_string_lossy()), r))?;
+            .map_err(|r| usage(&format!("LISTEN {}", quote_os(listen_arg)), r))?;
         let connect = Endpoint::parse_os(connect_arg, Role::Connect)
             .and_then(Target::try_from)
-            .map_err(|r| usage(&format!("CONNECT '{}'", connect_arg.to_string_lossy()), r))?;
+            .map_err(|r| usage(&format!("CONNECT {}", quote_os(connect_arg)), r))?;
         let connections_max = self.connections_max.0;
         if connections_max == 0 {
             return Err(usage("--connections-max", "must be at least 1".into()));
@@ -350,7 +569,8 @@ impl Args {
                 ));
             }
             Some(value) => Some(
-                parse_mode(text("--socket-mode", value)?).map_err(|r| usage("--socket-mode", r))?,
+                parse_mode(&text("--socket-mode", value)?)
+                    .map_err(|r| usage("--socket-mode", r))?,
             ),
         };
         let socket_group = match &self.socket_group {
@@ -362,18 +582,18 @@ impl Args {
                 ));
             }
             Some(value) => Some(
-                lookup_group(text("--socket-group", value)?)
+                lookup_group(&text("--socket-group", value)?)
                     .map_err(|r| usage("--socket-group", r))?,
             ),
         };
-        let sandbox = match text("--sandbox", &self.sandbox)? {
+        let sandbox = match text("--sandbox", &self.sandbox)?.as_str() {
             "best-effort" => SandboxMode::BestEffort,
             "strict" => SandboxMode::Strict,
             "off" => SandboxMode::Off,
             other => {
                 return Err(usage(
                     "--sandbox",
-                    format!("'{other}' is not one of best-effort, strict, off"),
+                    format!("{} is not one of best-effort, strict, off", quote(other)),
                 ));
             }
         };
@@ -382,6 +602,7 @@ impl Args {
             .as_deref()
             .map(|v| text("--proxy-protocol", v))
             .transpose()?
+            .as_deref()
         {
             None => None,
             Some("v1") => Some(ProxyVersion::V1),
@@ -389,7 +610,7 @@ impl Args {
             Some(other) => {
                 return Err(usage(
                     "--proxy-protocol",
-                    format!("'{other}' is not one of v1, v2"),
+                    format!("{} is not one of v1, v2", quote(other)),
                 ));
             }
         };
@@ -397,12 +618,14 @@ impl Args {
             uids: self
                 .allow_uid
                 .iter()
-                .map(|u| lookup_user(text("--allow-uid", u)?).map_err(|r| usage("--allow-uid", r)))
+                .map(|u| lookup_user(&text("--allow-uid", u)?).map_err(|r| usage("--allow-uid", r)))
                 .collect::<Result<_, _>>()?,
             gids: self
                 .allow_gid
                 .iter()
-                .map(|g| lookup_group(text("--allow-gid", g)?).map_err(|r| usage("--allow-gid", r)))
+                .map(|g| {
+                    lookup_group(&text("--allow-gid", g)?).map_err(|r| usage("--allow-gid", r))
+                })
                 .collect::<Result<_, _>>()?,
         };
         if allow.is_active() && matches!(listen, Endpoint::Tcp { .. }) {
@@ -418,6 +641,15 @@ impl Args {
         }
         let keepalive = match self.keepalive {
             None => None,
+            Some(SpanArg(Some(span))) if span > Duration::from_secs(MAX_TCP_KEEPIDLE) => {
+                return Err(usage(
+                    "--keepalive",
+                    format!(
+                        "{} is more than {MAX_TCP_KEEPIDLE}s, the longest idle time Linux's TCP_KEEPIDLE takes",
+                        timespan::format(Some(span))
+                    ),
+                ));
+            }
             Some(SpanArg(Some(span))) if span >= Duration::from_secs(1) => Some(span),
             Some(_) => {
                 return Err(usage(
@@ -440,12 +672,26 @@ impl Args {
                 if listen == Endpoint::Fd(fd) {
                     return Err(usage("--ready-fd", format!("{fd} is LISTEN's descriptor")));
                 }
+                // Sockets passed to this process (socket activation, the
+                // file descriptor store) are the relay's to serve or adopt.
+                if crate::listener::passed_sockets()
+                    .unwrap_or_default()
+                    .iter()
+                    .any(|(passed, _)| *passed == fd)
+                {
+                    return Err(usage(
+                        "--ready-fd",
+                        format!(
+                            "{fd} is a socket passed to the relay (LISTEN_FDS), as fd:{fd} would name it, not a notification descriptor"
+                        ),
+                    ));
+                }
                 Some(fd)
             }
         };
         let log_time = match &self.log_time {
             None => true,
-            Some(value) => crate::log::parse_boolean(text("--log-time", value)?)
+            Some(value) => crate::log::parse_boolean(&text("--log-time", value)?)
                 .map_err(|r| usage("--log-time", r))?,
         };
         let level = match (self.quiet, self.verbose) {
@@ -482,25 +728,98 @@ impl Args {
     }
 }
 
-/// A file mode as systemd reads one (`SocketMode=`): one to four octal
-/// digits, nothing else.
+/// C's `isspace` in the C locale, which `strtoul` skips.
+fn is_c_space(c: char) -> bool {
+    matches!(c, ' ' | '\t' | '\n' | '\r' | '\u{b}' | '\u{c}')
+}
+
+/// A file mode as systemd reads one (`parse_mode()`, as for `SocketMode=`):
+/// leading whitespace skipped, no sign, octal digits (leading zeros
+/// allowed), at most 07777.
 fn parse_mode(text: &str) -> Result<u32, String> {
-    let octal =
-        !text.is_empty() && text.len() <= 4 && text.bytes().all(|b| (b'0'..=b'7').contains(&b));
-    match u32::from_str_radix(text, 8) {
-        Ok(mode) if octal => Ok(mode),
-        _ => Err(format!("'{text}' is not an octal file mode (e.g. 0660)")),
+    let trimmed = text.trim_start_matches([' ', '\t', '\n', '\r']);
+    if trimmed.is_empty() {
+        return Err(if text.is_empty() {
+            "empty mode (give octal digits, e.g. 0660)".into()
+        } else {
+            format!("{} is blank, not an octal mode (e.g. 0660)", quote(text))
+        });
+    }
+    let not_octal = || format!("{} is not an octal number (e.g. 0660)", quote(text));
+    if trimmed.starts_with(['+', '-']) {
+        return Err(not_octal());
+    }
+    // What strtoul(…, 8) reads after that: more spaces and a sign may follow.
+    let digits = trimmed.trim_start_matches(is_c_space);
+    let (negative, digits) = match digits.strip_prefix('-') {
+        Some(rest) => (true, rest),
+        None => (false, digits.strip_prefix('+').unwrap_or(digits)),
+    };
+    if digits.is_empty() || !digits.bytes().all(|b| (b'0'..=b'7').contains(&b)) {
+        return Err(not_octal());
+    }
+    let significant = digits.trim_start_matches('0');
+    let mode = if significant.len() > 4 {
+        None
+    } else {
+        u32::from_str_radix(
+            if significant.is_empty() {
+                "0"
+            } else {
+                significant
+            },
+            8,
+        )
+        .ok()
+    };
+    match mode {
+        Some(0) => Ok(0),
+        Some(mode) if mode <= 0o7777 && !negative => Ok(mode),
+        _ => Err(format!(
+            "{} is too large for a file mode (at most 07777)",
+            quote(text)
+        )),
     }
 }
 
-/// A user or group id as systemd accepts one: digits only, and not one of
-/// the ids that mean "invalid" (65535 and 4294967295, -1 in 16 and 32 bits).
+/// A user or group id as systemd's `parse_uid()` reads one: decimal digits
+/// with no sign, no leading zero and no whitespace, and not one of the ids
+/// that mean "invalid" (65535 and 4294967295, -1 in 16 and 32 bits).
+/// `None`: not written as an id (then it may be a name).
 fn parse_id(text: &str) -> Option<Result<u32, String>> {
+    if text.len() > 1 && text.starts_with('0') {
+        return None;
+    }
     let id = parse_number::<u64>(text)?;
     Some(match u32::try_from(id) {
         Ok(id) if id != 65535 && id != u32::MAX => Ok(id),
-        _ => Err(format!("'{text}' is not a valid user or group id")),
+        _ => Err(format!("{} is not a valid user or group id", quote(text))),
     })
+}
+
+/// Why `text` cannot be a user or group name, by systemd's rules for
+/// `User=` and `Group=` (`valid_user_group_name()` in relaxed mode): not
+/// empty, no leading or trailing space, no control character, no `:` or
+/// `/`, not digits only (with or without a `-`), not `.` or `..`.
+fn invalid_name(text: &str) -> Option<&'static str> {
+    let digits = |t: &str| t.bytes().all(|b| b.is_ascii_digit());
+    if text.is_empty() {
+        Some("is empty")
+    } else if text.starts_with(' ') || text.ends_with(' ') {
+        Some("begins or ends with a space")
+    } else if text.chars().any(char::is_control) {
+        Some("holds a control character")
+    } else if text.contains([':', '/']) {
+        Some("holds ':' or '/'")
+    } else if digits(text) || text.strip_prefix('-').is_some_and(digits) {
+        Some(
+            "is a number that is not a valid id (no sign, no leading zero, not 65535 or 4294967295)",
+        )
+    } else if text == "." || text == ".." {
+        Some("is '.' or '..'")
+    } else {
+        None
+    }
 }
 
 /// Calls a `get*nam_r` function with a buffer that grows on ERANGE until
@@ -538,7 +857,13 @@ pub fn lookup_group(text: &str) -> Result<libc::gid_t, String> {
     if let Some(id) = parse_id(text) {
         return id;
     }
-    let name = CString::new(text).map_err(|_| format!("'{text}' is not a group name"))?;
+    if let Some(why) = invalid_name(text) {
+        return Err(format!(
+            "{} is not a group name or id: it {why}",
+            quote(text)
+        ));
+    }
+    let name = CString::new(text).map_err(|_| format!("{} is not a group name", quote(text)))?;
     // SAFETY: every pointer is valid for the duration of the call and the
     // buffer length is passed; the result points into `group` or is null.
     let found = lookup_record(&name, |n, g, b, l, r| unsafe {
@@ -546,8 +871,8 @@ pub fn lookup_group(text: &str) -> Result<libc::gid_t, String> {
     });
     match found {
         Ok(Some(group)) => Ok(group.gr_gid),
-        Ok(None) => Err(format!("no group named '{text}'")),
-        Err(e) => Err(format!("cannot look up group '{text}': {e}")),
+        Ok(None) => Err(format!("no group named {}", quote(text))),
+        Err(e) => Err(format!("cannot look up group {}: {e}", quote(text))),
     }
 }
 
@@ -556,15 +881,21 @@ pub fn lookup_user(text: &str) -> Result<libc::uid_t, String> {
     if let Some(id) = parse_id(text) {
         return id;
     }
-    let name = CString::new(text).map_err(|_| format!("'{text}' is not a user name"))?;
+    if let Some(why) = invalid_name(text) {
+        return Err(format!(
+            "{} is not a user name or id: it {why}",
+            quote(text)
+        ));
+    }
+    let name = CString::new(text).map_err(|_| format!("{} is not a user name", quote(text)))?;
     // SAFETY: as in lookup_group.
     let found = lookup_record(&name, |n, u, b, l, r| unsafe {
         libc::getpwnam_r(n, u, b, l, r)
     });
     match found {
         Ok(Some(user)) => Ok(user.pw_uid),
-        Ok(None) => Err(format!("no user named '{text}'")),
-        Err(e) => Err(format!("cannot look up user '{text}': {e}")),
+        Ok(None) => Err(format!("no user named {}", quote(text))),
+        Err(e) => Err(format!("cannot look up user {}: {e}", quote(text))),
     }
 }
 
@@ -607,6 +938,7 @@ mod tests {
         .unwrap();
         assert_eq!(config.connections_max, 5);
         assert_eq!(config.idle_timeout, Some(Duration::from_secs(300)));
+        assert_eq!(config.exit_idle_time, None);
         assert_eq!(config.connect_timeout, Some(Duration::from_secs(10)));
         assert_eq!(config.shutdown_timeout, Some(Duration::from_secs(30)));
         assert_eq!(config.exit_idle_time, None);
@@ -649,15 +981,251 @@ mod tests {
     }
 
     #[test]
+    fn gnu_forms() {
+        let config = run(&[
+            "--connections-max=7",
+            "--exit-idle-time=5min",
+            "--idle-timeout=",
+            "1s",
+            "/tmp/x.sock",
+            "127.0.0.1:80",
+        ]);
+        assert!(config.is_err(), "an empty value is the value: {config:?}");
+        let config = run(&[
+            "--exit-idle-time=5min",
+            "--socket-mode=0660",
+            "-vc9",
+            "/tmp/x.sock",
+            "127.0.0.1:80",
+        ])
+        .unwrap();
+        assert_eq!(config.connections_max, 9);
+        assert_eq!(config.exit_idle_time, Some(Duration::from_secs(300)));
+        assert_eq!(config.socket_mode, Some(0o660));
+        assert_eq!(config.level, Level::Debug);
+        let config = run(&["/tmp/x.sock", "127.0.0.1:80", "--connections-max=7", "-q"]).unwrap();
+        assert_eq!(config.connections_max, 7);
+        assert_eq!(run(&["-c5", ":80", "/x"]).unwrap().connections_max, 5);
+        // The value of an option is never an option.
+        let config = run(&["--idle-timeout", "-1s", ":80", "/x"]).unwrap_err();
+        assert!(config.contains("--idle-timeout"), "{config}");
+        // Grouped flags are judged as if given apart.
+        assert_eq!(run(&["-vq", ":80", "/x"]).unwrap_err(), "-q/-v: choose one");
+        assert!(run(&["-vx", ":80", "/x"]).unwrap_err().contains("'-vx'"));
+        assert!(
+            run(&["--verbose=yes", ":80", "/x"])
+                .unwrap_err()
+                .contains("takes no value")
+        );
+        // After --, nothing is an option.
+        assert!(
+            run(&["--", "-v", "/x"])
+                .unwrap_err()
+                .contains("LISTEN '-v'")
+        );
+        assert!(matches!(
+            parse("relay", &[OsString::from("-qh")]),
+            Ok(Command::Print(_))
+        ));
+    }
+
+    #[test]
+    fn quoting() {
+        assert_eq!(quote("a b"), "'a b'");
+        assert_eq!(quote("a\nb"), "'a\\nb'");
+        assert_eq!(quote("\u{1}\u{7f}"), "'\\u{1}\\u{7f}'");
+        assert_eq!(quote("it's"), "'it\\'s'");
+        assert_eq!(quote_os(OsStr::from_bytes(b"\xffa")), "'\\xffa'");
+        let err = run(&[":80", "/x", "a\nb"]).unwrap_err();
+        assert_eq!(err, "unrecognized argument 'a\\nb' (see --help)");
+        let err = run(&[":80", "/x", "\u{1}\u{2}"]).unwrap_err();
+        assert!(err.contains("'\\u{1}\\u{2}'"), "{err}");
+        let err = run(&["--idle-timeout", "5\u{b}", ":80", "/x"]).unwrap_err();
+        assert!(err.contains("'5\\u{b}'") && !err.contains('\u{b}'), "{err}");
+        let err = run(&["--sandbox", "\n", ":80", "/x"]).unwrap_err();
+        assert!(err.contains("'\\n'") && !err.contains('\n'), "{err}");
+        // A value with a control character that systemd accepts is taken.
+        let config = run(&["--idle-timeout", "5\n min", ":80", "/x"]).unwrap();
+        assert_eq!(config.idle_timeout, Some(Duration::from_secs(300)));
+    }
+
+    /// Random command lines, as bytes, through the whole parser: no panic,
+    /// and every usage error is one line without a control character.
+    #[test]
+    fn random_command_lines_never_panic_and_errors_are_one_line() {
+        use proptest::prelude::*;
+        use proptest::test_runner::{Config, RngAlgorithm, TestRng, TestRunner};
+        let words = prop::sample::select(
+            &[
+                "-c",
+                "-vc",
+                "-vq",
+                "-qh",
+                "-h",
+                "-x",
+                "-",
+                "--",
+                "--connections-max",
+                "--connections-max=",
+                "--idle-timeout",
+                "--idle-timeout=5s",
+                "--exit-idle-time",
+                "--keepalive",
+                "--keepalive=10h",
+                "--ready-fd",
+                "--socket-mode",
+                "--socket-mode=",
+                "--socket-group",
+                "--allow-uid",
+                "--allow-gid",
+                "--sandbox",
+                "--proxy-protocol",
+                "--verbose=1",
+                "--quiet",
+                "--version",
+                "--completions",
+                "--fd-store",
+                "--connect-retry",
+                "/tmp/x.sock",
+                ":80",
+                "127.0.0.1:0",
+                "fd:3",
+                "sd-listen",
+                "@a",
+                "5s",
+                "+5s",
+                "5.",
+                "0",
+                "007",
+                "01777",
+                "root",
+                "v2",
+                "off",
+                "bash",
+                "infinity",
+            ][..],
+        )
+        .prop_map(|w| w.as_bytes().to_vec());
+        let bytes = prop::collection::vec(any::<u8>(), 0..6);
+        let arg = prop_oneof![3 => words, 1 => bytes];
+        let mut runner = TestRunner::new_with_rng(
+            Config {
+                cases: 20_000,
+                failure_persistence: None,
+                ..Config::default()
+            },
+            TestRng::deterministic_rng(RngAlgorithm::ChaCha),
+        );
+        runner
+            .run(&prop::collection::vec(arg, 0..8), |args| {
+                let args: Vec<OsString> = args
+                    .into_iter()
+                    .map(|a| OsStr::from_bytes(&a).to_owned())
+                    .collect();
+                if let Err(Failure::Usage(message)) = parse("relay", &args) {
+                    prop_assert!(
+                        !message.chars().any(char::is_control),
+                        "{:?}: {:?}",
+                        args,
+                        message
+                    );
+                }
+                Ok(())
+            })
+            .unwrap();
+    }
+
+    /// As systemd-socket-proxyd reads --connections-max= (safe_atou).
+    #[test]
+    fn counts_as_systemd_reads_them() {
+        for (text, value) in [
+            ("5", 5),
+            ("+5", 5),
+            (" 5", 5),
+            ("010", 10),
+            ("0x10", 16),
+            ("0o17", 15),
+            ("0b101", 5),
+            ("-0", 0),
+            ("4294967295", u32::MAX),
+        ] {
+            assert_eq!(parse_unsigned(text), Ok(value), "{text:?}");
+        }
+        for (text, reason) in [
+            ("", "not a number"),
+            ("5 ", "not a number"),
+            ("5x", "not a number"),
+            ("1e3", "not a number"),
+            ("0x", "not a number"),
+            ("0o8", "not a number"),
+            ("++5", "not a number"),
+            ("-1", "out of range"),
+            ("4294967296", "out of range"),
+            ("99999999999999999999999", "out of range"),
+        ] {
+            let err = parse_unsigned(text).unwrap_err();
+            assert!(err.contains(reason), "{text:?}: {err}");
+        }
+        assert_eq!(
+            run(&["-c", "0x10", ":80", "/x"]).unwrap().connections_max,
+            16
+        );
+    }
+
+    #[test]
+    fn keepalive_within_tcp_keepidle() {
+        let config = run(&["--keepalive", "32767s", ":80", "/x"]).unwrap();
+        assert_eq!(config.keepalive, Some(Duration::from_secs(32767)));
+        for span in ["32768s", "10h", "1d", "infinity"] {
+            let err = run(&["--keepalive", span, ":80", "/x"]).unwrap_err();
+            assert!(err.contains("--keepalive"), "{span}: {err}");
+        }
+        let err = run(&["--keepalive", "10h", ":80", "/x"]).unwrap_err();
+        assert!(err.contains("32767"), "{err}");
+    }
+
+    #[test]
     fn modes_and_groups() {
         assert_eq!(parse_mode("0660"), Ok(0o660));
         assert_eq!(parse_mode("2770"), Ok(0o2770));
-        assert!(parse_mode("0668").is_err());
-        assert!(parse_mode("").is_err());
-        for bad in ["+660", "-660", " 660", "0660 ", "0x1b0", "10000", "00660"] {
-            assert!(parse_mode(bad).is_err(), "{bad:?}");
+        // As systemd's parse_mode(): leading zeros, leading whitespace.
+        assert_eq!(parse_mode("01777"), Ok(0o1777));
+        assert_eq!(parse_mode("00660"), Ok(0o660));
+        assert_eq!(parse_mode("0000000000007777"), Ok(0o7777));
+        assert_eq!(parse_mode(" 660"), Ok(0o660));
+        assert_eq!(parse_mode("0"), Ok(0));
+        assert!(
+            parse_mode("0668")
+                .unwrap_err()
+                .contains("not an octal number")
+        );
+        assert!(parse_mode("").unwrap_err().contains("empty"));
+        assert!(parse_mode("10000").unwrap_err().contains("too large"));
+        assert!(
+            parse_mode("77777777777777777777777")
+                .unwrap_err()
+                .contains("too large")
+        );
+        for bad in ["+660", "-660", "0660 ", "0x1b0", "0o660", "rw-rw----"] {
+            assert!(
+                parse_mode(bad).unwrap_err().contains("not an octal number"),
+                "{bad:?}"
+            );
         }
         assert_eq!(lookup_group("+0").map_err(|_| ()), Err(()));
+        // parse_uid() refuses a leading zero, and then it is no name either.
+        assert!(lookup_user("00").unwrap_err().contains("not a valid id"));
+        assert!(lookup_group("007").unwrap_err().contains("not a valid id"));
+        for bad in [
+            "", " root", "root ", "a:b", "a/b", ".", "..", "-1", "r\noot",
+        ] {
+            assert!(
+                lookup_user(bad)
+                    .unwrap_err()
+                    .contains("not a user name or id"),
+                "{bad:?}"
+            );
+        }
         assert!(lookup_user("65535").is_err());
         assert!(lookup_user("4294967295").is_err());
         assert_eq!(lookup_group("0"), Ok(0));

@@ -255,8 +255,21 @@ fn check_socket(fd: &OwnedFd) -> Result<(), String> {
     if socket.is_listener().unwrap_or(true) {
         return Err("is listening, not connected".into());
     }
-    if let Err(e) = socket.peer_addr() {
-        return Err(format!("is not connected ({e})"));
+    // Connected, or connected once: a TCP socket whose peer reset it while
+    // it was stored has no peer any more, and still a local port (the bytes
+    // in flight towards the other side are still to be delivered, or the
+    // reset passed on).
+    let bound = || {
+        socket
+            .local_addr()
+            .ok()
+            .and_then(|a| a.as_socket())
+            .is_some_and(|a| a.port() != 0)
+    };
+    if let Err(e) = socket.peer_addr()
+        && !bound()
+    {
+        return Err(format!("was never connected ({e})"));
     }
     if !nonblocking(fd) {
         return Err("is blocking (the relay stores non-blocking sockets)".into());
@@ -436,6 +449,11 @@ pub async fn store(
         }
     }
     let (mut back, why) = failure.unwrap_or_default();
+    if back.is_empty()
+        && let Err(too_long) = names_fit(&packed, occupied.unwrap_or(0))
+    {
+        return Err((packed.into_iter().map(Packed::unpack).collect(), too_long));
+    }
     if back.is_empty() {
         match send_and_check(&packed, pid, deadline).await {
             Ok(()) => return Ok(packed.len()),
@@ -457,6 +475,36 @@ pub async fn store(
     }
     back.splice(0..0, packed.into_iter().map(Packed::unpack));
     Err((back, why))
+}
+
+/// The longest environment string Linux passes to a program
+/// (`MAX_ARG_STRLEN`, 32 pages), its final NUL included: systemd hands the
+/// store's names to the next instance in one, `LISTEN_FDNAMES=a:b:…`, and
+/// cannot start it at all (E2BIG) if they are longer.
+const ENVIRONMENT_STRING_MAX: usize = 32 * 4096;
+
+/// Room kept in `LISTEN_FDNAMES` for each descriptor the relay does not
+/// name itself (listeners, a socket unit's sockets): systemd's limit for a
+/// name, and its separator.
+const OTHER_NAME_MAX: usize = 256;
+
+/// Whether the names of `packed` fit in the next instance's
+/// `LISTEN_FDNAMES` besides the `occupied` descriptors already stored
+/// (and a socket unit's, and the store check's).
+fn names_fit(packed: &[Packed], occupied: usize) -> Result<(), String> {
+    let names: usize = packed
+        .iter()
+        .flat_map(|p| p.descriptors())
+        .map(|(name, _)| name.len() + 1)
+        .sum();
+    let room =
+        ENVIRONMENT_STRING_MAX - "LISTEN_FDNAMES=".len() - 1 - OTHER_NAME_MAX * (occupied + 8);
+    if names > room {
+        return Err(format!(
+            "their names would take {names} bytes of LISTEN_FDNAMES, which Linux limits to {room} here (128 KiB in all): systemd could not start the next instance; fewer connections at once can be handed over"
+        ));
+    }
+    Ok(())
 }
 
 /// Sends every packed connection to the store, then a descriptor of its

@@ -344,7 +344,9 @@ async fn hand_over(
             "hand-over: no file descriptor store (--fd-store under systemd with FileDescriptorStoreMax=): draining {} connections instead",
             connections.active()
         );
-        crate::notify::stopping("restarting: draining");
+        // No STOPPING=1: systemd would hold `systemctl reload` until the
+        // drain ends; the unit goes on running until the relay exits 3.
+        crate::notify::status("draining for a restart");
         drain(connections, config.shutdown_timeout, signals).await;
         return;
     };
@@ -414,7 +416,9 @@ async fn hand_over(
                     Origin::TakenBack,
                 );
             }
-            crate::notify::stopping("restarting: draining");
+            // No STOPPING=1: systemd would hold `systemctl reload` until the
+            // drain ends; the unit goes on running until the relay exits 3.
+            crate::notify::status("draining for a restart");
             drain(connections, config.shutdown_timeout, signals).await;
         }
     }

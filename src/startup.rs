@@ -45,7 +45,10 @@ pub fn main() -> ExitCode {
                 Failure::Usage(_) => "usage error",
                 Failure::Startup(_) => "error",
             };
-            log::fatal(format_args!("{program}: {kind}: {}", failure.message()));
+            log::fatal(format_args!(
+                "{program}: {kind}: {}",
+                cli::one_line(failure.message())
+            ));
             ExitCode::from(failure.exit_code())
         }
     }

@@ -267,8 +267,6 @@ fn non_utf8_option_values_are_usage_errors_not_panics() {
 #[test]
 fn time_spans_take_every_systemd_unit() {
     let spans = [
-        "5ns",
-        "5nsec",
         "5us",
         "5usec",
         "5\u{b5}s",
@@ -303,6 +301,15 @@ fn time_spans_take_every_systemd_unit() {
         "1h30min",
         "5 min 20 s",
         "1.5h",
+        // Corners of systemd's parse_sec(), each as systemd-analyze reads it.
+        "+5s",
+        "5 +3",
+        "5s.5",
+        ".5s",
+        "\u{b}5s",
+        "0.000000000000000000000000001s",
+        "18446744073708s",
+        "9223372036854775807us 9223372036854775807us",
     ];
     let rejected: Vec<String> = spans
         .iter()
@@ -321,8 +328,29 @@ fn time_spans_take_every_systemd_unit() {
 
 #[test]
 fn time_spans_that_systemd_rejects_are_usage_errors() {
-    // Today's relay already rejects these; this guards the wider syntax.
-    for span in ["1 fortnight", "-1s", "1..2s"] {
+    // What systemd-analyze timespan refuses: nanoseconds, a dot without a
+    // digit after it, whitespace systemd does not skip, 2^64-1 us and more.
+    for span in [
+        "1 fortnight",
+        "-1s",
+        "-0",
+        "1..2s",
+        "5ns",
+        "5nsec",
+        "5.",
+        "3.s",
+        "1. 5",
+        "5s\u{b}",
+        "5\u{c}s",
+        "5\u{a0}s",
+        "\u{2003}5s",
+        "5s\u{3000}",
+        "18446744073709551615us",
+        "18446744073709551616us",
+        "18446744073709s",
+        "9223372036854775808us",
+        "9223372036854775807us 9223372036854775807us 1us",
+    ] {
         assert_usage_error_naming(
             &["--idle-timeout", span, "127.0.0.1:0", CONNECT],
             "--idle-timeout",
@@ -394,13 +422,41 @@ fn exit_idle_time_zero_is_a_usage_error() {
 }
 
 #[test]
-fn socket_mode_is_one_to_four_octal_digits() {
+fn socket_mode_is_read_as_systemds_parse_mode() {
     let dir = TempDir::new();
     let listen = dir.arg("relay.sock");
-    for mode in ["+660", "-660", " 660", "0660 ", "0x1b0", "10000", ""] {
-        assert_usage_error_naming(&["--socket-mode", mode, &listen, CONNECT], "--socket-mode");
+    for (mode, reason) in [
+        ("+660", "not an octal number"),
+        ("-660", "not an octal number"),
+        ("0660 ", "not an octal number"),
+        ("0x1b0", "not an octal number"),
+        ("0668", "not an octal number"),
+        ("10000", "too large"),
+        ("017777", "too large"),
+        ("", "empty"),
+    ] {
+        let line = usage_error(
+            command(&["--socket-mode", mode, &listen, CONNECT]),
+            &format!("--socket-mode {mode:?}"),
+        );
+        assert!(
+            line.contains("--socket-mode") && line.contains(reason),
+            "--socket-mode {mode:?}: should say {reason:?}: {line}"
+        );
+        assert!(dir.entries().is_empty(), "{mode:?}: {:?}", dir.entries());
     }
-    for (mode, bits) in [("0660", 0o660), ("660", 0o660), ("2770", 0o2770), ("0", 0)] {
+    // As systemd's parse_mode() (SocketMode=): leading zeros and leading
+    // whitespace are fine, up to 07777.
+    for (mode, bits) in [
+        ("0660", 0o660),
+        ("660", 0o660),
+        ("2770", 0o2770),
+        ("0", 0),
+        ("01777", 0o1777),
+        ("00660", 0o660),
+        (" 0640", 0o640),
+        ("07777", 0o7777),
+    ] {
         let relay = Relay::start(&["--socket-mode", mode, &listen, CONNECT]);
         let got = std::fs::metadata(&listen).unwrap().permissions().mode() & 0o7777;
         assert_eq!(got, bits, "--socket-mode {mode}: {got:o}");
@@ -410,9 +466,30 @@ fn socket_mode_is_one_to_four_octal_digits() {
 }
 
 #[test]
-fn connections_max_is_a_plain_decimal_number() {
-    for count in ["+5", "5x", "-1", " 5"] {
-        assert_usage_error_naming(&["-c", count, "127.0.0.1:0", CONNECT], "-c");
+fn connections_max_is_read_as_systemd_socket_proxyd_reads_it() {
+    // safe_atou(), as for MaxConnections= and proxyd's --connections-max=:
+    // a sign, leading whitespace and 0x/0o/0b prefixes are fine ...
+    for count in ["+5", " 5", "0x10", "0o17", "010"] {
+        starts(command(&["-c", count, "127.0.0.1:0", CONNECT]))
+            .unwrap_or_else(|log| panic!("-c {count:?} should start: {log}"));
+    }
+    // ... trailing garbage, negative numbers and 2^32 are not.
+    for (count, reason) in [
+        ("5x", "not a number"),
+        ("5 ", "not a number"),
+        ("1e3", "not a number"),
+        ("", "not a number"),
+        ("-1", "out of range"),
+        ("4294967296", "out of range"),
+    ] {
+        let line = usage_error(
+            command(&["-c", count, "127.0.0.1:0", CONNECT]),
+            &format!("-c {count:?}"),
+        );
+        assert!(
+            line.contains("-c") && line.contains(reason),
+            "-c {count:?}: should say {reason:?}: {line}"
+        );
     }
 }
 
@@ -421,7 +498,22 @@ fn connections_max_is_a_plain_decimal_number() {
 fn assert_flag_rejects_signs_and_ids_systemd_rejects(flag: &str) {
     let dir = TempDir::new();
     let listen = dir.arg("relay.sock");
-    for id in ["+0", "4294967295", "65535"] {
+    // parse_uid() refuses a leading zero, and digits are no name: "00" and
+    // "007" are neither; valid_user_group_name() refuses the rest.
+    for id in [
+        "+0",
+        "4294967295",
+        "65535",
+        "00",
+        "007",
+        "-1",
+        " root",
+        "root ",
+        "a:b",
+        "a/b",
+        "..",
+        "",
+    ] {
         assert_usage_error_naming(&[flag, id, &listen, CONNECT], flag);
     }
 }
@@ -538,5 +630,196 @@ fn listen_in_a_directory_the_user_may_not_write_says_permission_denied() {
         "{finished:?}"
     );
     assert!(!finished.stderr.contains("does not exist"), "{finished:?}");
+    assert!(dir.entries().is_empty(), "{:?}", dir.entries());
+}
+
+#[test]
+fn keepalive_beyond_tcp_keepidle_is_a_usage_error_naming_the_limit() {
+    for span in ["10h", "1d", "32768s", "9h 6min 8s"] {
+        let line = usage_error(
+            command(&["--keepalive", span, "127.0.0.1:0", CONNECT]),
+            &format!("--keepalive {span}"),
+        );
+        assert!(
+            line.contains("--keepalive") && line.contains("32767") && line.contains("TCP_KEEPIDLE"),
+            "--keepalive {span}: should name the limit: {line}"
+        );
+    }
+    // The limit itself is fine.
+    starts(command(&["--keepalive", "32767s", "127.0.0.1:0", CONNECT]))
+        .expect("--keepalive 32767s starts");
+}
+
+#[test]
+fn ready_fd_naming_a_passed_socket_is_a_usage_error() {
+    // A listener passed by socket activation at 3 (and another at 4): the
+    // notification descriptor cannot be either, whatever LISTEN is.
+    let first = TcpListener::bind("127.0.0.1:0").unwrap();
+    let second = TcpListener::bind("127.0.0.1:0").unwrap();
+    for (listen, ready_fd) in [("sd-listen", "3"), ("sd-listen", "4"), ("127.0.0.1:0", "3")] {
+        let mut relay = command(&["--ready-fd", ready_fd, listen, CONNECT]);
+        relay
+            .env("LISTEN_FDS", "2")
+            .env_remove("LISTEN_PID")
+            .env_remove("LISTEN_FDNAMES");
+        pass_fds(&mut relay, &[first.as_raw_fd(), second.as_raw_fd()]);
+        let what = format!("{listen} with --ready-fd {ready_fd}");
+        let line = usage_error(relay, &what);
+        assert!(
+            line.contains("--ready-fd") && line.contains(&format!("fd:{ready_fd}")),
+            "{what}: should name --ready-fd and fd:{ready_fd}: {line}"
+        );
+    }
+    // Nothing was written into the listeners: each still accepts, with no
+    // byte waiting from the relay.
+    for listener in [&first, &second] {
+        let client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (mut accepted, _) = listener.accept().unwrap();
+        drop(client);
+        let mut rest = Vec::new();
+        accepted.read_to_end(&mut rest).unwrap();
+        assert!(rest.is_empty());
+    }
+    // A descriptor past the passed ones is a notification descriptor.
+    let (ready_reader, ready_writer) = std::io::pipe().unwrap();
+    let mut relay = command(&["--ready-fd", "5", "sd-listen", CONNECT]);
+    relay.env("LISTEN_FDS", "2").env_remove("LISTEN_PID");
+    pass_fds(
+        &mut relay,
+        &[
+            first.as_raw_fd(),
+            second.as_raw_fd(),
+            ready_writer.as_raw_fd(),
+        ],
+    );
+    let mut relay = Spawned::new(relay);
+    drop(ready_writer); // the relay's copy is the only one left
+    relay.listening();
+    let mut ready = Vec::new();
+    let mut reader = ready_reader;
+    reader.read_to_end(&mut ready).unwrap();
+    assert_eq!(ready, b"\n", "log:\n{}", relay.log());
+}
+
+#[test]
+fn spans_beyond_an_instant_are_usage_errors_not_panics() {
+    // 2^64-1 us and more is infinity's in systemd, and out of range here.
+    for (option, span) in [
+        ("--exit-idle-time", "18446744073709551615s"),
+        ("--idle-timeout", "9300000000000000000s"),
+        ("--connect-timeout", "18446744073709551616us"),
+    ] {
+        let line = usage_error(
+            command(&[option, span, "127.0.0.1:0", CONNECT]),
+            &format!("{option} {span}"),
+        );
+        assert!(
+            line.contains(option) && line.contains("out of range"),
+            "{option} {span}: {line}"
+        );
+    }
+}
+
+#[test]
+fn usage_errors_quote_arguments_on_one_line() {
+    let dir = TempDir::new();
+    let listen = dir.arg("relay.sock");
+    let cases: [(&[&[u8]], &str); 7] = [
+        (&[b"a\nb"], r"'a\nb'"),
+        (&[b"\x01\x02"], r"'\u{1}\u{2}'"),
+        (&[b"\t\n"], r"'\t\n'"),
+        (&[b"--sandbox", b"strict\n"], r"'strict\n'"),
+        (&[b"--idle-timeout", b"5\x1b[31m"], r"'5\u{1b}[31m'"),
+        (&[b"--socket-group", b"wheel\r"], r"'wheel\r'"),
+        (&[b"--fr\nob"], r"'--fr\nob'"),
+    ];
+    for (extra, shown) in cases {
+        let mut relay = command(&[&listen, CONNECT]);
+        for arg in extra {
+            relay.arg(OsStr::from_bytes(arg));
+        }
+        let what = format!("{extra:?}");
+        let line = usage_error(relay, &what);
+        assert!(line.contains(shown), "{what}: should show {shown}: {line}");
+        assert!(
+            !line.chars().any(|c| c.is_control()),
+            "{what}: no control character: {line:?}"
+        );
+        assert!(dir.entries().is_empty(), "{what}: nothing is created");
+    }
+}
+
+#[test]
+fn a_non_utf8_value_beginning_with_a_dash_names_its_option() {
+    let dir = TempDir::new();
+    let listen = dir.arg("relay.sock");
+    for option in [
+        "--idle-timeout",
+        "--exit-idle-time",
+        "-c",
+        "--socket-mode",
+        "--socket-group",
+        "--sandbox",
+        "--allow-uid",
+    ] {
+        let mut relay = command(&[option]);
+        relay
+            .arg(OsStr::from_bytes(b"-\xff"))
+            .args([&listen, CONNECT]);
+        let line = usage_error(relay, option);
+        assert!(
+            line.contains(&format!("{option}'")) || line.contains(&format!("{option}:")),
+            "{option}: should name the option: {line}"
+        );
+        assert!(
+            line.contains(r"'-\xff'") || line.contains("UTF-8"),
+            "{line}"
+        );
+    }
+    // Given as --option=VALUE too.
+    let mut relay = command(&[]);
+    relay
+        .arg(OsStr::from_bytes(b"--idle-timeout=-\xff"))
+        .args([&listen, CONNECT]);
+    let line = usage_error(relay, "--idle-timeout=");
+    assert!(line.contains("--idle-timeout"), "{line}");
+}
+
+#[test]
+fn gnu_forms_of_systemd_socket_proxyds_options() {
+    // systemd-socket-proxyd's own spellings, and GNU's in general.
+    let backend = Backend::tcp(echo);
+    let mut relay = Relay::start(&[
+        "--connections-max=1",
+        "--exit-idle-time=1s",
+        "--connect-timeout=5s",
+        "--idle-timeout=5min 20s",
+        "127.0.0.1:0",
+        &backend.connect_arg,
+    ]);
+    // --exit-idle-time=1s took effect: the relay ends on its own.
+    assert_eq!(relay.wait_exit().code(), Some(0), "log:\n{}", relay.log());
+    // Grouped flags: -vc1 is -v -c 1; -v shows as a line per connection.
+    let relay = Relay::start(&["-vc1", "127.0.0.1:0", &backend.connect_arg]);
+    assert_eq!(tcp_round_trip(relay.address(), b"grouped"), b"grouped");
+    let mut relay = relay;
+    relay.wait_for_line("bytes up");
+    // ... and judged as if given apart.
+    assert_usage_error_naming(&["-vq", "127.0.0.1:0", CONNECT], "-q/-v");
+    assert_usage_error_naming(&["--quiet=yes", "127.0.0.1:0", CONNECT], "--quiet");
+    // After --, an argument that looks like an option is an endpoint.
+    let line = usage_error(command(&["127.0.0.1:0", "--", "-v"]), "-- -v");
+    assert!(line.contains("CONNECT '-v'"), "{line}");
+}
+
+#[test]
+fn a_start_up_error_naming_a_path_with_a_newline_is_one_line() {
+    let dir = TempDir::new();
+    let listen = dir.arg("no\nsuch/relay.sock");
+    let finished = run_command(command(&[&listen, CONNECT]));
+    assert_eq!(finished.status.code(), Some(1), "{finished:?}");
+    let lines = finished.stderr_lines();
+    assert_eq!(lines.len(), 1, "one line: {finished:?}");
+    assert!(lines[0].contains(r"no\nsuch"), "{finished:?}");
     assert!(dir.entries().is_empty(), "{:?}", dir.entries());
 }

@@ -198,19 +198,7 @@ fn an_instance_killed_before_the_store_forgot_its_connections_leaves_them_cut_no
     // Processing the removal closes systemd's copies, the last ones.
     manager.resume();
     manager.settle();
-    client.set_read_timeout(Some(DEADLINE)).unwrap();
-    backend.set_read_timeout(Some(DEADLINE)).unwrap();
-    let mut byte = [0u8; 1];
-    for (side, conn) in [("client", &mut client), ("backend", &mut backend)] {
-        let error = conn
-            .read(&mut byte)
-            .expect_err(&format!("the {side} sees an abort, not a clean end"));
-        assert_eq!(
-            error.kind(),
-            std::io::ErrorKind::ConnectionReset,
-            "{side}: {error}"
-        );
-    }
+    both_see_a_reset(&mut client, &mut backend);
 }
 
 #[test]
@@ -260,6 +248,93 @@ fn a_hand_over_right_after_an_adoption_waits_for_the_removals_and_loses_nothing(
             .expect("every connection still relayed");
         assert_eq!(&byte, b"q");
     }
+}
+
+/// The TCP state of the IPv4 loopback socket bound to `port`, as
+/// /proc/net/tcp lists it (`None`: not listed, as a closed socket is not).
+fn tcp_state(port: u16) -> Option<u8> {
+    let table = std::fs::read_to_string("/proc/net/tcp").unwrap();
+    table.lines().skip(1).find_map(|line| {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        let local_port = fields[1].rsplit(':').next()?;
+        (u16::from_str_radix(local_port, 16).ok()? == port)
+            .then(|| u8::from_str_radix(fields[3], 16).ok())
+            .flatten()
+    })
+}
+
+#[test]
+fn a_connection_whose_backend_finished_while_its_answer_waits_is_handed_over_whole() {
+    let dir = TempDir::new();
+    let socket = dir.arg("relay.sock");
+    let (backends, backend_address) = held_backend();
+    let args = ["--fd-store", &socket, &backend_address];
+    let mut manager = manager();
+    let first = manager.start(&args);
+    let mut client = UnixStream::connect(&socket).unwrap();
+    let (mut backend, relay_side) = backends.accept().unwrap();
+    client.write_all(b"question").unwrap();
+    client.shutdown(Shutdown::Write).unwrap();
+    let mut question = Vec::new();
+    backend.read_to_end(&mut question).unwrap();
+    assert_eq!(question, b"question");
+    // The answer, more than the client's socket takes while it does not
+    // read: the rest waits in the relay's pipe. Then the backend is done.
+    let answer = payload(400 << 10, 7);
+    backend.write_all(&answer).unwrap();
+    drop(backend);
+    // Both ends of the relay's backend socket have ended: it has no peer
+    // any more (getpeername says ENOTCONN), yet its connection is not over.
+    wait_until("the relay's backend socket to close", || {
+        !matches!(tcp_state(relay_side.port()), Some(0x01 | 0x05 | 0x08))
+    });
+    let log = hand_over(&mut manager, first);
+    assert!(log.contains("handed 1 connection"), "{log}");
+    let second = manager.start(&args);
+    assert!(
+        second.log().contains("took over 1 connection"),
+        "{}",
+        second.log()
+    );
+    client.set_read_timeout(Some(DEADLINE)).unwrap();
+    let mut got = Vec::new();
+    client.read_to_end(&mut got).unwrap();
+    assert!(
+        got == answer,
+        "the whole answer, then the end: {} bytes",
+        got.len()
+    );
+}
+
+#[test]
+fn more_connections_than_listen_fdnames_can_name_are_drained_not_stored() {
+    // systemd passes the store's names in one environment string, which
+    // Linux limits to 128 KiB: a hand-over of 1500 connections would leave
+    // systemd unable to start the next instance at all (E2BIG).
+    let backend = Backend::tcp(echo);
+    let args = [
+        "--fd-store",
+        "-c",
+        "2000",
+        "127.0.0.1:0",
+        &backend.connect_arg,
+    ];
+    let mut manager = Manager::with_max(10_000);
+    let mut relay = manager.start(&args);
+    let mut clients: Vec<TcpStream> = (0..1500).map(|_| exchanged(&relay)).collect();
+    relay.signal(libc::SIGUSR2);
+    let line = relay.wait_for_line("not stored");
+    assert!(line.contains("names would take"), "{line}");
+    for client in &mut clients {
+        client.write_all(b"w").unwrap();
+        let mut byte = [0u8; 1];
+        client.read_exact(&mut byte).expect("still relayed here");
+        client.shutdown(Shutdown::Write).unwrap();
+    }
+    drop(clients);
+    let _ = exits_for_a_restart(relay);
+    manager.settle();
+    assert_eq!(manager.names(), ["listener"], "no connection stored");
 }
 
 #[test]
@@ -370,6 +445,22 @@ fn exits_for_a_restart(mut relay: Relay) -> String {
     let (status, log) = relay.finish();
     assert_eq!(status.code(), Some(3), "{log}");
     log
+}
+
+/// Both peers of a relayed connection see an abort, never a clean end.
+fn both_see_a_reset(client: &mut TcpStream, backend: &mut TcpStream) {
+    let mut byte = [0u8; 1];
+    for (side, conn) in [("client", client), ("backend", backend)] {
+        conn.set_read_timeout(Some(DEADLINE)).unwrap();
+        let error = conn
+            .read(&mut byte)
+            .expect_err(&format!("the {side} sees an abort, not a clean end"));
+        assert_eq!(
+            error.kind(),
+            std::io::ErrorKind::ConnectionReset,
+            "{side}: {error}"
+        );
+    }
 }
 
 /// A backend the test holds itself: the relay's connection to it is `accept`ed
@@ -570,19 +661,7 @@ fn a_stored_connection_nobody_takes_over_ends_as_a_reset() {
     let _ = hand_over(&mut manager, first);
     // `systemctl stop`: systemd closes what it stored.
     manager.clear();
-    client.set_read_timeout(Some(DEADLINE)).unwrap();
-    backend.set_read_timeout(Some(DEADLINE)).unwrap();
-    let mut byte = [0u8; 1];
-    for (side, conn) in [("client", &mut client), ("backend", &mut backend)] {
-        let error = conn
-            .read(&mut byte)
-            .expect_err(&format!("the {side} sees an abort, not an EOF"));
-        assert_eq!(
-            error.kind(),
-            std::io::ErrorKind::ConnectionReset,
-            "{side}: {error}"
-        );
-    }
+    both_see_a_reset(&mut client, &mut backend);
 }
 
 #[test]

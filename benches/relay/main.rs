@@ -130,7 +130,7 @@ impl Settings {
                 redis_requests: 100_000,
                 redis_clients: 50,
                 redis_timeout: Duration::from_secs(60),
-                handover_connections: vec![1, 1000, 3000],
+                handover_connections: vec![1, 1000, 1200],
                 time_limit: Duration::from_secs(30 * 60),
             }
         }
