@@ -27,6 +27,16 @@ pub fn init(level: Level) {
     JOURNAL.store(stderr_is_journal(), Ordering::Relaxed);
 }
 
+/// Whether standard error is the journal (lines carry `<N>` prefixes).
+pub fn to_journal() -> bool {
+    JOURNAL.load(Ordering::Relaxed)
+}
+
+/// Whether lines outside the journal start with a timestamp.
+pub fn timestamps() -> bool {
+    TIMESTAMPS.load(Ordering::Relaxed)
+}
+
 /// Whether lines outside the journal start with a timestamp (`--log-time`).
 pub fn set_timestamps(on: bool) {
     TIMESTAMPS.store(on, Ordering::Relaxed);
@@ -40,11 +50,6 @@ pub fn parse_boolean(text: &str) -> Result<bool, String> {
         "0" | "no" | "n" | "false" | "f" | "off" => Ok(false),
         _ => Err(format!("'{text}' is not a boolean (yes or no)")),
     }
-}
-
-/// Whether standard error is the journal (lines carry `<N>` prefixes).
-pub fn to_journal() -> bool {
-    JOURNAL.load(Ordering::Relaxed)
 }
 
 /// Whether messages at `level` are printed.

@@ -382,6 +382,9 @@ fn common(exec_mappings: bool) -> Vec<Call> {
         allow("getpid", SYS_getpid),
         allow_if("prctl", SYS_prctl, one_of(0, &[PR_SET_NAME, PR_GET_NAME])),
         allow("getrandom", SYS_getrandom),
+        // glibc's qsort (getaddrinfo sorts its answers) asks how much memory
+        // the machine has.
+        allow("sysinfo", SYS_sysinfo),
         // Signals; nobody may take the SIGSYS handler away.
         allow_if(
             "rt_sigaction",
@@ -399,11 +402,12 @@ fn common(exec_mappings: bool) -> Vec<Call> {
         allow("gettimeofday", SYS_gettimeofday),
         allow("clock_nanosleep", SYS_clock_nanosleep),
         allow("nanosleep", SYS_nanosleep),
-        // Non-blocking mode, pending bytes.
+        // Non-blocking mode, pending bytes; whether standard error is a
+        // terminal (TCGETS: the line of a failure after the sandbox).
         allow_if(
             "ioctl",
             SYS_ioctl,
-            one_of(1, &[FIONBIO as c_int, FIONREAD as c_int]),
+            one_of(1, &[FIONBIO as c_int, FIONREAD as c_int, TCGETS as c_int]),
         ),
         allow_if(
             "fcntl",
@@ -454,6 +458,8 @@ fn calls(profile: Profile) -> Vec<Call> {
                         (AF_UNIX, SOCK_STREAM),
                     ]),
                 ),
+                // The runtime's reactor is started with a probe pair.
+                allow_if("socketpair", SYS_socketpair, one_of(0, &[AF_UNIX])),
                 allow("accept4", SYS_accept4),
                 allow("shutdown", SYS_shutdown),
                 allow_if(
@@ -482,6 +488,9 @@ fn calls(profile: Profile) -> Vec<Call> {
                 ),
                 allow("splice", SYS_splice),
                 allow("pipe2", SYS_pipe2),
+                // The reactor's wake-up pipe, when no eventfd is left.
+                #[cfg(target_arch = "x86_64")]
+                allow("pipe", SYS_pipe),
                 allow("epoll_create1", SYS_epoll_create1),
                 allow("epoll_ctl", SYS_epoll_ctl),
                 allow("epoll_pwait", SYS_epoll_pwait),
@@ -579,10 +588,12 @@ pub fn allowed_names(profile: Profile) -> Vec<&'static str> {
 
 // What the SIGSYS handler needs, set before the filter.
 static JOURNAL: AtomicBool = AtomicBool::new(false);
+static TIMESTAMPS: AtomicBool = AtomicBool::new(true);
 static WHO: AtomicU8 = AtomicU8::new(0);
 
 fn handle_sigsys(profile: Profile) -> std::io::Result<()> {
     JOURNAL.store(crate::log::to_journal(), Ordering::Relaxed);
+    TIMESTAMPS.store(crate::log::timestamps(), Ordering::Relaxed);
     WHO.store(
         match profile {
             Profile::Relay => 0,
@@ -698,7 +709,7 @@ fn name_of(nr: i64) -> Option<&'static str> {
 fn forbidden_line(line: &mut Line, nr: Option<i64>, journal: bool, resolver: bool) {
     if journal {
         line.push(b"<3>");
-    } else {
+    } else if TIMESTAMPS.load(Ordering::Relaxed) {
         line.timestamp();
     }
     line.push(b"simpletcpunixrelay: error: ");
