@@ -1539,7 +1539,7 @@ fn reload_failure_paths_under_systemd_in_nspawn() {
     );
     let journal = container.ok(&format!("journalctl -o cat -u {reexpose}"));
     assert!(
-        journal.contains("usage error: Unrecognized argument: --idle-timout"),
+        journal.contains("usage error: unrecognized argument '--idle-timout'"),
         "the relay's message is in the journal:\n{journal}"
     );
     assert_eq!(
