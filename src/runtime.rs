@@ -45,8 +45,9 @@ pub fn start_reactor() -> std::io::Result<()> {
     let quiet = std::panic::take_hook();
     std::panic::set_hook(Box::new(|_| {}));
     let started = std::panic::catch_unwind(|| {
-        // A pipe: what the sandbox lets the relay create from now on.
-        let (probe, _peer) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)?;
+        // An eventfd: the sandbox lets the relay create one from now on
+        // (as the reactor does), and nothing else in it competes for it.
+        let probe = rustix::event::eventfd(0, rustix::event::EventfdFlags::CLOEXEC)?;
         async_io::Async::new(probe).map(drop)
     });
     std::panic::set_hook(quiet);
