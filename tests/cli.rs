@@ -330,3 +330,78 @@ fn fd_that_is_not_a_stream_socket_is_a_usage_error() {
         assert!(lines[0].contains("fd:3"), "{what}: {finished:?}");
     }
 }
+
+/// `--check` (what `systemctl reload` runs first): the verdict a start
+/// would give, with its exit status and message, and nothing bound,
+/// created or sent.
+#[test]
+fn check_judges_a_command_line_and_touches_nothing() {
+    let dir = TempDir::new();
+    let socket = dir.arg("relay.sock");
+    // A port in use: a start would fail on it; the check binds nothing.
+    let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let busy_arg = busy.local_addr().unwrap().to_string();
+    let notify = TempDir::new();
+    let manager = std::os::unix::net::UnixDatagram::bind(notify.join("notify")).unwrap();
+    manager.set_nonblocking(true).unwrap();
+    for listen in [socket.as_str(), busy_arg.as_str()] {
+        let mut check = command(&["--check", "--fd-store", listen, "127.0.0.1:9"]);
+        check.env("NOTIFY_SOCKET", notify.join("notify"));
+        let finished = run_command(check);
+        assert!(finished.status.success(), "{listen}: {finished:?}");
+        assert!(
+            finished.stderr.contains(&format!(
+                "check: the configuration is valid: {listen} -> 127.0.0.1:9"
+            )),
+            "{finished:?}"
+        );
+    }
+    assert!(
+        dir.entries().is_empty(),
+        "nothing created: {:?}",
+        dir.entries()
+    );
+    let mut buffer = [0u8; 256];
+    assert!(
+        manager.recv(&mut buffer).is_err(),
+        "nothing sent to the service manager"
+    );
+
+    // What a start would refuse, the check refuses, with the same status.
+    let cases: [(&[&str], i32, &str); 4] = [
+        (
+            &["--check", "--idle-timout", "5s", &socket, "127.0.0.1:9"],
+            2,
+            "'--idle-timout'",
+        ),
+        (
+            &["--check", "--socket-mode", "08", &socket, "127.0.0.1:9"],
+            2,
+            "--socket-mode",
+        ),
+        (
+            &["--check", &dir.arg("missing/relay.sock"), "127.0.0.1:9"],
+            1,
+            "does not exist",
+        ),
+        (
+            &["--check", "--allow-uid", "0", "127.0.0.1:0", "127.0.0.1:9"],
+            2,
+            "--allow-uid",
+        ),
+    ];
+    for (args, status, says) in cases {
+        let (got, stderr) = run_to_exit(args);
+        assert_eq!(got.code(), Some(status), "{args:?}: {stderr}");
+        assert!(stderr.contains(says), "{args:?}: {stderr}");
+    }
+    std::fs::write(dir.join("file"), b"mine").unwrap();
+    let (got, stderr) = run_to_exit(&["--check", &dir.arg("file"), "127.0.0.1:9"]);
+    assert_eq!(got.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("not a socket"), "{stderr}");
+    assert_eq!(
+        std::fs::read(dir.join("file")).unwrap(),
+        b"mine",
+        "untouched"
+    );
+}
