@@ -393,6 +393,9 @@ fn common(exec_mappings: bool) -> Vec<Call> {
         ),
         allow("rt_sigprocmask", SYS_rt_sigprocmask),
         allow("rt_sigreturn", SYS_rt_sigreturn),
+        // A sleep with a timeout that a stop interrupted (SIGSTOP and
+        // SIGCONT, a debugger or strace attaching) goes on through it.
+        allow("restart_syscall", SYS_restart_syscall),
         allow("sigaltstack", SYS_sigaltstack),
         // abort() after a panic that cannot unwind.
         allow_if("tgkill", SYS_tgkill, one_of(2, &[SIGABRT])),

@@ -328,3 +328,66 @@ fn an_unknown_mode_is_refused_rather_than_ignored() {
         finished.stderr
     );
 }
+
+/// A stop (a debugger or strace attaching, SIGSTOP and SIGCONT) makes a
+/// thread sleeping with a timeout go on through `restart_syscall`: the
+/// filter lets it, so tracing the relay never ends it. The relay is pinned
+/// to one CPU, where its threads are found in such sleeps.
+#[test]
+fn a_tracer_attaching_and_leaving_does_not_end_the_relay() {
+    if skip_if_missing(&["strace"], "strace") {
+        return;
+    }
+    let backend = Backend::tcp(echo);
+    let mut command = command(&["127.0.0.1:0", &backend.connect_arg]);
+    // SAFETY: sched_setaffinity is async-signal-safe and reads one set.
+    unsafe {
+        use std::os::unix::process::CommandExt;
+        command.pre_exec(|| {
+            let mut set: libc::cpu_set_t = std::mem::zeroed();
+            libc::CPU_SET(0, &mut set);
+            libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
+            Ok(())
+        });
+    }
+    let mut relay = Relay::start_command(command, 1);
+    for round in 0..3 {
+        let mut tracer = Command::new(tool("strace").unwrap())
+            .args([
+                "-f",
+                "-q",
+                "-o",
+                "/dev/null",
+                "-p",
+                &relay.pid().to_string(),
+            ])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let tracer_pid = tracer.id().to_string();
+        wait_until("strace to attach to every thread", || {
+            seccomp_of_threads(relay.pid()).iter().all(|(task, _)| {
+                std::fs::read_to_string(format!("{task}/status"))
+                    .is_ok_and(|s| s.lines().any(|l| l == format!("TracerPid:\t{tracer_pid}")))
+            }) || !relay.running()
+        });
+        assert_eq!(
+            exchange(connect(relay.address()), b"traced".to_vec()),
+            b"traced"
+        );
+        // SAFETY: kill with the pid of our own child.
+        unsafe { libc::kill(tracer.id() as i32, libc::SIGINT) };
+        let _ = tracer.wait();
+        assert!(
+            relay.running(),
+            "round {round}: the relay ended:\n{}",
+            relay.log()
+        );
+        assert_eq!(
+            exchange(connect(relay.address()), b"after".to_vec()),
+            b"after"
+        );
+    }
+}
