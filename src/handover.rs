@@ -497,8 +497,8 @@ fn names_fit(packed: &[Packed], occupied: usize) -> Result<(), String> {
         .flat_map(|p| p.descriptors())
         .map(|(name, _)| name.len() + 1)
         .sum();
-    let room =
-        ENVIRONMENT_STRING_MAX - "LISTEN_FDNAMES=".len() - 1 - OTHER_NAME_MAX * (occupied + 8);
+    let room = (ENVIRONMENT_STRING_MAX - "LISTEN_FDNAMES=".len() - 1)
+        .saturating_sub(OTHER_NAME_MAX.saturating_mul(occupied.saturating_add(8)));
     if names > room {
         return Err(format!(
             "their names would take {names} bytes of LISTEN_FDNAMES, which Linux limits to {room} here (128 KiB in all): systemd could not start the next instance; fewer connections at once can be handed over"
