@@ -714,7 +714,14 @@ mod tests {
         let mut got = Vec::new();
         let mut buffer = [0u8; 1000];
         bench.backend.set_nonblocking(true).unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
         while got.len() < data.len() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "only {} of {} bytes arrived",
+                got.len(),
+                data.len()
+            );
             assert!(bench.step().is_none());
             if let Ok(n) = bench.backend.read(&mut buffer) {
                 got.extend_from_slice(&buffer[..n]);
