@@ -176,13 +176,7 @@ fn an_instance_killed_before_the_store_forgot_its_connections_leaves_them_cut_no
     let (backends, backend_address) = held_backend();
     let args = ["--fd-store", "127.0.0.1:0", &backend_address];
     let mut manager = manager();
-    let first = manager.start(&args);
-    let mut client = TcpStream::connect(first.address()).unwrap();
-    let (mut backend, _) = backends.accept().unwrap();
-    client.write_all(b"part").unwrap();
-    let mut got = [0u8; 4];
-    backend.read_exact(&mut got).unwrap();
-    let _ = hand_over(&mut manager, first);
+    let (mut client, mut backend) = stored_connection(&mut manager, &args, &backends, b"part");
 
     // PID 1 is busy: the next instance's removals wait in the socket.
     manager.pause();
@@ -447,6 +441,25 @@ fn exits_for_a_restart(mut relay: Relay) -> String {
     log
 }
 
+/// A relay started with `args`, one TCP connection through it to
+/// `backends` that has carried `sent` upwards, and a hand-over: the
+/// connection sits in the store. Its client and backend.
+fn stored_connection(
+    manager: &mut Manager,
+    args: &[&str],
+    backends: &TcpListener,
+    sent: &[u8],
+) -> (TcpStream, TcpStream) {
+    let first = manager.start(args);
+    let mut client = TcpStream::connect(first.address()).unwrap();
+    let (mut backend, _) = backends.accept().unwrap();
+    client.write_all(sent).unwrap();
+    let mut got = vec![0u8; sent.len()];
+    backend.read_exact(&mut got).unwrap();
+    let _ = hand_over(manager, first);
+    (client, backend)
+}
+
 /// Both peers of a relayed connection see an abort, never a clean end.
 fn both_see_a_reset(client: &mut TcpStream, backend: &mut TcpStream) {
     let mut byte = [0u8; 1];
@@ -651,14 +664,8 @@ fn a_stored_connection_nobody_takes_over_ends_as_a_reset() {
     let (backends, backend_address) = held_backend();
     let args = ["--fd-store", "127.0.0.1:0", &backend_address];
     let mut manager = manager_saying_its_size();
-    let first = manager.start(&args);
-    let mut client = TcpStream::connect(first.address()).unwrap();
-    let (mut backend, _) = backends.accept().unwrap();
-    client.write_all(b"unfinished").unwrap();
-    let mut got = [0u8; 10];
-    backend.read_exact(&mut got).unwrap();
-
-    let _ = hand_over(&mut manager, first);
+    let (mut client, mut backend) =
+        stored_connection(&mut manager, &args, &backends, b"unfinished");
     // `systemctl stop`: systemd closes what it stored.
     manager.clear();
     both_see_a_reset(&mut client, &mut backend);
