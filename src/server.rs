@@ -110,8 +110,8 @@ pub async fn serve(
     let limit = Limit::new(config.connections_max);
     let adopted = store.adopted.len();
     // Closed once systemd has processed every removal sent before: adopted
-    // connections keep their linger 0 (a crash is a reset) until then, and
-    // no hand-over begins before it (it would store what is being removed).
+    // connections keep their linger 0 (a crash is a reset) until then. (A
+    // hand-over waits for a barrier of its own before it stores anything.)
     let (forgotten, confirmed) = async_channel::bounded::<()>(1);
     for connection in store.adopted {
         crate::handover::commit(&connection);
@@ -299,8 +299,6 @@ pub async fn serve(
             drain(&connections, config.shutdown_timeout, &signals).await;
         }
         Stop::HandOver => {
-            // The removals of this instance's adoption come first.
-            let _ = confirmed.recv().await;
             hand_over(&connections, &config, store.occupied, &signals).await;
             return Ok(Served::HandedOver);
         }
@@ -312,7 +310,6 @@ pub async fn serve(
             crate::warn!("{why}: host names cannot be resolved; stopping");
             crate::notify::stopping(&format!("stopping: {why}"));
             if store.occupied.is_some() {
-                let _ = confirmed.recv().await;
                 hand_over(&connections, &config, store.occupied, &signals).await;
             } else {
                 drain(&connections, config.shutdown_timeout, &signals).await;
