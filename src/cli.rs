@@ -14,8 +14,9 @@ use argh::{ArgsInfo, FromArgs};
 use crate::config::{Config, SandboxMode};
 use crate::endpoint::{Endpoint, Role, Target, UnixAddr, parse_number};
 use crate::failure::Failure;
-use crate::identity::{Allowlist, ProxyVersion};
 use crate::log::Level;
+use crate::peer::Allowlist;
+use crate::proxy::ProxyVersion;
 use crate::timespan::{self, Span};
 
 /// A systemd time span as an argh value.
@@ -822,36 +823,6 @@ fn invalid_name(text: &str) -> Option<&'static str> {
     }
 }
 
-/// Calls a `get*nam_r` function with a buffer that grows on ERANGE until
-/// the record fits: a group with thousands of members (LDAP, say) is
-/// still found. `Ok(None)`: no such entry.
-fn lookup_record<T>(
-    name: &CString,
-    call: impl Fn(*const libc::c_char, *mut T, *mut libc::c_char, usize, *mut *mut T) -> libc::c_int,
-) -> Result<Option<T>, std::io::Error> {
-    let mut size = 16 << 10;
-    loop {
-        let mut record = std::mem::MaybeUninit::<T>::uninit();
-        let mut buffer = vec![0 as libc::c_char; size];
-        let mut result: *mut T = std::ptr::null_mut();
-        let rc = call(
-            name.as_ptr(),
-            record.as_mut_ptr(),
-            buffer.as_mut_ptr(),
-            buffer.len(),
-            &mut result,
-        );
-        match rc {
-            0 if result.is_null() => return Ok(None),
-            // SAFETY: the call succeeded and filled `record`; only its id
-            // field is read, which does not point into the buffer.
-            0 => return Ok(Some(unsafe { record.assume_init() })),
-            libc::ERANGE if size < 64 << 20 => size *= 4,
-            rc => return Err(std::io::Error::from_raw_os_error(rc)),
-        }
-    }
-}
-
 /// A group id from a number or a group name.
 pub fn lookup_group(text: &str) -> Result<libc::gid_t, String> {
     if let Some(id) = parse_id(text) {
@@ -864,13 +835,8 @@ pub fn lookup_group(text: &str) -> Result<libc::gid_t, String> {
         ));
     }
     let name = CString::new(text).map_err(|_| format!("{} is not a group name", quote(text)))?;
-    // SAFETY: every pointer is valid for the duration of the call and the
-    // buffer length is passed; the result points into `group` or is null.
-    let found = lookup_record(&name, |n, g, b, l, r| unsafe {
-        libc::getgrnam_r(n, g, b, l, r)
-    });
-    match found {
-        Ok(Some(group)) => Ok(group.gr_gid),
+    match crate::peer::group_id(&name) {
+        Ok(Some(gid)) => Ok(gid),
         Ok(None) => Err(format!("no group named {}", quote(text))),
         Err(e) => Err(format!("cannot look up group {}: {e}", quote(text))),
     }
@@ -888,12 +854,8 @@ pub fn lookup_user(text: &str) -> Result<libc::uid_t, String> {
         ));
     }
     let name = CString::new(text).map_err(|_| format!("{} is not a user name", quote(text)))?;
-    // SAFETY: as in lookup_group.
-    let found = lookup_record(&name, |n, u, b, l, r| unsafe {
-        libc::getpwnam_r(n, u, b, l, r)
-    });
-    match found {
-        Ok(Some(user)) => Ok(user.pw_uid),
+    match crate::peer::user_id(&name) {
+        Ok(Some(uid)) => Ok(uid),
         Ok(None) => Err(format!("no user named {}", quote(text))),
         Err(e) => Err(format!("cannot look up user {}: {e}", quote(text))),
     }

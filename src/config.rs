@@ -4,8 +4,9 @@
 use std::time::Duration;
 
 use crate::endpoint::{Endpoint, Target};
-use crate::identity::{Allowlist, ProxyVersion};
 use crate::log::Level;
+use crate::peer::Allowlist;
+use crate::proxy::ProxyVersion;
 use crate::timespan::Span;
 
 /// How hard the relay confines itself after start-up.

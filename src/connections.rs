@@ -1,15 +1,15 @@
-//! The live connections, in one registry: an [`Entry`] per connection, held
-//! by its task from accept to close. Creating one counts the connection;
-//! dropping it updates the count, records when the relay became idle and
-//! wakes whoever waits for "no connection left" (the drain and
-//! `--exit-idle-time`). The registry also knows each connection's sockets,
-//! so that the relay can cut them all with a reset when it gives up on them.
+//! The live connections, counted: an [`Entry`] per connection, held by its
+//! task from accept to close. Creating one counts the connection; dropping
+//! it updates the count, records when the relay became idle and wakes
+//! whoever waits for "no connection left" (the drain and
+//! `--exit-idle-time`). The registry keeps counts and wake-ups only: a
+//! connection's sockets belong to its task while it opens and to the engine
+//! once it relays (`crate::engine`), and each cuts its own.
 //!
 //! The runtime is single-threaded: `Rc` and `Cell`, no locks.
 
 use std::cell::{Cell, RefCell};
 use std::future::Future;
-use std::os::fd::{BorrowedFd, RawFd};
 use std::rc::Rc;
 use std::task::{Poll, Waker};
 use std::time::{Duration, Instant};
@@ -33,44 +33,25 @@ struct Registry {
     idle_since: Cell<Instant>,
     /// Connections not yet relaying (being admitted, connecting).
     opening: Cell<usize>,
-    /// The sockets of each live connection, by slot; `None` marks a free slot.
-    slots: RefCell<Vec<Option<Slot>>>,
-    free: RefCell<Vec<usize>>,
     /// Tasks waiting for the relay to become idle, or for no connection to
     /// be opening.
     waiting: RefCell<Vec<Waker>>,
-}
-
-/// What the registry knows of one connection.
-struct Slot {
-    sockets: [Option<RawFd>; 2],
-    /// Handed to the engine (no longer counted as opening).
-    relaying: bool,
-}
-
-impl Slot {
-    /// `SO_LINGER` {on, 0} on the connection's sockets: their close is a
-    /// reset.
-    fn abort(&self) {
-        for fd in self.sockets.iter().flatten() {
-            // SAFETY: the descriptor belongs to a live connection: its entry
-            // forgets it before the socket is closed (see
-            // `Entry::forget_sockets`), and the registry is only used on the
-            // runtime's one thread.
-            let fd = unsafe { BorrowedFd::borrow_raw(*fd) };
-            let _ = socket2::SockRef::from(&fd).set_linger(Some(Duration::ZERO));
-        }
-    }
+    /// Closed to cut the connections still opening; each races it
+    /// ([`Entry::cut`]).
+    cut: RefCell<Option<async_channel::Sender<()>>>,
+    cutting: async_channel::Receiver<()>,
 }
 
 /// One live connection; dropped when its task ends.
 pub(crate) struct Entry {
     registry: Rc<Registry>,
-    slot: usize,
+    /// Not yet handed to the engine.
+    opening: Cell<bool>,
 }
 
 impl Connections {
     pub(crate) fn new() -> Connections {
+        let (cut, cutting) = async_channel::bounded(1);
         Connections(Rc::new(Registry {
             active: Cell::new(0),
             total: Cell::new(0),
@@ -78,45 +59,30 @@ impl Connections {
             peak: Cell::new(0),
             idle_since: Cell::new(Instant::now()),
             opening: Cell::new(0),
-            slots: RefCell::new(Vec::new()),
-            free: RefCell::new(Vec::new()),
             waiting: RefCell::new(Vec::new()),
+            cut: RefCell::new(Some(cut)),
+            cutting,
         }))
     }
 
     /// Registers an accepted client.
-    pub(crate) fn open(&self, client: RawFd) -> Entry {
+    pub(crate) fn open(&self) -> Entry {
         let registry = &self.0;
         registry.total.set(registry.total.get() + 1);
-        self.reopen(client)
+        self.reopen()
     }
 
     /// Registers a connection counted before (taken back from a hand-over
     /// that could not store it): it is not one more in the total.
-    pub(crate) fn reopen(&self, client: RawFd) -> Entry {
+    pub(crate) fn reopen(&self) -> Entry {
         let registry = &self.0;
         let active = registry.active.get() + 1;
         registry.active.set(active);
         registry.peak.set(registry.peak.get().max(active));
         registry.opening.set(registry.opening.get() + 1);
-        let sockets = Some(Slot {
-            sockets: [Some(client), None],
-            relaying: false,
-        });
-        let mut slots = registry.slots.borrow_mut();
-        let slot = match registry.free.borrow_mut().pop() {
-            Some(slot) => {
-                slots[slot] = sockets;
-                slot
-            }
-            None => {
-                slots.push(sockets);
-                slots.len() - 1
-            }
-        };
         Entry {
             registry: self.0.clone(),
-            slot,
+            opening: Cell::new(true),
         }
     }
 
@@ -175,25 +141,14 @@ impl Connections {
         }
     }
 
-    /// Makes every open connection end as an abort when its sockets close:
-    /// `SO_LINGER` {on, 0} turns the close of a TCP socket into a reset, so
-    /// a peer never mistakes a cut stream for a complete one. (Unix sockets
-    /// have no reset; their peer sees ECONNRESET only if it had sent bytes
-    /// the relay did not read, and otherwise an end of stream.)
-    pub(crate) fn abort_all(&self) {
-        for slot in self.0.slots.borrow().iter().flatten() {
-            slot.abort();
-        }
-    }
-}
-
-impl Connections {
-    /// Makes the connections still opening (not yet relaying) end as an
-    /// abort when their sockets close; how many there are.
-    pub(crate) fn abort_opening(&self) -> usize {
-        let slots = self.0.slots.borrow();
-        let opening = slots.iter().flatten().filter(|slot| !slot.relaying);
-        opening.map(Slot::abort).count()
+    /// Cuts the connections still opening (each task makes its own sockets
+    /// a reset and closes them) and waits until they are gone; how many
+    /// there were. Connections accepted later are cut at once.
+    pub(crate) async fn cut_opening(&self) -> usize {
+        let opening = self.0.opening.get();
+        self.0.cut.borrow_mut().take();
+        self.none_opening().await;
+        opening
     }
 }
 
@@ -214,18 +169,9 @@ impl Registry {
 }
 
 impl Entry {
-    /// Records the connection's socket towards CONNECT.
-    pub(crate) fn set_backend(&self, backend: RawFd) {
-        if let Some(slot) = &mut self.registry.slots.borrow_mut()[self.slot] {
-            slot.sockets[1] = Some(backend);
-        }
-    }
-
     /// The connection goes to the engine: it is no longer opening.
     pub(crate) fn relaying(&self) {
-        if let Some(slot) = &mut self.registry.slots.borrow_mut()[self.slot]
-            && !std::mem::replace(&mut slot.relaying, true)
-        {
+        if self.opening.replace(false) {
             let opening = &self.registry.opening;
             opening.set(opening.get() - 1);
             if opening.get() == 0 {
@@ -234,10 +180,12 @@ impl Entry {
         }
     }
 
-    /// Forgets the sockets, which are about to be closed.
-    pub(crate) fn forget_sockets(&self) {
-        if let Some(slot) = &mut self.registry.slots.borrow_mut()[self.slot] {
-            slot.sockets = [None, None];
+    /// Resolves once the connections still opening are to be cut
+    /// ([`Connections::cut_opening`]).
+    pub(crate) fn cut(&self) -> impl Future<Output = ()> + use<> {
+        let cutting = self.registry.cutting.clone();
+        async move {
+            let _ = cutting.recv().await;
         }
     }
 
@@ -252,8 +200,6 @@ impl Drop for Entry {
     fn drop(&mut self) {
         self.relaying();
         let registry = &self.registry;
-        registry.slots.borrow_mut()[self.slot] = None;
-        registry.free.borrow_mut().push(self.slot);
         let active = registry.active.get() - 1;
         registry.active.set(active);
         if active != 0 {

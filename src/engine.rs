@@ -24,7 +24,6 @@ use std::task::{Poll, Waker};
 use std::time::{Duration, Instant};
 
 use rustix::event::epoll::{self, EventData, EventFlags};
-use socket2::Socket;
 
 use crate::relay::{Outcome, Relay, Totals};
 
@@ -36,6 +35,11 @@ enum Command {
     HandOver(async_channel::Sender<Vec<Taken>>),
     /// Say that the thread goes on (for the watchdog).
     Ping(async_channel::Sender<()>),
+    /// Cut every connection (a reset towards TCP peers), and say how many.
+    CutAll(async_channel::Sender<usize>),
+    /// systemd's store has forgotten the adopted connections: their sockets
+    /// may close with a clean end of stream from now on.
+    StoreForgot,
 }
 
 /// A connection for the engine, and where to say how it ended.
@@ -47,6 +51,9 @@ struct Job {
     started: Instant,
     /// When a byte last moved (likewise).
     last_moved: Instant,
+    /// Handed over by the previous instance: a copy of its sockets may
+    /// still be in systemd's store (see [`Closing`]).
+    adopted: bool,
     done: Done,
 }
 
@@ -92,13 +99,12 @@ impl Drop for Done {
     }
 }
 
-/// How a connection ended; the sockets come back to be closed by the task
-/// (which first takes them out of the registry of live connections), unless
-/// the connection was handed over.
+/// How a connection ended. Its sockets stay with the engine, which closed
+/// them (or, for an adopted connection the store may still hold, keeps
+/// them until it has forgotten them).
 pub struct Ended {
     pub totals: Totals,
     pub outcome: Outcome,
-    pub sockets: Option<(Socket, Socket)>,
 }
 
 /// The engine's inbox: jobs, and a descriptor that wakes it.
@@ -155,14 +161,16 @@ impl Key {
 
 /// Relays a connection on the engine thread until it ends
 /// (`idle_timeout`: no byte either way for that long, counted from
-/// `last_moved`), or is handed over. The connection goes to the engine at
-/// once; the future only waits, and is small (it is paid for each held
-/// connection).
+/// `last_moved`), is cut, or is handed over; the engine owns it from now on
+/// and closes it. `adopted`: handed over by the previous instance, so that
+/// it ends cleanly only once the store has forgotten it ([`store_forgot`]).
+/// The connection goes to the engine at once; the future only waits, and is
+/// small (it is paid for each held connection).
 pub fn relay(
     relay: Relay,
-    started: Instant,
-    last_moved: Instant,
+    (started, last_moved): (Instant, Instant),
     idle_timeout: Option<Duration>,
+    adopted: bool,
 ) -> impl std::future::Future<Output = io::Result<Ended>> {
     let completion = Arc::new(Mutex::new(Completion::default()));
     let sent = send(Command::Relay(Job {
@@ -170,6 +178,7 @@ pub fn relay(
         idle_timeout,
         started,
         last_moved,
+        adopted,
         done: Done(completion.clone()),
     }));
     async move {
@@ -214,6 +223,25 @@ pub async fn alive() -> io::Result<()> {
         .recv()
         .await
         .map_err(|_| io::Error::other("the relay engine is gone"))
+}
+
+/// Cuts every connection the engine relays: their sockets close with a
+/// reset towards TCP peers, so that a peer never mistakes a cut stream for
+/// a complete one (a Unix peer sees ECONNRESET only if it had sent bytes
+/// that were not read, and otherwise an end of stream); how many.
+pub async fn cut_all() -> io::Result<usize> {
+    let (sender, receiver) = async_channel::bounded(1);
+    send(Command::CutAll(sender))?;
+    receiver
+        .recv()
+        .await
+        .map_err(|_| io::Error::other("the relay engine is gone"))
+}
+
+/// Tells the engine that systemd has forgotten the adopted connections
+/// (or never held them): they may end with a clean end of stream.
+pub fn store_forgot() -> io::Result<()> {
+    send(Command::StoreForgot)
 }
 
 fn send(command: Command) -> io::Result<()> {
@@ -288,6 +316,7 @@ struct Connection {
     idle: Option<Box<Idle>>,
     /// Tells this connection from an earlier one in the same slot.
     generation: u32,
+    adopted: bool,
 }
 
 /// `--idle-timeout`: the span, and when a byte last moved.
@@ -308,6 +337,12 @@ struct Engine {
     /// Idle deadlines to check, earliest first (checked lazily: a deadline
     /// whose connection moved bytes meanwhile is pushed again, later).
     deadlines: BinaryHeap<Reverse<(Instant, Key)>>,
+    /// Whether systemd's store has forgotten the adopted connections.
+    store_forgot: bool,
+    /// Adopted connections that ended cleanly before the store forgot
+    /// them: their sockets keep `SO_LINGER` 0 (a crash now is a reset, as
+    /// the copy in the store would be) and close cleanly once it has.
+    closing: Vec<Relay>,
 }
 
 impl Engine {
@@ -320,6 +355,8 @@ impl Engine {
             free: Vec::new(),
             generation: 0,
             deadlines: BinaryHeap::new(),
+            store_forgot: false,
+            closing: Vec::new(),
         }
     }
 
@@ -387,6 +424,17 @@ impl Engine {
                     let _ = reply.try_send(());
                     continue;
                 }
+                Command::CutAll(reply) => {
+                    let _ = reply.try_send(self.cut_all());
+                    continue;
+                }
+                Command::StoreForgot => {
+                    self.store_forgot = true;
+                    for relay in self.closing.drain(..) {
+                        relay.close_cleanly();
+                    }
+                    continue;
+                }
             };
             #[cfg(debug_assertions)]
             test_fault();
@@ -439,6 +487,7 @@ impl Engine {
                 started: job.started,
                 idle,
                 generation: id.generation,
+                adopted: job.adopted,
             }));
             if let Err(e) = registered {
                 if let Some(connection) = self.get(id) {
@@ -541,19 +590,43 @@ impl Engine {
         }
     }
 
-    /// Deregisters a connection and hands its sockets back.
+    /// Deregisters a connection, closes it and says how it ended.
     fn finish(&mut self, id: Key, outcome: Outcome) {
         let Some(connection) = self.remove(id) else {
             return;
         };
         let relay = connection.relay;
         let totals = relay.totals();
-        let sockets = Some(relay.into_sockets());
-        connection.done.complete(Ended {
-            totals,
-            outcome,
-            sockets,
-        });
+        let clean = matches!(outcome, Outcome::Done | Outcome::Idle);
+        match (clean, connection.adopted) {
+            (true, true) if !self.store_forgot => self.closing.push(relay),
+            (true, true) => relay.close_cleanly(),
+            // A failed or cut connection was made a reset already.
+            _ => drop(relay),
+        }
+        connection.done.complete(Ended { totals, outcome });
+    }
+
+    /// Cuts every connection (see [`cut_all`]); how many.
+    fn cut_all(&mut self) -> usize {
+        let keys = self.keys();
+        for &id in &keys {
+            if let Some(connection) = self.get(id) {
+                connection.relay.abort();
+            }
+            self.finish(id, Outcome::Cut);
+        }
+        keys.len()
+    }
+
+    /// The keys of every connection on the engine.
+    fn keys(&self) -> Vec<Key> {
+        (0..self.connections.len() as u32)
+            .filter_map(|slot| {
+                let generation = self.connections[slot as usize].as_ref()?.generation;
+                Some(Key { slot, generation })
+            })
+            .collect()
     }
 
     /// Takes a connection off the engine.
@@ -571,12 +644,7 @@ impl Engine {
     /// instance; the tasks waiting for them learn that they were handed
     /// over.
     fn hand_over(&mut self) -> Vec<Taken> {
-        let keys: Vec<Key> = (0..self.connections.len() as u32)
-            .filter_map(|slot| {
-                let generation = self.connections[slot as usize].as_ref()?.generation;
-                Some(Key { slot, generation })
-            })
-            .collect();
+        let keys = self.keys();
         self.deadlines.clear();
         keys.into_iter()
             .filter_map(|id| self.remove(id))
@@ -584,7 +652,6 @@ impl Engine {
                 connection.done.complete(Ended {
                     totals: connection.relay.totals(),
                     outcome: Outcome::HandedOver,
-                    sockets: None,
                 });
                 Taken {
                     last_moved: connection.idle.map(|idle| idle.last),

@@ -162,18 +162,10 @@ pub fn adopt(passed: Vec<(RawFd, String)>, skip: Option<RawFd>) -> (Vec<Adopted>
 
 /// Makes an adopted connection this instance's: systemd forgets it. Its
 /// sockets keep `SO_LINGER` 0 until the store has confirmed that and the
-/// connection ends cleanly ([`clean_close`]).
+/// connection ends cleanly (`crate::engine::store_forgot`).
 pub fn commit(connection: &Adopted) {
     for name in &connection.names {
         crate::notify::remove_stored(name);
-    }
-}
-
-/// Lets an adopted connection's sockets close with a clean end of stream
-/// (its peers got everything), now that the store holds no copy of them.
-pub fn clean_close(sockets: &[&Socket]) {
-    for socket in sockets {
-        let _ = socket.set_linger(None);
     }
 }
 

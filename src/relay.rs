@@ -54,6 +54,8 @@ pub enum Outcome {
     /// Handed to the next instance of the relay (`crate::handover`), which
     /// goes on with it.
     HandedOver,
+    /// Cut at the end of a drain or a hand-over (a reset towards TCP peers).
+    Cut,
 }
 
 /// Bytes moved in each direction.
@@ -373,9 +375,13 @@ impl Relay {
         Some(outcome)
     }
 
-    /// The two sockets, client first, for closing.
-    pub fn into_sockets(self) -> (Socket, Socket) {
-        (self.client.socket, self.backend.socket)
+    /// Closes both sockets with a clean end of stream, even if they were
+    /// made a reset before (an adopted connection keeps `SO_LINGER` 0 until
+    /// systemd's store has forgotten it).
+    pub fn close_cleanly(self) {
+        for side in [&self.client, &self.backend] {
+            let _ = side.socket.set_linger(None);
+        }
     }
 
     /// Makes closing both sockets a reset (`SO_LINGER` 0).

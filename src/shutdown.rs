@@ -11,6 +11,7 @@ use std::io::{self, Read};
 use std::os::unix::net::UnixStream;
 
 use async_io::Async;
+use futures_lite::future;
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGUSR2};
 
 /// What a signal asks of the relay.
@@ -82,4 +83,37 @@ fn forward(pipe: Async<UnixStream>, request: Request, to: async_channel::Sender<
             }
         }
     });
+}
+
+/// Requests to stop or hand over: signals in the program, anything a test
+/// sends. The first stops accepting; a stop request after it ends the drain
+/// at once. A repeated hand-over request (two reloads in a row) is never a
+/// reason to cut anything: it is ignored, with a line.
+pub struct Stops(async_channel::Receiver<Request>);
+
+impl Stops {
+    pub fn new(requests: async_channel::Receiver<Request>) -> Stops {
+        Stops(requests)
+    }
+
+    /// Waits for the next request (forever, once no sender is left).
+    pub async fn next(&self) -> Request {
+        match self.0.recv().await {
+            Ok(request) => request,
+            Err(_) => future::pending().await,
+        }
+    }
+
+    /// Waits for the next stop request, once the relay is stopping or
+    /// handing over already.
+    pub async fn next_stop(&self) {
+        loop {
+            match self.next().await {
+                Request::Stop => return,
+                Request::HandOver => crate::info!(
+                    "SIGUSR2: a hand-over or drain is under way already; ignored (SIGTERM cuts the open connections)"
+                ),
+            }
+        }
+    }
 }

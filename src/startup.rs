@@ -208,7 +208,7 @@ fn run(config: Config) -> Result<server::Served, Failure> {
         for name in orphans {
             notify::remove_stored(&name);
         }
-        let stops = server::Stops::new(signals);
+        let stops = shutdown::Stops::new(signals);
         match server::serve(opened, store, config, stops, ready_fd).await {
             Ok(server::Served::Unreached) => Err(Failure::Startup(
                 "the inherited connection could not be relayed".into(),

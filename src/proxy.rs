@@ -1,10 +1,7 @@
-//! Who is connecting: the PROXY protocol header that tells CONNECT the
-//! client's address (HAProxy's specification, v1 text and v2 binary), and the
-//! peer-credential allowlist for Unix listeners.
+//! The PROXY protocol encoder: the header that tells CONNECT who the client
+//! is (HAProxy's specification, v1 text and v2 binary).
 
 use std::net::{IpAddr, SocketAddr};
-
-use crate::peer::Credentials;
 
 /// Which PROXY protocol version to send.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -19,7 +16,7 @@ const V2_SIGNATURE: [u8; 12] = *b"\r\n\r\n\0\r\nQUIT\n";
 /// Builds the header for a client at `source` that connected to `destination`
 /// (the listener's local address). Without two IP addresses (a Unix client),
 /// v1 says `UNKNOWN` and v2 sends a `LOCAL` command.
-pub fn proxy_header(
+pub fn header(
     version: ProxyVersion,
     source: Option<SocketAddr>,
     destination: Option<SocketAddr>,
@@ -97,29 +94,6 @@ fn same_family(source: SocketAddr, destination: SocketAddr) -> (SocketAddr, Sock
     }
 }
 
-/// Which Unix clients may connect (`--allow-uid`, `--allow-gid`).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Allowlist {
-    pub uids: Vec<libc::uid_t>,
-    pub gids: Vec<libc::gid_t>,
-}
-
-impl Allowlist {
-    /// Whether any restriction is configured.
-    pub fn is_active(&self) -> bool {
-        !self.uids.is_empty() || !self.gids.is_empty()
-    }
-
-    /// Whether a client with these credentials (and supplementary groups)
-    /// may connect.
-    pub fn allows(&self, credentials: &Credentials, groups: &[libc::gid_t]) -> bool {
-        !self.is_active()
-            || self.uids.contains(&credentials.uid)
-            || self.gids.contains(&credentials.gid)
-            || groups.iter().any(|g| self.gids.contains(g))
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -130,39 +104,36 @@ mod tests {
 
     #[test]
     fn v1_forms() {
-        let h = proxy_header(
+        let h = header(
             ProxyVersion::V1,
             addr("192.0.2.1:5678"),
             addr("127.0.0.1:80"),
         );
         assert_eq!(h, b"PROXY TCP4 192.0.2.1 127.0.0.1 5678 80\r\n");
-        let h = proxy_header(
+        let h = header(
             ProxyVersion::V1,
             addr("[2001:db8::1]:5678"),
             addr("[::1]:80"),
         );
         assert_eq!(h, b"PROXY TCP6 2001:db8::1 ::1 5678 80\r\n");
-        let h = proxy_header(
+        let h = header(
             ProxyVersion::V1,
             addr("[::ffff:192.0.2.1]:5678"),
             addr("[::ffff:127.0.0.1]:80"),
         );
         assert_eq!(h, b"PROXY TCP4 192.0.2.1 127.0.0.1 5678 80\r\n");
-        let h = proxy_header(
+        let h = header(
             ProxyVersion::V1,
             addr("[::ffff:192.0.2.1]:5678"),
             addr("[::1]:80"),
         );
         assert_eq!(h, b"PROXY TCP6 ::ffff:192.0.2.1 ::1 5678 80\r\n");
-        assert_eq!(
-            proxy_header(ProxyVersion::V1, None, None),
-            b"PROXY UNKNOWN\r\n"
-        );
+        assert_eq!(header(ProxyVersion::V1, None, None), b"PROXY UNKNOWN\r\n");
     }
 
     #[test]
     fn v2_forms() {
-        let h = proxy_header(
+        let h = header(
             ProxyVersion::V2,
             addr("192.0.2.1:5678"),
             addr("127.0.0.1:80"),
@@ -172,49 +143,11 @@ mod tests {
             0x21, 0x11, 0, 12, 192, 0, 2, 1, 127, 0, 0, 1, 0x16, 0x2e, 0, 80,
         ]);
         assert_eq!(h, want);
-        let h = proxy_header(ProxyVersion::V2, addr("[::1]:1"), addr("[::1]:2"));
+        let h = header(ProxyVersion::V2, addr("[::1]:1"), addr("[::1]:2"));
         assert_eq!(&h[12..16], &[0x21, 0x21, 0, 36]);
         assert_eq!(h.len(), 16 + 36);
-        let h = proxy_header(ProxyVersion::V2, None, None);
+        let h = header(ProxyVersion::V2, None, None);
         assert_eq!(&h[12..], &[0x20, 0x00, 0, 0]);
-    }
-
-    #[test]
-    fn allowlist() {
-        let c = Credentials {
-            pid: 1,
-            uid: 1000,
-            gid: 100,
-        };
-        assert!(Allowlist::default().allows(&c, &[]));
-        assert!(
-            Allowlist {
-                uids: vec![1000],
-                gids: vec![]
-            }
-            .allows(&c, &[])
-        );
-        assert!(
-            Allowlist {
-                uids: vec![],
-                gids: vec![100]
-            }
-            .allows(&c, &[])
-        );
-        assert!(
-            Allowlist {
-                uids: vec![],
-                gids: vec![27]
-            }
-            .allows(&c, &[27])
-        );
-        assert!(
-            !Allowlist {
-                uids: vec![0],
-                gids: vec![0]
-            }
-            .allows(&c, &[4, 24])
-        );
     }
 }
 
@@ -362,9 +295,9 @@ mod read_back {
             destination in proptest::option::weighted(0.9, address()),
         ) {
             let want = expected(source, destination);
-            let v1 = proxy_header(ProxyVersion::V1, source, destination);
+            let v1 = header(ProxyVersion::V1, source, destination);
             prop_assert_eq!(parse_v1(&v1), Ok(want), "{:?}", String::from_utf8_lossy(&v1));
-            let v2 = proxy_header(ProxyVersion::V2, source, destination);
+            let v2 = header(ProxyVersion::V2, source, destination);
             prop_assert_eq!(parse_v2(&v2), Ok(want), "{:?}", v2);
         }
     }
