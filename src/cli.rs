@@ -675,7 +675,7 @@ impl Args {
                 }
                 // Sockets passed to this process (socket activation, the
                 // file descriptor store) are the relay's to serve or adopt.
-                if crate::listener::passed_sockets()
+                if crate::passed::listed()
                     .unwrap_or_default()
                     .iter()
                     .any(|(passed, _)| *passed == fd)

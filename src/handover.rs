@@ -40,12 +40,13 @@
 
 use std::io;
 use std::net::SocketAddr;
-use std::os::fd::{AsFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::time::{Duration, Instant};
 
 use socket2::Socket;
 
 use crate::engine::Taken;
+use crate::passed::Passed;
 use crate::relay::{Half, InFlight, Relay};
 
 /// The exit status that asks systemd to start the next instance
@@ -96,24 +97,20 @@ struct Parts {
     duplicate: bool,
 }
 
-/// Takes over the connections among the descriptors systemd passed back,
-/// except `skip` (a descriptor LISTEN names as `fd:N`, which is LISTEN's).
+/// Takes over the connections among the descriptors systemd passed back
+/// (those LISTEN did not take).
 /// Nothing that systemd's copies share is changed yet (see [`commit`]). A
 /// connection whose descriptors are not all there, or whose state cannot
 /// be read, is closed (it was stored to end as a reset); its names come
 /// back, with those of unknown descriptors, for removal from the store.
-pub fn adopt(passed: Vec<(RawFd, String)>, skip: Option<RawFd>) -> (Vec<Adopted>, Vec<String>) {
+pub fn adopt(passed: &mut Vec<Passed>) -> (Vec<Adopted>, Vec<String>) {
     let mut groups: Vec<(String, Parts)> = Vec::new();
     let mut dropped = Vec::new();
-    for (fd, name) in passed {
-        if !is_connection_name(&name) || Some(fd) == skip {
+    for Passed { name, fd, .. } in crate::passed::claim(passed, |p| is_connection_name(&p.name)) {
+        let Some(fd) = fd else {
+            dropped.push(name);
             continue;
-        }
-        // SAFETY: systemd passed this descriptor to this process, and no
-        // other part of the relay takes descriptors named "conn.…"
-        // (listener.rs leaves them alone, and `skip` is LISTEN's own).
-        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-        let _ = rustix::io::fcntl_setfd(&fd, rustix::io::FdFlags::CLOEXEC);
+        };
         let (id, role) = split_name(&name);
         let index = match groups.iter().position(|(g, _)| g == id) {
             Some(index) => index,

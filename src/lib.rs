@@ -13,9 +13,9 @@
 //! - `engine`: the thread that owns and relays every open connection;
 //!   `relay`: one connection's data path; `pipe`: pipes and splice;
 //!   `connector`: reaching CONNECT; `resolver`: the name resolution helper;
-//! - `listener`: binding, inheriting, stale sockets, socket-file removal;
-//!   `handover`: live connections to and from systemd's file descriptor
-//!   store;
+//! - `passed`: inherited descriptors, taken once; `listener`: binding,
+//!   inheriting, stale sockets, socket-file removal; `handover`: live
+//!   connections to and from systemd's file descriptor store;
 //! - `sandbox`: the policy and its enforcement; `notify`: sd_notify;
 //!   `shutdown`: signals; `runtime`: the executor (async-executor on
 //!   async-io);
@@ -37,6 +37,7 @@ mod handover;
 mod listener;
 pub mod log;
 mod notify;
+mod passed;
 mod peer;
 mod pipe;
 mod proxy;

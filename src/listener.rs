@@ -9,7 +9,7 @@
 use std::fmt;
 use std::io;
 use std::net::{IpAddr, Ipv6Addr, SocketAddr, ToSocketAddrs};
-use std::os::fd::{FromRawFd, RawFd};
+use std::os::fd::{OwnedFd, RawFd};
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
@@ -17,6 +17,7 @@ use socket2::{Domain, SockAddr, Socket, Type};
 
 use crate::endpoint::{Endpoint, Host, UnixAddr, abstract_addr, display_addr};
 use crate::failure::Failure;
+use crate::passed::Passed;
 
 /// A socket to accept connections on.
 pub struct Listener {
@@ -90,12 +91,17 @@ pub const STORED_NAME: &str = "listener";
 /// Listeners a previous instance left in systemd's file descriptor store
 /// are adopted instead of bound again, when they are LISTEN's; those that
 /// LISTEN no longer names are closed first (see [`Opened::stale`]).
-pub fn open(endpoint: &Endpoint, file_options: FileOptions) -> Result<(Opened, Stale), Failure> {
-    let (adopted, stale) = adopt_stored(endpoint)?;
+/// LISTEN takes what it needs of the `passed` descriptors.
+pub fn open(
+    endpoint: &Endpoint,
+    file_options: FileOptions,
+    passed: &mut Vec<Passed>,
+) -> Result<(Opened, Stale), Failure> {
+    let (adopted, stale) = adopt_stored(endpoint, passed)?;
     if let Some(listeners) = adopted {
         return Ok((Opened::Listeners(listeners), stale));
     }
-    open_anew(endpoint, file_options).map(|opened| (opened, stale))
+    open_anew(endpoint, file_options, passed).map(|opened| (opened, stale))
 }
 
 /// What `--check` can tell of LISTEN without binding or touching anything:
@@ -141,7 +147,11 @@ pub fn check(endpoint: &Endpoint) -> Result<(), Failure> {
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Stale(pub usize);
 
-fn open_anew(endpoint: &Endpoint, file_options: FileOptions) -> Result<Opened, Failure> {
+fn open_anew(
+    endpoint: &Endpoint,
+    file_options: FileOptions,
+    passed: &mut Vec<Passed>,
+) -> Result<Opened, Failure> {
     let listeners = match endpoint {
         Endpoint::Tcp { host, port } => {
             Listeners::from_vec(bind_tcp(host, *port)?).ok_or_else(|| {
@@ -152,8 +162,8 @@ fn open_anew(endpoint: &Endpoint, file_options: FileOptions) -> Result<Opened, F
         }
         Endpoint::Unix(UnixAddr::Path(path)) => Listeners::one(bind_unix_path(path, file_options)?),
         Endpoint::Unix(UnixAddr::Abstract(name)) => Listeners::one(bind_abstract(name)?),
-        Endpoint::SdListen(name) => return inherit_systemd(name.as_deref()),
-        Endpoint::Fd(fd) => return inherit_fd(*fd, &endpoint.to_string()),
+        Endpoint::SdListen(name) => return inherit_systemd(name.as_deref(), passed),
+        Endpoint::Fd(fd) => return inherit_fd(*fd, &endpoint.to_string(), passed),
     };
     Ok(Opened::Listeners(listeners))
 }
@@ -384,15 +394,13 @@ impl Drop for SocketFile {
     }
 }
 
-fn inherit_systemd(name: Option<&str>) -> Result<Opened, Failure> {
+fn inherit_systemd(name: Option<&str>, passed: &mut Vec<Passed>) -> Result<Opened, Failure> {
     let usage = |reason: String| {
         Failure::Usage(format!(
             "LISTEN '{}': {reason}",
             name.map_or("sd-listen".into(), |n| format!("sd-listen:{n}"))
         ))
     };
-    let passed =
-        passed_sockets().map_err(|e| usage(format!("bad socket activation environment: {e}")))?;
     if passed.is_empty() {
         return Err(usage(
             "no sockets were passed (LISTEN_FDS not set, or LISTEN_PID names another process)"
@@ -400,14 +408,9 @@ fn inherit_systemd(name: Option<&str>) -> Result<Opened, Failure> {
         ));
     }
     // A stored connection is not a socket to listen on (crate::handover).
-    let passed: Vec<(RawFd, String)> = passed
-        .into_iter()
-        .filter(|(_, n)| !crate::handover::is_connection_name(n))
-        .collect();
-    let chosen: Vec<(RawFd, String)> = match name {
-        None => passed,
-        Some(wanted) => passed.into_iter().filter(|(_, n)| n == wanted).collect(),
-    };
+    let chosen = crate::passed::claim(passed, |p| {
+        !crate::handover::is_connection_name(&p.name) && name.is_none_or(|n| p.name == n)
+    });
     if chosen.is_empty() {
         return Err(usage(
             "no passed socket has that FileDescriptorName=".into(),
@@ -415,8 +418,13 @@ fn inherit_systemd(name: Option<&str>) -> Result<Opened, Failure> {
     }
     let mut listeners = Vec::new();
     let mut connections = Vec::new();
-    for (fd, fd_name) in chosen {
-        match adopt(fd).map_err(|r| usage(format!("passed fd {fd} ({fd_name}) {r}")))? {
+    for Passed {
+        number,
+        name: fd_name,
+        fd,
+    } in chosen
+    {
+        match adopt(fd).map_err(|r| usage(format!("passed fd {number} ({fd_name}) {r}")))? {
             (socket, true) => listeners.push(Listener::new(socket, None)?),
             (socket, false) => connections.push(socket),
         }
@@ -437,27 +445,23 @@ fn inherit_systemd(name: Option<&str>) -> Result<Opened, Failure> {
 /// exists) or abstract name. `None`: bind as usual. The other stored
 /// listeners are closed, with their socket files: clients that connect to
 /// them would wait for ever.
-fn adopt_stored(endpoint: &Endpoint) -> Result<(Option<Listeners>, Stale), Failure> {
+fn adopt_stored(
+    endpoint: &Endpoint,
+    passed: &mut Vec<Passed>,
+) -> Result<(Option<Listeners>, Stale), Failure> {
     if !matches!(endpoint, Endpoint::Tcp { .. } | Endpoint::Unix(_)) {
         return Ok((None, Stale(0)));
     }
-    let Ok(passed) = passed_sockets() else {
-        return Ok((None, Stale(0)));
-    };
-    let stored: Vec<RawFd> = passed
-        .into_iter()
-        .filter(|(_, name)| name == STORED_NAME)
-        .map(|(fd, _)| fd)
-        .collect();
+    let stored = crate::passed::claim(passed, |p| p.name == STORED_NAME);
     if stored.is_empty() {
         return Ok((None, Stale(0)));
     }
     let mut sockets = Vec::new();
-    for fd in stored {
+    for Passed { number, fd, .. } in stored {
         match adopt(fd) {
             Ok((socket, true)) => sockets.push(socket),
             Ok((socket, false)) => drop(socket),
-            Err(reason) => crate::warn!("stored descriptor {fd} {reason}: ignored"),
+            Err(reason) => crate::warn!("stored descriptor {number} {reason}: ignored"),
         }
     }
     let local = |s: &Socket| s.local_addr().ok();
@@ -582,54 +586,14 @@ fn leads_to(path: &Path, listener: &Socket) -> bool {
     false
 }
 
-/// The sockets passed by socket activation: descriptors 3, 4, … per
-/// `LISTEN_FDS`, named by `LISTEN_FDNAMES` (`unknown` without it).
-/// `LISTEN_PID`, when set, must be this process (the variables may have
-/// been meant for a parent); without it the sockets are taken, as the
-/// listenfd crate does for systemfd `--no-pid`.
-pub fn passed_sockets() -> Result<Vec<(RawFd, String)>, String> {
-    const FIRST: RawFd = 3;
-    let Ok(count) = std::env::var("LISTEN_FDS") else {
-        return Ok(Vec::new());
+fn inherit_fd(number: RawFd, argument: &str, passed: &mut Vec<Passed>) -> Result<Opened, Failure> {
+    // One of the descriptors socket activation passed, or one of its own.
+    let fd = match crate::passed::claim(passed, |p| p.number == number).pop() {
+        Some(passed) => passed.fd,
+        None => crate::passed::take(number),
     };
-    if let Ok(pid) = std::env::var("LISTEN_PID")
-        && crate::endpoint::parse_number::<u32>(&pid) != Some(std::process::id())
-    {
-        return Ok(Vec::new());
-    }
-    let count = crate::endpoint::parse_number::<RawFd>(&count)
-        .filter(|n| *n <= 1 << 20)
-        .ok_or_else(|| format!("LISTEN_FDS='{count}' is not a count of descriptors"))?;
-    let names: Vec<String> = match std::env::var("LISTEN_FDNAMES") {
-        // As sd_listen_fds_with_names(3): a name for every descriptor, or
-        // the environment is not to be trusted (EINVAL there).
-        Ok(names) => {
-            let names: Vec<String> = names.split(':').map(str::to_owned).collect();
-            if names.len() != count as usize {
-                return Err(format!(
-                    "LISTEN_FDNAMES names {} descriptor{} but LISTEN_FDS passes {count}",
-                    names.len(),
-                    if names.len() == 1 { "" } else { "s" }
-                ));
-            }
-            names
-        }
-        Err(_) => Vec::new(),
-    };
-    Ok((0..count)
-        .map(|i| {
-            let name = names
-                .get(i as usize)
-                .cloned()
-                .unwrap_or_else(|| "unknown".into());
-            (FIRST + i, name)
-        })
-        .collect())
-}
-
-fn inherit_fd(fd: RawFd, argument: &str) -> Result<Opened, Failure> {
     let (socket, listening) =
-        adopt(fd).map_err(|r| Failure::Usage(format!("LISTEN '{argument}': fd {fd} {r}")))?;
+        adopt(fd).map_err(|r| Failure::Usage(format!("LISTEN '{argument}': fd {number} {r}")))?;
     if listening {
         Ok(Opened::Listeners(Listeners::one(Listener::new(
             socket, None,
@@ -639,32 +603,20 @@ fn inherit_fd(fd: RawFd, argument: &str) -> Result<Opened, Failure> {
     }
 }
 
-/// Takes ownership of an inherited descriptor if it is a stream socket;
-/// tells whether it is listening.
-fn adopt(fd: RawFd) -> Result<(Socket, bool), String> {
-    // SAFETY: F_GETFD only inspects the descriptor table.
-    if unsafe { libc::fcntl(fd, libc::F_GETFD) } < 0 {
-        return Err("is not open".into());
-    }
-    // SAFETY: the descriptor is open, and nothing else in this process owns
-    // it: it was inherited and is named once on the command line. If it is
-    // not a stream socket it is given back unclosed (a usage error follows).
-    let socket = unsafe { Socket::from_raw_fd(fd) };
-    let give_back = |socket: Socket, reason: String| {
-        let _ = std::os::fd::IntoRawFd::into_raw_fd(socket);
-        Err(reason)
-    };
+/// Takes an inherited descriptor as a socket if it is a stream socket that
+/// listens or is connected; tells whether it is listening. (Anything else
+/// is closed: a usage error or a warning follows.)
+fn adopt(fd: Option<OwnedFd>) -> Result<(Socket, bool), String> {
+    let fd = fd.ok_or("is not open")?;
+    let socket = Socket::from(fd);
     match socket.r#type() {
-        Err(_) => return give_back(socket, "is not a socket".into()),
-        Ok(kind) if kind != Type::STREAM => {
-            return give_back(socket, "is not a stream socket".into());
-        }
+        Err(_) => return Err("is not a socket".into()),
+        Ok(kind) if kind != Type::STREAM => return Err("is not a stream socket".into()),
         Ok(_) => {}
     }
-    socket.set_cloexec(true).map_err(|e| e.to_string())?;
     let listening = socket.is_listener().map_err(|e| e.to_string())?;
     if !listening && let Err(e) = socket.peer_addr() {
-        return give_back(socket, format!("is neither listening nor connected ({e})"));
+        return Err(format!("is neither listening nor connected ({e})"));
     }
     Ok((socket, listening))
 }

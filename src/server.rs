@@ -548,7 +548,8 @@ mod tests {
     #[test]
     fn a_stop_request_ends_serving() {
         let config = crate::cli::config_for(&["127.0.0.1:0", "127.0.0.1:9"]);
-        let (opened, _) = crate::listener::open(&config.listen, Default::default()).unwrap();
+        let (opened, _) =
+            crate::listener::open(&config.listen, Default::default(), &mut Vec::new()).unwrap();
         let (stop, stops) = async_channel::unbounded();
         stop.try_send(Request::Stop).unwrap();
         let served = crate::runtime::block_on(serve(

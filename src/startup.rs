@@ -8,7 +8,9 @@ use std::rc::Rc;
 use crate::config::Config;
 use crate::failure::Failure;
 use crate::listener::{self, FileOptions, Opened};
-use crate::{cli, endpoint, handover, log, notify, resolver, runtime, sandbox, server, shutdown};
+use crate::{
+    cli, endpoint, handover, log, notify, passed, resolver, runtime, sandbox, server, shutdown,
+};
 use crate::{debug, info, warn};
 
 /// The program: parses the command line, runs the relay, and maps the
@@ -111,6 +113,16 @@ fn run(config: Config) -> Result<server::Served, Failure> {
         return check(&config);
     }
     let ready_fd = config.ready_fd.map(take_ready_fd).transpose()?;
+    // Every descriptor socket activation or the store passed, taken once:
+    // LISTEN takes its own, then the hand-over the stored connections.
+    let mut passed = passed::take_all().map_err(|e| match config.listen {
+        endpoint::Endpoint::SdListen(_) => Failure::Usage(format!(
+            "LISTEN '{}': bad socket activation environment: {e}",
+            config.listen
+        )),
+        _ => Failure::Startup(format!("bad socket activation environment: {e}")),
+    })?;
+    let passed_count = passed.len();
     // 1. Open LISTEN with plain blocking calls: no threads exist yet.
     let (opened, stale) = listener::open(
         &config.listen,
@@ -118,6 +130,7 @@ fn run(config: Config) -> Result<server::Served, Failure> {
             mode: config.socket_mode,
             group: config.socket_group,
         },
+        &mut passed,
     )?;
     if config.allow.is_active()
         && let Opened::Listeners(listeners) = &opened
@@ -131,14 +144,9 @@ fn run(config: Config) -> Result<server::Served, Failure> {
         )));
     }
     // Connections a previous instance stored, taken over (whatever LISTEN).
-    let passed = listener::passed_sockets()
-        .map_err(|e| Failure::Startup(format!("bad socket activation environment: {e}")))?;
-    let passed_count = passed.len();
-    let listen_fd = match config.listen {
-        endpoint::Endpoint::Fd(fd) => Some(fd),
-        _ => None,
-    };
-    let (adopted, orphans) = handover::adopt(passed, listen_fd);
+    let (adopted, orphans) = handover::adopt(&mut passed);
+    // Nothing else is the relay's: its copies close.
+    drop(passed);
     // What stays in the store: everything passed but the connections.
     let kept = passed_count - orphans.len() - adopted.iter().map(|a| a.names.len()).sum::<usize>();
     raise_fd_limit();
@@ -260,19 +268,11 @@ fn store_listeners(listeners: &mut listener::Listeners, all: bool) -> Option<usi
 
 /// Takes `--ready-fd N`: it must be open, and is closed on exec.
 fn take_ready_fd(fd: std::os::fd::RawFd) -> Result<std::os::fd::OwnedFd, Failure> {
-    use std::os::fd::{FromRawFd, OwnedFd};
-    // SAFETY: F_GETFD only inspects the descriptor table.
-    if unsafe { libc::fcntl(fd, libc::F_GETFD) } < 0 {
-        return Err(Failure::Usage(format!(
+    passed::take(fd).ok_or_else(|| {
+        Failure::Usage(format!(
             "--ready-fd: descriptor {fd} is not open (s6-supervise opens the one named in notification-fd)"
-        )));
-    }
-    // SAFETY: the descriptor is open and named once on the command line:
-    // nothing else in this process owns it.
-    let owned = unsafe { OwnedFd::from_raw_fd(fd) };
-    rustix::io::fcntl_setfd(&owned, rustix::io::FdFlags::CLOEXEC)
-        .map_err(|e| Failure::Startup(format!("--ready-fd: {e}")))?;
-    Ok(owned)
+        ))
+    })
 }
 
 /// Applies the self-sandbox and logs what was enforced.
