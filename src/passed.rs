@@ -66,8 +66,7 @@ pub fn listed() -> Result<Vec<(RawFd, String)>, String> {
 }
 
 /// Takes every descriptor `LISTEN_FDS` passes ([`listed`]). Call once, at
-/// the start: whatever no part of the relay claims is closed when the
-/// list is dropped.
+/// the start.
 pub fn take_all() -> Result<Vec<Passed>, String> {
     Ok(listed()?
         .into_iter()

@@ -145,8 +145,12 @@ fn run(config: Config) -> Result<server::Served, Failure> {
     }
     // Connections a previous instance stored, taken over (whatever LISTEN).
     let (adopted, orphans) = handover::adopt(&mut passed);
-    // Nothing else is the relay's: its copies close.
-    drop(passed);
+    // The rest is left open as it came, never used: a socket of another
+    // name keeps its clients waiting in the backlog (`sd-listen:NAME`),
+    // rather than refusing them.
+    for rest in passed {
+        rest.fd.map(std::os::fd::IntoRawFd::into_raw_fd);
+    }
     // What stays in the store: everything passed but the connections.
     let kept = passed_count - orphans.len() - adopted.iter().map(|a| a.names.len()).sum::<usize>();
     raise_fd_limit();
