@@ -6,6 +6,12 @@
 //! The policy is a plain value derived from the endpoints ([`Policy::derive`]),
 //! so it can be logged and tested; [`apply`] then enforces as much of it as
 //! the kernel allows and reports what it got.
+//!
+//! Landlock follows the landlock crate's own model (its `sandboxer`
+//! example): ask for the rights of the newest ABI the crate knows, each
+//! call at the compatibility level the mode wants (a hard requirement under
+//! `--sandbox strict`, best effort otherwise), and report what the
+//! `RestrictionStatus` of `restrict_self` says the kernel enforced.
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -13,7 +19,8 @@ use std::path::{Path, PathBuf};
 use caps::CapSet;
 use landlock::{
     ABI, Access, AccessFs, AccessNet, BitFlags, CompatLevel, Compatible, LandlockStatus, NetPort,
-    PathBeneath, PathFd, Ruleset, RulesetAttr, RulesetCreatedAttr, RulesetStatus, Scope,
+    PathBeneath, PathFd, RestrictSelf, RestrictionStatus, Ruleset, RulesetAttr, RulesetCreatedAttr,
+    RulesetError, RulesetStatus, Scope,
 };
 
 use crate::config::{Config, SandboxMode};
@@ -24,15 +31,9 @@ use crate::seccomp;
 /// older kernels on a new one. It can only weaken the sandbox.
 pub const ABI_MAX_VARIABLE: &str = "SIMPLETCPUNIXRELAY_LANDLOCK_ABI_MAX";
 
-/// The rights the relay asks for are those of the newest Landlock ABI the
-/// landlock crate knows, as far as the kernel (and [`ABI_MAX_VARIABLE`])
-/// offers them.
+/// The relay asks for the rights of the newest Landlock ABI the landlock
+/// crate knows; the kernel enforces those it has.
 const TARGET_ABI: ABI = ABI::V9;
-/// What `--sandbox strict` requires: every right of this ABI the policy
-/// uses (the filesystem, TCP bind/connect rules, both scopes). Newer rights
-/// (connecting to Unix socket files, ABI 9) are applied where the kernel
-/// has them and never required: no released kernel before them can do it.
-const REQUIRED_ABI: ABI = ABI::V6;
 
 /// What the relay may still do once confined.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -114,16 +115,63 @@ fn parent(path: &Path) -> PathBuf {
     }
 }
 
+/// The Landlock rights the relay asks for, grouped by how it asks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Rights {
+    /// Every filesystem right but `unix_connect`: nothing beyond the
+    /// policy's rules.
+    fs: BitFlags<AccessFs>,
+    /// TCP bind and connect.
+    net: BitFlags<AccessNet>,
+    /// The scopes the policy asks for.
+    scopes: BitFlags<Scope>,
+    /// Connecting to Unix socket files (ABI 9), asked for at best effort in
+    /// every mode: no released kernel before it can restrict that, so
+    /// `--sandbox strict` cannot require it.
+    unix_connect: BitFlags<AccessFs>,
+}
+
+impl Rights {
+    /// What `policy` asks for among the rights of ABI `abi`.
+    fn of(policy: &Policy, abi: ABI) -> Rights {
+        let mut fs = AccessFs::from_all(abi);
+        let unix_connect = fs & AccessFs::ResolveUnix;
+        fs.remove(AccessFs::ResolveUnix);
+        Rights {
+            fs,
+            net: AccessNet::from_all(abi),
+            scopes: scopes(policy) & Scope::from_all(abi),
+            unix_connect,
+        }
+    }
+}
+
+/// The scopes the policy asks for.
+fn scopes(policy: &Policy) -> BitFlags<Scope> {
+    let mut scopes = BitFlags::empty();
+    if policy.scope_abstract_unix {
+        scopes |= Scope::AbstractUnixSocket;
+    }
+    if policy.scope_signal {
+        scopes |= Scope::Signal;
+    }
+    scopes
+}
+
 /// A part of the policy the kernel could not enforce.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Missing {
     /// No Landlock at all.
     Landlock,
+    /// Filesystem rights (truncation, device ioctls, …) that arrived with
+    /// ABI `need`.
+    Filesystem { need: ABI, have: ABI },
     /// TCP bind/connect rules, which arrived with ABI `need`.
-    TcpRules { need: i32, have: i32 },
+    TcpRules { need: ABI, have: ABI },
     /// Abstract-socket and signal scoping, which arrived with ABI `need`.
-    Scopes { need: i32, have: i32 },
-    /// Landlock enforced less than it was asked (per `RestrictionStatus`).
+    Scopes { need: ABI, have: ABI },
+    /// Landlock enforced less than it was asked (per `RestrictionStatus`)
+    /// although the kernel's ABI has every right asked for.
     Partial,
     /// Landlock refused the ruleset.
     Failed(String),
@@ -141,6 +189,10 @@ impl fmt::Display for Missing {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Missing::Landlock => write!(f, "landlock (not available in this kernel)"),
+            Missing::Filesystem { need, have } => write!(
+                f,
+                "some filesystem rights (need Landlock ABI {need}, have {have})"
+            ),
             Missing::TcpRules { need, have } => write!(
                 f,
                 "tcp bind/connect rules (need Landlock ABI {need}, have {have})"
@@ -165,9 +217,11 @@ impl fmt::Display for Missing {
 /// What [`apply`] enforced.
 #[derive(Debug)]
 pub struct Report {
-    /// The Landlock ABI whose rights were asked for (0: none).
-    pub abi: i32,
-    /// Landlock's own word on the ruleset.
+    /// The Landlock ABI whose rights the relay got (`Unsupported`: none).
+    pub abi: ABI,
+    /// Landlock's own word on the ruleset. `PartiallyEnforced` on a kernel
+    /// older than ABI 9 (it cannot restrict connecting to Unix socket
+    /// files), which [`Report::missing`] does not count.
     pub landlock: Option<RulesetStatus>,
     /// Requirements that could not be enforced.
     pub missing: Vec<Missing>,
@@ -202,86 +256,94 @@ fn set_name(set: CapSet) -> &'static str {
     }
 }
 
-/// The newest ABI up to [`TARGET_ABI`] (and [`ABI_MAX_VARIABLE`]) whose
-/// every right the running kernel has, as the landlock crate sees it: each
-/// ABI's rights are asked for as a hard requirement in a ruleset that is
-/// never enforced. 0 without Landlock.
-pub fn kernel_abi() -> i32 {
-    // Asked once: start-up checks it for --sandbox strict and again to apply.
-    static ABI_IN_EFFECT: std::sync::OnceLock<i32> = std::sync::OnceLock::new();
-    *ABI_IN_EFFECT.get_or_init(probe_abi)
-}
-
-fn probe_abi() -> i32 {
-    let cap = std::env::var(ABI_MAX_VARIABLE)
+/// The newest ABI the relay asks rights of: [`TARGET_ABI`], or less with
+/// [`ABI_MAX_VARIABLE`].
+fn abi_cap() -> ABI {
+    std::env::var(ABI_MAX_VARIABLE)
         .ok()
         .and_then(|v| v.parse::<i32>().ok())
-        .unwrap_or(i32::MAX);
-    let mut have = 0;
-    for version in 1..=(TARGET_ABI as i32).min(cap) {
-        let abi = ABI::from(version);
-        let probe = || -> Result<_, landlock::RulesetError> {
-            let mut ruleset = Ruleset::default()
-                .set_compatibility(CompatLevel::HardRequirement)
-                .handle_access(AccessFs::from_all(abi))?;
-            if !AccessNet::from_all(abi).is_empty() {
-                ruleset = ruleset.handle_access(AccessNet::from_all(abi))?;
-            }
-            if !Scope::from_all(abi).is_empty() {
-                ruleset = ruleset.scope(Scope::from_all(abi))?;
-            }
-            Ok(ruleset)
-        };
-        if probe().is_err() {
-            break;
-        }
-        have = version;
-    }
-    have
+        .map_or(TARGET_ABI, |n| ABI::from(n).min(TARGET_ABI))
 }
 
-/// The first ABI whose rights include all of `rights`.
-fn introduced<T: Access>(rights: BitFlags<T>) -> i32 {
+/// The ABI whose rights the relay gets, as the landlock crate sees the
+/// kernel (its `effective_abi`: the newest ABI both know), within `cap`.
+/// The number is for the start-up line and strict's refusal only; what is
+/// enforced is the crate's business.
+fn abi_of(landlock: LandlockStatus, cap: ABI) -> ABI {
+    ABI::from(landlock).min(cap)
+}
+
+/// [`abi_of`] before anything is applied. A `RestrictSelf` with nothing to
+/// apply only asks the kernel for its Landlock version: it sets no
+/// `no_new_privs` and restricts nothing.
+fn abi_here() -> ABI {
+    let landlock = RestrictSelf::default()
+        .no_new_privs(false)
+        .apply()
+        .map_or(LandlockStatus::NotImplemented, |status| status.landlock);
+    abi_of(landlock, abi_cap())
+}
+
+/// The first ABI that has all of `rights`.
+fn introduced<T: Access>(rights: BitFlags<T>) -> ABI {
     (1..=TARGET_ABI as i32)
-        .find(|v| T::from_all(ABI::from(*v)).contains(rights))
-        .unwrap_or(TARGET_ABI as i32 + 1)
+        .map(ABI::from)
+        .find(|abi| T::from_all(*abi).contains(rights))
+        .unwrap_or(TARGET_ABI)
 }
 
-/// The scopes the policy asks for.
-fn scopes(policy: &Policy) -> BitFlags<Scope> {
-    let mut scopes = BitFlags::empty();
-    if policy.scope_abstract_unix {
-        scopes |= Scope::AbstractUnixSocket;
-    }
-    if policy.scope_signal {
-        scopes |= Scope::Signal;
-    }
-    scopes
-}
-
-/// The parts of `policy` that the rights of ABI `have` cannot enforce,
-/// among those `--sandbox strict` requires.
-fn missing_at(policy: &Policy, have: i32) -> Vec<Missing> {
-    if have < 1 {
+/// The parts of `policy` that the rights of ABI `abi` cannot enforce:
+/// what `--sandbox strict` requires (everything but connecting to Unix
+/// socket files). From the crate's tables of each ABI's rights.
+fn missing_at(policy: &Policy, abi: ABI) -> Vec<Missing> {
+    if abi == ABI::Unsupported {
         return vec![Missing::Landlock];
     }
-    let abi = ABI::from(have);
+    let (want, have) = (Rights::of(policy, TARGET_ABI), Rights::of(policy, abi));
     let mut missing = Vec::new();
-    let tcp = AccessNet::from_all(REQUIRED_ABI);
-    if !AccessNet::from_all(abi).contains(tcp) {
-        missing.push(Missing::TcpRules {
-            need: introduced(tcp),
-            have,
-        });
+    if have.fs != want.fs {
+        let need = introduced(want.fs);
+        missing.push(Missing::Filesystem { need, have: abi });
     }
-    let wanted = scopes(policy) & Scope::from_all(REQUIRED_ABI);
-    if !Scope::from_all(abi).contains(wanted) {
-        missing.push(Missing::Scopes {
-            need: introduced(wanted),
-            have,
-        });
+    if have.net != want.net {
+        let need = introduced(want.net);
+        missing.push(Missing::TcpRules { need, have: abi });
+    }
+    if have.scopes != want.scopes {
+        let need = introduced(want.scopes);
+        missing.push(Missing::Scopes { need, have: abi });
     }
     missing
+}
+
+/// What the kernel enforced of a ruleset asked for at ABI `cap`, from the
+/// `ruleset` and `landlock` fields of its `RestrictionStatus`: the ABI whose
+/// rights the relay got, and the parts of the policy left out.
+fn enforced(
+    policy: &Policy,
+    ruleset: &RulesetStatus,
+    landlock: LandlockStatus,
+    cap: ABI,
+) -> (ABI, Vec<Missing>) {
+    let abi = abi_of(landlock, cap);
+    let mut missing = missing_at(policy, abi);
+    match ruleset {
+        RulesetStatus::FullyEnforced => {}
+        // A kernel older than `cap` lacks some rights asked for: those
+        // strict requires are named above, connecting to Unix socket files
+        // is not one of them. Without that excuse, say so.
+        RulesetStatus::PartiallyEnforced => {
+            if ABI::from(landlock) >= cap {
+                missing.push(Missing::Partial);
+            }
+        }
+        RulesetStatus::NotEnforced => {
+            if abi != ABI::Unsupported {
+                missing.push(Missing::Failed("ruleset not enforced".into()));
+            }
+        }
+    }
+    (abi, missing)
 }
 
 /// Whether this thread may empty the capability bounding set.
@@ -290,12 +352,14 @@ fn can_drop_bounding() -> bool {
 }
 
 /// What `--sandbox strict` would not get here, checked before anything is
-/// applied so that a refusal leaves the process as it was.
+/// applied so that a refusal leaves the process as it was. ([`apply`] asks
+/// for the same rights as a hard requirement, so the landlock crate
+/// refuses too should this check miss something.)
 pub fn check_strict(policy: &Policy) -> Result<(), String> {
     if policy.mode != SandboxMode::Strict {
         return Ok(());
     }
-    let mut missing = missing_at(policy, kernel_abi());
+    let mut missing = missing_at(policy, abi_here());
     let bounding_empty = caps::read(None, CapSet::Bounding)
         .map(|s| s.is_empty())
         .unwrap_or(false);
@@ -333,13 +397,8 @@ pub fn apply(policy: &Policy) -> Result<Report, String> {
         // A typo must not weaken the sandbox: refuse before applying any.
         seccomp::mode()?;
     }
-    let abi = if policy.mode == SandboxMode::Off {
-        0
-    } else {
-        kernel_abi()
-    };
     let mut report = Report {
-        abi,
+        abi: ABI::Unsupported,
         landlock: None,
         missing: Vec::new(),
         capabilities_kept: Vec::new(),
@@ -351,27 +410,22 @@ pub fn apply(policy: &Policy) -> Result<Report, String> {
         return Ok(report);
     }
     report.capabilities_kept = drop_capabilities();
-    report.missing = missing_at(policy, abi);
-    if abi >= 1 {
-        let level = if policy.mode == SandboxMode::Strict {
-            CompatLevel::HardRequirement
-        } else {
-            CompatLevel::BestEffort
-        };
-        match restrict(policy, ABI::from(abi), level) {
+    let cap = abi_cap();
+    if cap == ABI::Unsupported {
+        report.missing.push(Missing::Landlock);
+    } else {
+        match restrict(policy, &Rights::of(policy, cap)) {
             Ok(status) => {
+                (report.abi, report.missing) =
+                    enforced(policy, &status.ruleset, status.landlock, cap);
                 report.no_new_privs = status.no_new_privs;
-                match &status.ruleset {
-                    RulesetStatus::FullyEnforced => {}
-                    RulesetStatus::PartiallyEnforced => report.missing.push(Missing::Partial),
-                    RulesetStatus::NotEnforced => report.missing.push(Missing::Landlock),
-                }
                 report.landlock = Some(status.ruleset);
-                if let LandlockStatus::Available { effective_abi, .. } = status.landlock {
-                    report.abi = report.abi.min(effective_abi as i32);
-                }
             }
-            Err(e) => report.missing.push(Missing::Failed(e.to_string())),
+            Err(e) => {
+                report.abi = abi_here();
+                report.missing = missing_at(policy, report.abi);
+                report.missing.push(Missing::Failed(e.to_string()));
+            }
         }
     }
     if !report.no_new_privs {
@@ -432,25 +486,31 @@ fn drop_capabilities() -> Vec<CapSet> {
     kept
 }
 
-/// Asks Landlock for every right of `abi` (each at `level`: a hard
-/// requirement under `--sandbox strict`, best effort otherwise) and grants
-/// back what the policy allows; the status says what the kernel enforced.
-fn restrict(
-    policy: &Policy,
-    abi: ABI,
-    level: CompatLevel,
-) -> Result<landlock::RestrictionStatus, landlock::RulesetError> {
-    let net = AccessNet::from_all(abi);
-    let scoped = scopes(policy) & Scope::from_all(abi);
+/// Asks Landlock for `rights`, each call at its compatibility level (those
+/// strict requires as a hard requirement under `--sandbox strict`,
+/// connecting to Unix socket files at best effort always), grants back what
+/// the policy allows and confines the calling thread.
+fn restrict(policy: &Policy, rights: &Rights) -> Result<RestrictionStatus, RulesetError> {
+    let level = if policy.mode == SandboxMode::Strict {
+        CompatLevel::HardRequirement
+    } else {
+        CompatLevel::BestEffort
+    };
     let mut ruleset = Ruleset::default()
         .set_compatibility(level)
-        .handle_access(AccessFs::from_all(abi))?;
-    if !net.is_empty() {
-        ruleset = ruleset.handle_access(net)?;
+        .handle_access(rights.fs)?;
+    if !rights.net.is_empty() {
+        ruleset = ruleset.handle_access(rights.net)?;
     }
-    if !scoped.is_empty() {
-        ruleset = ruleset.scope(scoped)?;
+    if !rights.scopes.is_empty() {
+        ruleset = ruleset.scope(rights.scopes)?;
     }
+    ruleset = ruleset.set_compatibility(CompatLevel::BestEffort);
+    if !rights.unix_connect.is_empty() {
+        ruleset = ruleset.handle_access(rights.unix_connect)?;
+    }
+    // Rules only grant: one the kernel cannot take is for a right it does
+    // not restrict either.
     let mut created = ruleset.create()?;
     if let Some(dir) = &policy.remove_beneath {
         match PathFd::new(dir) {
@@ -467,15 +527,14 @@ fn restrict(
                 created.add_rule(PathBeneath::new(fd, AccessFs::ReadFile | AccessFs::ReadDir))?;
         }
     }
-    let resolve_unix = AccessFs::from_all(abi) & AccessFs::ResolveUnix;
-    if !resolve_unix.is_empty() {
+    if !rights.unix_connect.is_empty() {
         for dir in &policy.unix_connect_beneath {
             if let Ok(fd) = PathFd::new(dir) {
-                created = created.add_rule(PathBeneath::new(fd, resolve_unix))?;
+                created = created.add_rule(PathBeneath::new(fd, rights.unix_connect))?;
             }
         }
     }
-    if net.contains(AccessNet::ConnectTcp) {
+    if rights.net.contains(AccessNet::ConnectTcp) {
         for port in &policy.tcp_connect_ports {
             created = created.add_rule(NetPort::new(*port, AccessNet::ConnectTcp))?;
         }
@@ -491,7 +550,7 @@ impl fmt::Display for Report {
         if policy.mode == SandboxMode::Off {
             return write!(f, "sandbox: off (--sandbox off): no confinement");
         }
-        if self.abi < 1 {
+        if self.abi == ABI::Unsupported {
             write!(f, "sandbox: landlock not available")?;
         } else {
             let landlock_complete = self
@@ -510,8 +569,7 @@ impl fmt::Display for Report {
             for dir in &policy.read_beneath {
                 fs.push(format!("read beneath {}", dir.display()));
             }
-            let abi = ABI::from(self.abi);
-            if AccessFs::from_all(abi).contains(AccessFs::ResolveUnix) {
+            if AccessFs::from_all(self.abi).contains(AccessFs::ResolveUnix) {
                 for dir in &policy.unix_connect_beneath {
                     fs.push(format!("unix connect beneath {}", dir.display()));
                 }
@@ -522,7 +580,7 @@ impl fmt::Display for Report {
                 fs.join(", ")
             };
             write!(f, "sandbox: landlock ABI {} {state} (fs: {fs}", self.abi)?;
-            if !AccessNet::from_all(abi).is_empty() {
+            if !AccessNet::from_all(self.abi).is_empty() {
                 let ports: Vec<String> = policy
                     .tcp_connect_ports
                     .iter()
@@ -535,7 +593,7 @@ impl fmt::Display for Report {
                 };
                 write!(f, "; tcp bind: none; tcp connect: {ports}")?;
             }
-            if !Scope::from_all(abi).is_empty() {
+            if !Scope::from_all(self.abi).is_empty() {
                 let mut scoped = Vec::new();
                 if policy.scope_abstract_unix {
                     scoped.push("abstract-unix");
@@ -611,6 +669,9 @@ impl fmt::Display for Report {
 }
 
 #[cfg(test)]
+mod confined_tests;
+
+#[cfg(test)]
 mod tests {
     use super::*;
 
@@ -662,26 +723,179 @@ mod tests {
     #[test]
     fn missing_features_by_abi() {
         let p = policy(&[":0", "127.0.0.1:1"]);
-        assert!(missing_at(&p, 7).is_empty());
-        assert!(missing_at(&p, 6).is_empty());
+        assert!(missing_at(&p, ABI::V9).is_empty());
+        assert!(missing_at(&p, ABI::V7).is_empty());
+        assert!(missing_at(&p, ABI::V6).is_empty());
         assert_eq!(
-            missing_at(&p, 5),
-            vec![Missing::Scopes { need: 6, have: 5 }]
+            missing_at(&p, ABI::V5),
+            vec![Missing::Scopes {
+                need: ABI::V6,
+                have: ABI::V5
+            }]
         );
         assert_eq!(
-            missing_at(&p, 3),
+            missing_at(&p, ABI::V3),
             vec![
-                Missing::TcpRules { need: 4, have: 3 },
-                Missing::Scopes { need: 6, have: 3 }
+                Missing::Filesystem {
+                    need: ABI::V5,
+                    have: ABI::V3
+                },
+                Missing::TcpRules {
+                    need: ABI::V4,
+                    have: ABI::V3
+                },
+                Missing::Scopes {
+                    need: ABI::V6,
+                    have: ABI::V3
+                }
             ]
         );
-        assert_eq!(missing_at(&p, 0), vec![Missing::Landlock]);
+        assert_eq!(missing_at(&p, ABI::Unsupported), vec![Missing::Landlock]);
+    }
+
+    #[test]
+    fn connecting_to_unix_socket_files_is_asked_apart() {
+        let p = policy(&[":0", "/run/app/app.sock"]);
+        let rights = Rights::of(&p, TARGET_ABI);
+        assert_eq!(rights.unix_connect, AccessFs::ResolveUnix);
+        assert!(!rights.fs.contains(AccessFs::ResolveUnix));
+        assert_eq!(
+            rights.fs | rights.unix_connect,
+            AccessFs::from_all(TARGET_ABI)
+        );
+        assert!(Rights::of(&p, ABI::V7).unix_connect.is_empty());
+    }
+
+    /// The start-up line and strict's verdict from a `RestrictionStatus`'s
+    /// `ruleset` and `landlock` fields (the struct itself is
+    /// `non_exhaustive`), as an older or newer kernel would report them.
+    fn line_from(
+        policy: &Policy,
+        ruleset: RulesetStatus,
+        landlock: LandlockStatus,
+        cap: ABI,
+    ) -> (String, Result<(), String>) {
+        let (abi, missing) = enforced(policy, &ruleset, landlock, cap);
+        let verdict = strict_refusal(&missing);
+        let report = Report {
+            abi,
+            landlock: Some(ruleset),
+            missing,
+            capabilities_kept: Vec::new(),
+            no_new_privs: true,
+            seccomp: None,
+            policy: Policy {
+                system_calls: None,
+                ..policy.clone()
+            },
+        };
+        (report.to_string(), verdict)
+    }
+
+    fn kernel(abi: ABI) -> LandlockStatus {
+        LandlockStatus::Available {
+            effective_abi: abi,
+            kernel_abi: None,
+        }
+    }
+
+    #[test]
+    fn the_line_says_what_the_kernel_enforced() {
+        use RulesetStatus::*;
+        let p = policy(&[":0", "127.0.0.1:8000"]);
+        // ABI 7: everything but connecting to Unix socket files, which the
+        // crate counts as partial and strict does not require.
+        let (line, strict) = line_from(&p, PartiallyEnforced, kernel(ABI::V7), TARGET_ABI);
+        assert_eq!(
+            line,
+            "sandbox: landlock ABI 7 fully enforced (fs: none; tcp bind: none; \
+             tcp connect: 8000; scoped: abstract-unix, signal); capabilities: none; \
+             no_new_privs: yes"
+        );
+        assert_eq!(strict, Ok(()));
+        // An older kernel.
+        let (line, strict) = line_from(&p, PartiallyEnforced, kernel(ABI::V5), TARGET_ABI);
+        assert!(
+            line.starts_with("sandbox: landlock ABI 5 partially enforced (fs: none; tcp bind")
+                && line.contains(
+                    "[not enforced: abstract-unix and signal scoping \
+                     (need Landlock ABI 6, have 5)]"
+                ),
+            "{line}"
+        );
+        let strict = strict.unwrap_err();
+        assert!(
+            strict.starts_with("--sandbox strict: cannot enforce ")
+                && strict.contains("scoping (need Landlock ABI 6, have 5)"),
+            "{strict}"
+        );
+        // Much older: no TCP rules, so the line names no ports.
+        let (line, _) = line_from(&p, PartiallyEnforced, kernel(ABI::V3), TARGET_ABI);
+        assert!(
+            line.starts_with("sandbox: landlock ABI 3 partially enforced (fs: none)")
+                && line.contains("tcp bind/connect rules (need Landlock ABI 4, have 3)"),
+            "{line}"
+        );
+        // The cap on a newer kernel: what the kernel enforced is all that
+        // was asked, and that is not all the policy needs.
+        let (line, strict) = line_from(&p, FullyEnforced, kernel(ABI::V7), ABI::V5);
+        assert!(line.contains("landlock ABI 5 partially enforced"), "{line}");
+        assert!(strict.is_err());
+        // No Landlock.
+        let (line, strict) = line_from(&p, NotEnforced, LandlockStatus::NotEnabled, TARGET_ABI);
+        assert!(
+            line.starts_with("sandbox: landlock not available;"),
+            "{line}"
+        );
+        assert!(
+            strict
+                .unwrap_err()
+                .contains("landlock (not available in this kernel)"),
+            "strict refuses"
+        );
+    }
+
+    #[test]
+    fn a_partial_ruleset_on_a_kernel_with_every_right_is_reported() {
+        let p = policy(&[":0", "127.0.0.1:8000"]);
+        let (abi, missing) = enforced(
+            &p,
+            &RulesetStatus::PartiallyEnforced,
+            kernel(ABI::V9),
+            TARGET_ABI,
+        );
+        assert_eq!((abi, missing), (ABI::V9, vec![Missing::Partial]));
+        let (abi, missing) = enforced(
+            &p,
+            &RulesetStatus::PartiallyEnforced,
+            kernel(ABI::V7),
+            ABI::V6,
+        );
+        assert_eq!((abi, missing), (ABI::V6, vec![Missing::Partial]));
+    }
+
+    #[test]
+    fn a_kernel_newer_than_the_crate_gets_the_newest_rights_the_crate_knows() {
+        let p = policy(&[":0", "/run/app/app.sock"]);
+        let newer = LandlockStatus::Available {
+            effective_abi: ABI::V9,
+            kernel_abi: Some(10),
+        };
+        let (line, strict) = line_from(&p, RulesetStatus::FullyEnforced, newer, TARGET_ABI);
+        assert!(
+            line.starts_with(
+                "sandbox: landlock ABI 9 fully enforced (fs: unix connect beneath /run/app; \
+                 tcp bind: none; tcp connect: none"
+            ),
+            "{line}"
+        );
+        assert_eq!(strict, Ok(()));
     }
 
     #[test]
     fn the_line_says_what_became_of_the_seccomp_filter() {
         let report = |seccomp, missing| Report {
-            abi: 7,
+            abi: ABI::V7,
             landlock: None,
             missing,
             capabilities_kept: Vec::new(),
@@ -717,196 +931,5 @@ mod tests {
             line.ends_with("; seccomp: not installed (cannot install)"),
             "{line}"
         );
-    }
-
-    // What a thread confined with the relay's own policy can still do.
-    // These run in the test process: each test confines a thread of its
-    // own, which ends with the test.
-
-    use std::net::{TcpListener, TcpStream};
-    use std::process::Command;
-
-    /// A temporary directory, removed on drop.
-    struct TempDir(PathBuf);
-
-    impl TempDir {
-        fn new() -> TempDir {
-            let path = std::env::temp_dir().join(unique_name("sandbox-test"));
-            std::fs::create_dir_all(&path).unwrap();
-            TempDir(path)
-        }
-        fn join(&self, name: &str) -> PathBuf {
-            self.0.join(name)
-        }
-        fn arg(&self, name: &str) -> String {
-            self.join(name).display().to_string()
-        }
-    }
-
-    impl Drop for TempDir {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
-
-    fn unique_name(tag: &str) -> String {
-        static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        format!("{tag}-{}-{n}", std::process::id())
-    }
-
-    fn landlock_abi() -> i32 {
-        kernel_abi()
-    }
-
-    /// As tests/common's skip: a failure in CI, which must run everything.
-    fn skip(reason: &str) {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "would skip in CI, which must run every test: {reason}"
-        );
-        eprintln!("skipped: {reason}");
-    }
-
-    fn errno<T>(result: std::io::Result<T>) -> Option<i32> {
-        result.err().and_then(|e| e.raw_os_error())
-    }
-
-    #[test]
-    fn confined_thread_can_reach_connect_and_nothing_else() {
-        if landlock_abi() < 6 {
-            skip(&format!(
-                "needs Landlock ABI 6 (this kernel: {})",
-                landlock_abi()
-            ));
-            return;
-        }
-        let dir = TempDir::new();
-        let allowed = TcpListener::bind("127.0.0.1:0").unwrap();
-        let other = TcpListener::bind("127.0.0.1:0").unwrap();
-        let allowed_port = allowed.local_addr().unwrap().port();
-        let other_port = other.local_addr().unwrap().port();
-        let outside_abstract = unique_name("outside");
-        let abstract_listener = {
-            use std::os::linux::net::SocketAddrExt;
-            let addr =
-                std::os::unix::net::SocketAddr::from_abstract_name(outside_abstract.as_bytes())
-                    .unwrap();
-            std::os::unix::net::UnixListener::bind_addr(&addr).unwrap()
-        };
-        let existing_file = dir.join("secret.txt");
-        std::fs::write(&existing_file, "secret").unwrap();
-        let mut victim = Command::new("sleep").arg("60").spawn().unwrap();
-        let victim_pid = victim.id() as i32;
-
-        let mut policy = policy(&[&dir.arg("relay.sock"), &format!("127.0.0.1:{allowed_port}")]);
-        // Landlock alone: the seccomp filter would end the test process at
-        // the first forbidden call (src/seccomp.rs tests it on its own).
-        policy.system_calls = None;
-        let new_socket = dir.join("new.sock");
-        let result = std::thread::spawn(move || {
-            let report = apply(&policy).expect("apply");
-            assert!(report.missing.is_empty(), "{report}");
-            let mut failures = Vec::new();
-            let mut check = |what: &str, got: Option<i32>, want: i32| {
-                if got != Some(want) {
-                    failures.push(format!("{what}: got errno {got:?}, want {want}"));
-                }
-            };
-            check(
-                "open an existing file",
-                errno(std::fs::read(&existing_file)),
-                libc::EACCES,
-            );
-            check(
-                "read /etc/passwd",
-                errno(std::fs::read("/etc/passwd")),
-                libc::EACCES,
-            );
-            check(
-                "create a socket file",
-                errno(std::os::unix::net::UnixListener::bind(&new_socket)),
-                libc::EACCES,
-            );
-            check(
-                "bind a TCP port",
-                errno(TcpListener::bind("127.0.0.1:0")),
-                libc::EACCES,
-            );
-            check(
-                "connect to another TCP port",
-                errno(TcpStream::connect(("127.0.0.1", other_port))),
-                libc::EACCES,
-            );
-            check(
-                "connect to an outside abstract socket",
-                errno({
-                    use std::os::linux::net::SocketAddrExt;
-                    let addr = std::os::unix::net::SocketAddr::from_abstract_name(
-                        outside_abstract.as_bytes(),
-                    )
-                    .unwrap();
-                    std::os::unix::net::UnixStream::connect_addr(&addr)
-                }),
-                libc::EPERM,
-            );
-            // SAFETY: kill with a pid and a signal number.
-            let killed = unsafe { libc::kill(victim_pid, libc::SIGTERM) };
-            check(
-                "signal another process",
-                (killed != 0)
-                    .then(std::io::Error::last_os_error)
-                    .and_then(|e| e.raw_os_error()),
-                libc::EPERM,
-            );
-            if let Err(e) = TcpStream::connect(("127.0.0.1", allowed_port)) {
-                failures.push(format!("connect to CONNECT's port failed: {e}"));
-            }
-            // Capabilities, per thread.
-            let status = std::fs::read_to_string("/proc/thread-self/status");
-            // /proc is not readable once confined: that is the point.
-            if status.is_ok() {
-                failures.push("read /proc/thread-self/status".into());
-            }
-            failures
-        })
-        .join()
-        .unwrap();
-        let victim_alive = victim.try_wait().unwrap().is_none();
-        let _ = victim.kill();
-        let _ = victim.wait();
-        drop(abstract_listener);
-        assert!(result.is_empty(), "the confined thread could: {result:#?}");
-        assert!(victim_alive, "the signal must not have been delivered");
-        assert!(!dir.join("new.sock").exists());
-    }
-
-    #[test]
-    fn confined_thread_may_remove_only_beneath_its_socket_directory() {
-        if landlock_abi() < 6 {
-            skip("needs Landlock ABI 6");
-            return;
-        }
-        let socket_dir = TempDir::new();
-        let elsewhere = TempDir::new();
-        std::fs::write(socket_dir.join("relay.sock"), "").unwrap();
-        std::fs::write(elsewhere.join("keep.txt"), "").unwrap();
-        let mut policy = policy(&[&socket_dir.arg("relay.sock"), "@backend"]);
-        // Landlock alone: the seccomp filter would end the test process at
-        // the first forbidden call (src/seccomp.rs tests it on its own).
-        policy.system_calls = None;
-        assert!(
-            !policy.scope_abstract_unix,
-            "an abstract CONNECT stays reachable"
-        );
-        let (mine, other) = (socket_dir.join("relay.sock"), elsewhere.join("keep.txt"));
-        let (removed, kept) = std::thread::spawn(move || {
-            apply(&policy).expect("apply");
-            (std::fs::remove_file(&mine), std::fs::remove_file(&other))
-        })
-        .join()
-        .unwrap();
-        assert!(removed.is_ok(), "{removed:?}");
-        assert_eq!(errno(kept), Some(libc::EACCES));
     }
 }
