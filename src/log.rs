@@ -27,6 +27,12 @@ pub fn init(level: Level) {
     JOURNAL.store(stderr_is_journal(), Ordering::Relaxed);
 }
 
+/// Says whether standard error is the journal, for a process that cannot
+/// tell from its environment (the resolver helper runs with none).
+pub fn set_journal(on: bool) {
+    JOURNAL.store(on, Ordering::Relaxed);
+}
+
 /// Whether standard error is the journal (lines carry `<N>` prefixes).
 pub fn to_journal() -> bool {
     JOURNAL.load(Ordering::Relaxed)

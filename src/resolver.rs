@@ -4,44 +4,58 @@
 //! Landlock rules name inodes: a relay allowed to read `/etc/hosts` loses it
 //! when an editor, resolvconf or NetworkManager replaces the file by rename,
 //! or systemd-resolved points the `/etc/resolv.conf` symlink elsewhere. So
-//! the relay itself reads no file at all, and a helper forked before the
-//! sandbox (while the process is single-threaded) does the look-ups under a
-//! policy of its own ([`Policy::resolver`]): read any file, connect to Unix
-//! sockets and TCP port 53, nothing else (no write, no bind, no signal, no
-//! capability). It holds none of the relay's sockets and only ever hears
-//! from the relay, over a socket pair: `id, port, name` in, one datagram;
-//! `id, addresses` (in as many datagrams as they need) or `id, error` out.
-//! A small pool of the helper's threads runs the look-ups, so a slow DNS
-//! server delays only the connections waiting for it, and a flood of
-//! queries costs the helper a bounded number of threads.
+//! the relay itself reads no file at all, and a helper does the look-ups
+//! under a policy of its own ([`Policy::resolver`]): read any file, connect
+//! to Unix sockets and TCP port 53, nothing else (no write, no bind, no
+//! signal, no capability). The helper is this program again, executed
+//! afresh from `/proc/self/exe` before the relay's sandbox (which forbids
+//! exec), under a name no user gives it ([`HELPER_NAME`], then
+//! [`HELPER_ARGUMENT`]), with an empty environment and its end of a socket
+//! pair as standard input: it shares no memory, no thread and no
+//! descriptor with the relay, and only ever hears from it over that
+//! socket: `id, port, name` in, one datagram; `id, addresses` (in as many
+//! datagrams as they need) or `id, error` out. A small pool of the
+//! helper's threads runs the look-ups, so a slow DNS server delays only the
+//! connections waiting for it, and a flood of queries costs the helper a
+//! bounded number of threads.
 //!
 //! The helper ignores stop signals (and SIGHUP, SIGUSR2) and dies with the relay (end of file on
 //! its socket, and `PR_SET_PDEATHSIG`), so that stopping a unit, which
 //! signals every process of it at once, never ends the helper first. If it
 //! dies anyway (the OOM killer, an operator's `kill -9`), the relay does not
-//! fork another: by then it is multi-threaded (fork is unsound) and
-//! sandboxed (exec is forbidden). It reaps the helper, fails every waiting
-//! look-up with how the helper died, and [`failed`] tells the accept loop,
-//! which ends the relay with a non-zero status for its supervisor to
-//! restart it.
+//! start another: by then it is sandboxed (exec is forbidden). It reaps the
+//! helper, fails every waiting look-up with how the helper died, and
+//! [`failed`] tells the accept loop, which ends the relay with a non-zero
+//! status for its supervisor to restart it.
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
+use std::ffi::OsString;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, ToSocketAddrs};
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::process::{Child, Command, Stdio};
 use std::rc::Rc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_io::{Async, Timer};
-use rustix::process::{Pid, WaitOptions};
+use rustix::process::Pid;
 use socket2::{Domain, Socket, Type};
 
 use crate::config::SandboxMode;
 use crate::failure::Failure;
 use crate::sandbox::{self, Policy};
+use crate::{log, seccomp};
+
+/// The helper's `argv[0]`: what `ps` shows for it.
+const HELPER_NAME: &str = "simpletcpunixrelay: resolver";
+/// The helper's first argument. With [`HELPER_NAME`] it makes the program
+/// the helper before the command line is parsed, so it is neither in
+/// `--help` nor in the completions, and nobody types both by accident.
+const HELPER_ARGUMENT: &str = "--resolver-helper";
 
 /// The largest datagram either side sends: a query (a host name is at most
 /// 253 bytes), an error message, or one part of an answer (107 addresses of
@@ -71,9 +85,9 @@ const ADDRESSES_LAST: u8 = 0;
 const ERROR: u8 = 1;
 const ADDRESSES_MORE: u8 = 2;
 
-/// The relay's end of the socket pair and the helper's pid, until [`start`]
+/// The relay's end of the socket pair and the helper, until [`start`]
 /// takes them.
-static HELPER: Mutex<Option<(Socket, Pid)>> = Mutex::new(None);
+static HELPER: Mutex<Option<(Socket, Child)>> = Mutex::new(None);
 
 thread_local! {
     static CLIENT: RefCell<Option<Rc<Client>>> = const { RefCell::new(None) };
@@ -97,26 +111,40 @@ struct Waiting {
     answer: async_channel::Sender<io::Result<Vec<SocketAddr>>>,
 }
 
-/// Forks the helper. Call before the sandbox, before any thread exists and
-/// before signal handlers are installed (the helper must not inherit the
-/// relay's: they write into its signal pipes).
+/// Starts the helper. Call before the sandbox, which forbids exec.
 pub fn spawn(mode: SandboxMode) -> Result<(), Failure> {
     let failure = |e: io::Error| Failure::Startup(format!("cannot start the resolver: {e}"));
     let (relay_end, helper_end) =
         Socket::pair(Domain::UNIX, Type::SEQPACKET.cloexec(), None).map_err(failure)?;
-    let parent = rustix::process::getpid();
-    // SAFETY: the process is single-threaded here (no runtime, no helper
-    // thread yet), so the child may go on running ordinary Rust code.
-    let pid = unsafe { libc::fork() };
-    if pid < 0 {
-        return Err(failure(io::Error::last_os_error()));
-    }
-    if pid == 0 {
-        drop(relay_end);
-        helper(helper_end, parent, mode);
-    }
-    let pid = Pid::from_raw(pid).expect("fork returned a positive pid");
-    drop(helper_end);
+    let log = if log::to_journal() {
+        "journal"
+    } else if log::timestamps() {
+        "timestamps"
+    } else {
+        "plain"
+    };
+    // /proc/self/exe itself, not the path it links to: the binary on disk
+    // may have been replaced (an upgrade) since the relay started.
+    let mut command = Command::new("/proc/self/exe");
+    command
+        .arg0(HELPER_NAME)
+        .arg(HELPER_ARGUMENT)
+        .arg(format!("parent={}", std::process::id()))
+        .arg(format!("sandbox={}", mode_name(mode)))
+        .arg(format!("log={log}"))
+        .args(
+            seccomp::variables()
+                .into_iter()
+                .map(|(name, value)| format!("{name}={value}")),
+        )
+        .env_clear()
+        .stdin(Stdio::from(OwnedFd::from(helper_end)))
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit());
+    let child = command.spawn().map_err(failure)?;
+    // The command holds the helper's end: it must go, or the helper's
+    // death would never end the relay's reads.
+    drop(command);
     // The helper's first datagram: confined, or why not.
     relay_end
         .set_read_timeout(Some(START_TIMEOUT))
@@ -135,15 +163,30 @@ pub fn spawn(mode: SandboxMode) -> Result<(), Failure> {
     }
     relay_end.set_read_timeout(None).map_err(failure)?;
     relay_end.set_nonblocking(true).map_err(failure)?;
-    *HELPER.lock().expect("not poisoned") = Some((relay_end, pid));
+    *HELPER.lock().expect("not poisoned") = Some((relay_end, child));
     Ok(())
+}
+
+const MODES: [SandboxMode; 3] = [
+    SandboxMode::BestEffort,
+    SandboxMode::Strict,
+    SandboxMode::Off,
+];
+
+/// `--sandbox`'s value for `mode`.
+fn mode_name(mode: SandboxMode) -> &'static str {
+    match mode {
+        SandboxMode::BestEffort => "best-effort",
+        SandboxMode::Strict => "strict",
+        SandboxMode::Off => "off",
+    }
 }
 
 /// Registers the relay's end with the reactor and starts the task that
 /// hands each answer to the connection waiting for it, and notices the
 /// helper's death. Call on the runtime's thread.
 pub fn start() -> Result<(), Failure> {
-    let Some((socket, pid)) = HELPER.lock().expect("not poisoned").take() else {
+    let Some((socket, child)) = HELPER.lock().expect("not poisoned").take() else {
         return Ok(());
     };
     let socket = Async::new_nonblocking(socket)
@@ -178,7 +221,7 @@ pub fn start() -> Result<(), Failure> {
         }
         // Not an error line here: the accept loop decides what the death
         // means (an ordinary stop may be under way) and says it once.
-        let reason = reap(pid).await;
+        let reason = reap(child).await;
         crate::debug!("{reason}");
         for (_, waiting) in client.waiting.borrow_mut().drain() {
             let _ = waiting
@@ -291,13 +334,13 @@ impl Drop for Forget<'_> {
 
 /// Reaps the helper whose socket ended (so no zombie stays) and says how it
 /// died.
-async fn reap(pid: Pid) -> String {
-    let who = format!("the resolver helper (pid {})", pid.as_raw_nonzero());
+async fn reap(mut child: Child) -> String {
+    let who = format!("the resolver helper (pid {})", child.id());
     let deadline = Instant::now() + REAP_TIMEOUT;
     let mut pause = Duration::from_millis(1);
     loop {
-        match rustix::process::waitpid(Some(pid), WaitOptions::NOHANG) {
-            Ok(Some((_, status))) => return format!("{who} {}", died(status.as_raw())),
+        match child.try_wait() {
+            Ok(Some(status)) => return format!("{who} {}", died(status.into_raw())),
             Ok(None) if Instant::now() < deadline => {
                 Timer::after(pause).await;
                 pause = (pause * 2).min(Duration::from_millis(100));
@@ -353,27 +396,84 @@ fn signal_name(signal: i32) -> Option<&'static str> {
     })
 }
 
-/// The helper process: never returns.
-fn helper(socket: Socket, parent: Pid, mode: SandboxMode) -> ! {
-    // Die with the relay (and if it already died, now).
+/// Becomes the resolver helper, if this process was started as one (see
+/// [`spawn`]): never returns then. Call before the command line is parsed.
+pub fn helper_if_asked() {
+    let mut args = std::env::args_os();
+    if args.next().is_some_and(|a| a == HELPER_NAME)
+        && args.next().is_some_and(|a| a == HELPER_ARGUMENT)
+    {
+        helper(args.collect())
+    }
+}
+
+/// What the relay tells its helper on the command line.
+struct HelperArgs {
+    parent: Pid,
+    mode: SandboxMode,
+    journal: bool,
+    timestamps: bool,
+    /// The seccomp module's variables, which the environment cannot carry.
+    variables: Vec<(String, String)>,
+}
+
+impl HelperArgs {
+    /// Reads `parent=PID sandbox=MODE log=WHERE [NAME=VALUE…]`.
+    fn parse(args: Vec<OsString>) -> Option<HelperArgs> {
+        let (mut parent, mut mode, mut log) = (None, None, None);
+        let mut variables = Vec::new();
+        for arg in args {
+            let (key, value) = arg.to_str()?.split_once('=')?;
+            match key {
+                "parent" => parent = Pid::from_raw(value.parse().ok()?),
+                "sandbox" => mode = MODES.into_iter().find(|m| mode_name(*m) == value),
+                "log" => log = Some(value.to_owned()),
+                _ => variables.push((key.to_owned(), value.to_owned())),
+            }
+        }
+        let log = log?;
+        Some(HelperArgs {
+            parent: parent?,
+            mode: mode?,
+            journal: log == "journal",
+            timestamps: log == "timestamps",
+            variables,
+        })
+    }
+}
+
+/// The helper process, its socket on standard input: never returns.
+fn helper(args: Vec<OsString>) -> ! {
+    let Some(args) = HelperArgs::parse(args) else {
+        crate::error!("resolver: not started by the relay");
+        std::process::exit(2);
+    };
+    // Die with the relay; and if it died before this, now.
     let _ = rustix::process::set_parent_process_death_signal(Some(rustix::process::Signal::KILL));
-    if rustix::process::getppid() != Some(parent) {
+    if rustix::process::getppid() != Some(args.parent) {
         std::process::exit(0);
     }
+    // Exec closes only what is close-on-exec: what the relay inherited
+    // without the flag (from whoever started it, or systemd's store, if it
+    // left it there) came through too. Keep standard input (the socket),
+    // output and error.
+    // SAFETY: close_range takes integers; nothing in this process owns a
+    // descriptor above 2 yet.
+    unsafe { libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32) };
     // A stop signals every process of the unit at once: the relay drains
     // and its exit ends the helper, which must not go first. Nor may any
     // other signal that means something to the relay (`systemctl kill -s
     // USR2` signals every process too).
     for signal in [libc::SIGTERM, libc::SIGINT, libc::SIGHUP, libc::SIGUSR2] {
-        // SAFETY: SIG_IGN installs no handler; the process is
-        // single-threaded.
+        // SAFETY: SIG_IGN installs no handler, so none can run unsafely.
         unsafe { libc::signal(signal, libc::SIG_IGN) };
     }
     let _ = rustix::thread::set_name(c"resolver");
-    // Keep standard input, output and error, and the socket; close
-    // everything else (the relay's listeners above all).
-    let socket = keep_only(socket);
-    let report = match sandbox::apply(&Policy::resolver(mode)) {
+    log::set_journal(args.journal);
+    log::set_timestamps(args.timestamps);
+    seccomp::use_passed(args.variables);
+    let socket = std::io::stdin();
+    let report = match sandbox::apply(&Policy::resolver(args.mode)) {
         Ok(report) => report.to_string(),
         Err(reason) => format!("error: resolver: {reason}"),
     };
@@ -381,7 +481,7 @@ fn helper(socket: Socket, parent: Pid, mode: SandboxMode) -> ! {
     if report.starts_with("error: ") {
         std::process::exit(1);
     }
-    serve_queries(Arc::new(socket));
+    serve_queries();
     // The relay is gone.
     std::process::exit(0)
 }
@@ -395,19 +495,21 @@ struct Query {
 
 impl Query {
     /// Looks the name up and sends the answer.
-    fn answer(self, socket: &Socket) {
+    fn answer(self, socket: impl AsFd) {
         let answer = (self.name.as_str(), self.port).to_socket_addrs();
         for datagram in encode_answer(self.id, answer) {
-            if rustix::net::send(socket, &datagram, rustix::net::SendFlags::NOSIGNAL).is_err() {
+            if rustix::net::send(&socket, &datagram, rustix::net::SendFlags::NOSIGNAL).is_err() {
                 return;
             }
         }
     }
 }
 
-/// Reads queries until the relay is gone, each answered by one of at most
-/// [`LOOKUPS_AT_ONCE`] threads, started as they are needed.
-fn serve_queries(socket: Arc<Socket>) {
+/// Reads queries from standard input until the relay is gone, each
+/// answered by one of at most [`LOOKUPS_AT_ONCE`] threads, started as they
+/// are needed.
+fn serve_queries() {
+    let socket = std::io::stdin();
     let (queue, queued) = std::sync::mpsc::sync_channel::<Query>(QUEUE_MAX);
     let queued = Arc::new(Mutex::new(queued));
     // Queries handed to the pool and not yet answered.
@@ -415,7 +517,7 @@ fn serve_queries(socket: Arc<Socket>) {
     let mut threads = 0;
     let mut buffer = [0u8; DATAGRAM_MAX];
     loop {
-        let n = match rustix::net::recv(&*socket, &mut buffer, rustix::net::RecvFlags::empty()) {
+        let n = match rustix::net::recv(&socket, &mut buffer, rustix::net::RecvFlags::empty()) {
             Ok((0, _)) => return,
             Ok((n, _)) => n,
             Err(rustix::io::Errno::INTR) => continue,
@@ -426,13 +528,12 @@ fn serve_queries(socket: Arc<Socket>) {
         };
         let busy = outstanding.fetch_add(1, Ordering::SeqCst);
         if busy >= threads && threads < LOOKUPS_AT_ONCE {
-            let (socket, queued, outstanding) =
-                (socket.clone(), queued.clone(), outstanding.clone());
+            let (queued, outstanding) = (queued.clone(), outstanding.clone());
             let work = move || {
                 loop {
                     let next = queued.lock().expect("not poisoned").recv();
                     let Ok(query) = next else { return };
-                    query.answer(&socket);
+                    query.answer(std::io::stdin());
                     outstanding.fetch_sub(1, Ordering::SeqCst);
                 }
             };
@@ -455,19 +556,6 @@ fn serve_queries(socket: Arc<Socket>) {
             return;
         }
     }
-}
-
-/// Closes every descriptor but standard input, output, error and `socket`.
-fn keep_only(socket: Socket) -> Socket {
-    let fd = socket.as_raw_fd() as u32;
-    if fd > 3 {
-        // SAFETY: close_range takes integers; it closes descriptors 3 to
-        // fd - 1, none of which the helper uses.
-        unsafe { libc::syscall(libc::SYS_close_range, 3u32, fd - 1, 0u32) };
-    }
-    // SAFETY: as above, for the descriptors above the socket.
-    unsafe { libc::syscall(libc::SYS_close_range, fd + 1, u32::MAX, 0u32) };
-    socket
 }
 
 fn decode_query(datagram: &[u8]) -> Option<Query> {

@@ -29,6 +29,7 @@
 //! only; elsewhere [`unavailable`] says so and nothing is installed.
 
 use std::collections::BTreeMap;
+use std::sync::OnceLock;
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 
 use seccompiler::{
@@ -81,13 +82,46 @@ pub struct Installed {
     pub mode: Mode,
 }
 
+/// The variables this module reads, as the resolver helper was given them
+/// on its command line (it runs with an empty environment).
+static PASSED: OnceLock<Vec<(String, String)>> = OnceLock::new();
+
+/// The variables this module reads that are set, as `(name, value)`: what
+/// the resolver helper must be given ([`use_passed`]).
+pub fn variables() -> Vec<(&'static str, String)> {
+    let names = [
+        MODE_VARIABLE,
+        #[cfg(debug_assertions)]
+        TEST_CALL_VARIABLE,
+    ];
+    names
+        .into_iter()
+        .filter_map(|name| Some((name, variable(name)?)))
+        .collect()
+}
+
+/// In the resolver helper: the variables are these, not the environment's.
+pub fn use_passed(variables: Vec<(String, String)>) {
+    let _ = PASSED.set(variables);
+}
+
+fn variable(name: &str) -> Option<String> {
+    match PASSED.get() {
+        Some(passed) => passed
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.clone()),
+        None => std::env::var(name).ok(),
+    }
+}
+
 /// The mode [`MODE_VARIABLE`] asks for; an unknown value is an error.
 pub fn mode() -> Result<Mode, String> {
-    match std::env::var(MODE_VARIABLE) {
-        Err(_) => Ok(Mode::Trap),
-        Ok(v) if v.is_empty() || v == "trap" => Ok(Mode::Trap),
-        Ok(v) if v == "log" => Ok(Mode::Log),
-        Ok(v) => Err(format!(
+    match variable(MODE_VARIABLE) {
+        None => Ok(Mode::Trap),
+        Some(v) if v.is_empty() || v == "trap" => Ok(Mode::Trap),
+        Some(v) if v == "log" => Ok(Mode::Log),
+        Some(v) => Err(format!(
             "{MODE_VARIABLE}={v}: unknown value (\"log\" for log-only mode, \"trap\" or unset to enforce)"
         )),
     }
@@ -770,7 +804,7 @@ extern "C" fn on_sigsys(
 /// makes the forbidden call [`TEST_CALL_VARIABLE`] names.
 #[cfg(debug_assertions)]
 fn test_call(profile: Profile) {
-    let Ok(value) = std::env::var(TEST_CALL_VARIABLE) else {
+    let Some(value) = variable(TEST_CALL_VARIABLE) else {
         return;
     };
     let call = match (profile, value.strip_prefix("resolver:")) {

@@ -31,6 +31,9 @@ pub fn main() -> ExitCode {
     // Before parsing, so that even a usage error is logged the journal's way.
     log::init(log::Level::Info);
     end_on_panic();
+    // The resolver helper is this program too, under a name of its own:
+    // it never reaches the command line.
+    resolver::helper_if_asked();
     let result = match cli::parse(&program, &args) {
         Ok(cli::Command::Print(text)) => {
             print!("{text}");
@@ -155,8 +158,7 @@ fn run(config: Config) -> Result<server::Served, Failure> {
     let kept = passed_count - orphans.len() - adopted.iter().map(|a| a.names.len()).sum::<usize>();
     raise_fd_limit();
     // 2. Host names for CONNECT are resolved by a helper process with a
-    //    policy of its own, forked while single-threaded and before the
-    //    signal handlers (it ignores stop signals instead).
+    //    policy of its own, executed before the sandbox forbids exec.
     if let endpoint::Target::Tcp {
         host: endpoint::TargetHost::Name(_),
         ..
