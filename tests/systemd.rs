@@ -866,62 +866,16 @@ fn private_network_service_exposed_through_a_unix_socket() {
 // ---------------------------------------------------------------------------
 
 /// foobar.service in the container: TCP only, on its own loopback.
-const FOOBAR_UNIT: &str = "\
-[Unit]
-Description=foobar: a TCP-only service on its own loopback
-
-[Service]
-Type=notify
-ExecStart=/usr/bin/perl /stage/foobar.pl
-PrivateNetwork=yes
-";
+const FOOBAR_UNIT: &str = include_str!("nspawn/foobar.service");
 
 /// foobar itself (perl is in every Debian): greets, then echoes. After a
 /// client that sent only "linger" has ended its sending, foobar keeps the
 /// connection half-closed until /tmp/release exists, then says "released".
-const FOOBAR_PL: &str = r#"use strict; use warnings;
-use IO::Socket::INET; use IO::Socket::UNIX; use Socket;
-my $server = IO::Socket::INET->new(LocalAddr => "127.0.0.1:8080", Listen => 64, ReuseAddr => 1)
-    or die "listen on 127.0.0.1:8080: $!";
-if (my $path = $ENV{NOTIFY_SOCKET}) {
-    my $notify = IO::Socket::UNIX->new(Type => SOCK_DGRAM, Peer => $path) or die "notify: $!";
-    $notify->send("READY=1");
-}
-$SIG{CHLD} = "IGNORE";
-while (1) {
-    my $client = $server->accept or next;
-    if (fork() == 0) {
-        syswrite $client, "hello from foobar\n";
-        my $got = "";
-        while (sysread($client, my $buffer, 65536)) {
-            syswrite $client, $buffer;
-            $got .= $buffer if length($got) < 16;
-        }
-        if ($got eq "linger") {
-            select(undef, undef, undef, 0.02) until -e "/tmp/release";
-            syswrite $client, "released\n";
-        }
-        exit 0;
-    }
-    close $client;
-}
-"#;
+const FOOBAR_PL: &str = include_str!("nspawn/foobar.pl");
 
 /// The client: sends its message, half-closes, prints the reply; exit 3 if
 /// it cannot connect. Run it with [`client`].
-const CLIENT_PL: &str = r#"use strict; use warnings;
-use IO::Socket::INET; use IO::Socket::UNIX; use Socket;
-my ($address, $message) = @ARGV;
-my $socket = $address =~ m{/}
-    ? IO::Socket::UNIX->new(Type => SOCK_STREAM, Peer => $address)
-    : IO::Socket::INET->new(PeerAddr => $address, Timeout => 5);
-$socket or do { print STDERR "connect $address: $!\n"; exit 3 };
-syswrite $socket, $message;
-shutdown $socket, 1;
-my $reply = "";
-while (sysread($socket, my $buffer, 65536)) { $reply .= $buffer }
-print $reply;
-"#;
+const CLIENT_PL: &str = include_str!("nspawn/client.pl");
 
 /// The client in the container ([`CLIENT_PL`], staged at `/stage`): sends
 /// `message` to `address` (a socket path or HOST:PORT), run with `prefix`
@@ -944,17 +898,7 @@ fn client(
 
 /// Installs the units the way the README says, with the configuration the
 /// README shows.
-const INSTALL: &str = "set -e
-cp /stage/units/simpletcpunixrelay-* /stage/foobar.service /etc/systemd/system/
-cp /stage/units/simpletcpunixrelay.sysusers /usr/lib/sysusers.d/simpletcpunixrelay.conf
-systemd-sysusers
-mkdir -p /etc/simpletcpunixrelay
-echo CONNECT=127.0.0.1:8080 > /etc/simpletcpunixrelay/expose-foobar.env
-printf 'LISTEN=127.0.0.1:8081\\nCONNECT=/run/foobar-unix/socket\\n' \
-    > /etc/simpletcpunixrelay/reexpose-foobar.env
-echo CONNECT=/run/foobar-unix/socket > /etc/simpletcpunixrelay/activated-8082.env
-systemctl daemon-reload
-";
+const INSTALL: &str = include_str!("nspawn/install-units.sh");
 
 /// The Debian root file system for systemd-nspawn; `None` (after a skip)
 /// where root, nspawn or the file system cannot be had.
@@ -1196,86 +1140,15 @@ fn units_under_systemd_in_nspawn() {
 /// A client streaming the file DATA through ADDRESS, paced (PAUSE seconds
 /// after each MiB), while it writes the echo into the file COPY (perl-base
 /// has no digest; sha256sum compares the files).
-const STREAM_PL: &str = r#"use strict; use warnings;
-use IO::Socket::INET;
-my ($address, $data, $pause, $copy) = @ARGV;
-my $socket = IO::Socket::INET->new(PeerAddr => $address, Timeout => 5) or die "connect: $!";
-my $greeting = "";
-while ($greeting !~ /\n/) { sysread($socket, my $byte, 1) or die "no greeting"; $greeting .= $byte }
-my $pid = fork() // die "fork: $!";
-if ($pid == 0) {
-    open(my $in, "<", $data) or die "$data: $!";
-    while (sysread($in, my $chunk, 1048576)) {
-        my $done = 0;
-        while ($done < length $chunk) {
-            my $n = syswrite($socket, $chunk, length($chunk) - $done, $done) // die "write: $!";
-            $done += $n;
-        }
-        select(undef, undef, undef, $pause);
-    }
-    shutdown($socket, 1);
-    exit 0;
-}
-open(my $out, ">", $copy) or die "$copy: $!";
-while (1) {
-    my $n = sysread($socket, my $buffer, 65536);
-    die "read: $!" unless defined $n;
-    last if $n == 0;
-    print $out $buffer;
-}
-close $out;
-waitpid($pid, 0);
-exit($? >> 8);
-"#;
+const STREAM_PL: &str = include_str!("nspawn/stream.pl");
 
 /// A long-lived ping-pong client on ADDRESS until the file STOP exists:
 /// prints how many answers came.
-const PINGPONG_PL: &str = r#"use strict; use warnings;
-use IO::Socket::INET;
-my ($address, $stop) = @ARGV;
-my $socket = IO::Socket::INET->new(PeerAddr => $address, Timeout => 5) or die "connect: $!";
-my $pending = "";
-sub line {
-    while ($pending !~ /\n/) {
-        my $n = sysread($socket, my $buffer, 4096);
-        die "read: $!" unless defined $n;
-        die "closed while waiting for $_[0]" if $n == 0;
-        $pending .= $buffer;
-    }
-    $pending =~ s/^([^\n]*\n)//;
-    return $1;
-}
-line("the greeting");
-my $count = 0;
-until (-e $stop) {
-    $count++;
-    syswrite($socket, "ping $count\n") or die "write: $!";
-    my $reply = line("ping $count");
-    die "got '$reply' for ping $count" unless $reply eq "ping $count\n";
-    select(undef, undef, undef, 0.01);
-}
-print "answered $count\n";
-"#;
+const PINGPONG_PL: &str = include_str!("nspawn/pingpong.pl");
 
 /// New clients on ADDRESS one after another until the file STOP exists
 /// and at least MIN have been tried: prints how many were served.
-const LOOP_PL: &str = r#"use strict; use warnings;
-use IO::Socket::INET;
-my ($address, $stop, $min) = @ARGV;
-my ($tried, $served) = (0, 0);
-while (!-e $stop || $tried < $min) {
-    $tried++;
-    my $socket = IO::Socket::INET->new(PeerAddr => $address, Timeout => 5)
-        or do { print STDERR "client $tried: connect: $!\n"; next };
-    syswrite $socket, "c$tried";
-    shutdown $socket, 1;
-    my $reply = "";
-    while (sysread($socket, my $buffer, 65536)) { $reply .= $buffer }
-    if ($reply eq "hello from foobar\nc$tried") { $served++ }
-    else { print STDERR "client $tried got '$reply'\n" }
-}
-print "served $served of $tried\n";
-"#;
+const LOOP_PL: &str = include_str!("nspawn/loop.pl");
 
 /// Runs a staged client in the background, as a transient service of the
 /// container's systemd: its output in /tmp/NAME.out, its exit status in
@@ -1644,16 +1517,7 @@ fn a_package_upgrade_hands_over_under_systemd_in_nspawn() {
     fs::write(stage.join("foobar.pl"), FOOBAR_PL).unwrap();
     fs::write(stage.join("pingpong.pl"), PINGPONG_PL).unwrap();
     let container = Container::boot(&root, &[(&stage.0, "/stage")], stage.join("console.log"));
-    container.ok("set -e
-dpkg -i /stage/package.deb >/dev/null
-cp /stage/foobar.service /etc/systemd/system/
-mkdir -p /etc/simpletcpunixrelay
-echo CONNECT=127.0.0.1:8080 > /etc/simpletcpunixrelay/expose-foobar.env
-printf 'LISTEN=127.0.0.1:8081\\nCONNECT=/run/foobar-unix/socket\\n' \
-    > /etc/simpletcpunixrelay/reexpose-foobar.env
-systemctl daemon-reload
-systemctl start foobar.service simpletcpunixrelay-expose@foobar.service
-systemctl start simpletcpunixrelay-reexpose@foobar.service");
+    container.ok(include_str!("nspawn/install-package.sh"));
     let expose = "simpletcpunixrelay-expose@foobar.service";
     let reexpose = "simpletcpunixrelay-reexpose@foobar.service";
     background(
