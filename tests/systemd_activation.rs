@@ -41,7 +41,7 @@ fn sd_listen_serves_a_passed_tcp_socket() {
     assert!(relay.wait_for_line("listening on ").ends_with(&listen));
     assert_eq!(exchange(connect(&listen), b"second".to_vec()), b"second");
     assert_eq!(backend.connections(), 2);
-    relay.signal(libc::SIGTERM);
+    relay.signal(Signal::TERM);
     let (status, log) = relay.finish();
     assert!(status.success(), "{status}: {log}");
 }
@@ -85,7 +85,7 @@ fn sd_listen_by_name_serves_only_that_socket() {
     );
     assert_eq!(backend.connections(), 1, "a's client reached the backend");
 
-    relay.signal(libc::SIGTERM);
+    relay.signal(Signal::TERM);
     let (status, log) = relay.finish();
     assert!(status.success(), "{status}: {log}");
     assert_eq!(log.matches("listening on").count(), 1, "{log}");
@@ -247,7 +247,7 @@ fn inherited_socket_file_is_not_removed() {
     );
     assert_eq!(exchange(connect(&path), b"hello".to_vec()), b"hello");
     assert!(relay.wait_for_line("listening on ").ends_with(&path));
-    relay.signal(libc::SIGTERM);
+    relay.signal(Signal::TERM);
     let (status, log) = relay.finish();
     assert!(status.success(), "{status}: {log}");
     let kept = fs::symlink_metadata(&path).expect("the inherited socket file stays");

@@ -51,8 +51,8 @@ fn run_logged(args: &[&str], journal: Option<fn(u64, u64) -> String>, stop: bool
             }
             listening
         });
-        // SAFETY: kill with the pid of our own child, not reaped yet.
-        assert_eq!(unsafe { libc::kill(child.0.id() as i32, libc::SIGTERM) }, 0);
+        // Our own child, not reaped yet.
+        signal(child.0.id() as i32, Signal::TERM).unwrap();
     }
     let status = wait_exit(&mut child.0, DEADLINE).expect("the relay exits");
     let lines = log().lines().map(str::to_string).collect();

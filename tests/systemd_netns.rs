@@ -53,7 +53,7 @@ fn private_network_service_exposed_through_a_unix_socket() {
     }
     assert_eq!(backend.connections(), 1, "the backend was reached over TCP");
 
-    relay.signal(libc::SIGTERM);
+    relay.signal(Signal::TERM);
     let (status, log) = relay.finish();
     assert!(status.success(), "{status}: {log}");
     assert!(

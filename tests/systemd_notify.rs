@@ -176,7 +176,7 @@ fn stopping_on_sigterm() {
         1,
     );
     notifications.wait_for("READY=1");
-    relay.signal(libc::SIGTERM);
+    relay.signal(Signal::TERM);
     notifications.wait_for("STOPPING=1");
     let (status, log) = relay.finish();
     assert!(status.success(), "{status}: {log}");

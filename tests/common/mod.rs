@@ -28,6 +28,9 @@ mod system;
 #[allow(unused_imports)]
 pub use {container::*, data::*, net::*, notify::*, nspawn::*, store::*, system::*};
 
+/// The signals [`signal`] sends.
+pub use rustix::process::Signal;
+
 use std::io::{BufRead, BufReader, Read};
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
@@ -179,10 +182,10 @@ impl Relay {
             .count()
     }
 
-    /// Sends a signal to the relay.
-    pub fn signal(&self, signal: i32) {
-        // SAFETY: kill with the pid of our own child, which we have not reaped.
-        assert_eq!(unsafe { libc::kill(self.pid(), signal) }, 0);
+    /// Sends a signal to the relay (our own child, not reaped yet, so the pid
+    /// is still its own).
+    pub fn signal(&self, signal: Signal) {
+        system::signal(self.pid(), signal).unwrap();
     }
 
     /// Whether the relay is still running.

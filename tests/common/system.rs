@@ -17,6 +17,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
 
+use rustix::process::{Pid, Signal, kill_process, kill_process_group};
+
 use super::{Relay, relay_bin};
 
 /// Whether the tests run as root (changing a file's group to one we are not
@@ -39,6 +41,24 @@ pub fn tool(name: &str) -> Option<PathBuf> {
 /// The first of `names` that is not installed.
 pub fn missing_tool(names: &[&'static str]) -> Option<&'static str> {
     names.iter().copied().find(|n| tool(n).is_none())
+}
+
+/// Sends `signal` to the process `pid` or, as kill(2) does, to the process
+/// group `-pid` when `pid` is negative: the one way the tests signal a
+/// process on this host (the relay through [`Relay::signal`]). The error
+/// names the call.
+pub fn signal(pid: i32, signal: Signal) -> io::Result<()> {
+    let target = Pid::from_raw(pid.abs())
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "kill: pid 0"))?;
+    let sent = if pid < 0 {
+        kill_process_group(target, signal)
+    } else {
+        kill_process(target, signal)
+    };
+    sent.map_err(|e| {
+        let e = io::Error::from(e);
+        io::Error::new(e.kind(), format!("kill({pid}, {signal:?}): {e}"))
+    })
 }
 
 /// Whether the kernel offers Landlock (the relay then confines itself fully).
