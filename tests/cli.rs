@@ -114,7 +114,7 @@ fn time_spans_use_systemd_syntax() {
             "127.0.0.1:0",
             &backend.connect_arg,
         ]);
-        relay.signal(libc::SIGTERM);
+        relay.signal(Signal::TERM);
         let status = relay.wait_exit();
         assert!(status.success(), "{span}: {status:?}\n{}", relay.log());
     }

@@ -99,10 +99,10 @@ fn start_relay(cut: Cut, backend: &Backend) -> Relay {
 /// Stops the relay the `cut` way while a connection is open, and waits for
 /// it to exit (every socket it had is closed then).
 fn cut_and_wait(relay: &mut Relay, cut: Cut) {
-    relay.signal(libc::SIGTERM);
+    relay.signal(Signal::TERM);
     relay.wait_for_line("stopping");
     if let Cut::SecondSignal = cut {
-        relay.signal(libc::SIGTERM);
+        relay.signal(Signal::TERM);
     }
     assert!(
         relay.wait_exit_within(QUICK).is_some(),

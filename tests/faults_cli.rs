@@ -106,9 +106,9 @@ impl Spawned {
             .unwrap_or_else(|| panic!("the relay exited without listening; log:\n{}", self.log()))
     }
 
-    fn signal(&self, signal: i32) {
-        // SAFETY: kill with the pid of our own child, which we have not reaped.
-        assert_eq!(unsafe { libc::kill(self.child.id() as i32, signal) }, 0);
+    fn signal(&self, signal: Signal) {
+        // Our own child, which we have not reaped.
+        common::signal(self.child.id() as i32, signal).unwrap();
     }
 
     /// Waits for the relay to exit and for the end of its log.
@@ -168,7 +168,7 @@ fn starts(command: Command) -> Result<(), String> {
     if relay.line("listening on ").is_none() {
         return Err(relay.log());
     }
-    relay.signal(libc::SIGTERM);
+    relay.signal(Signal::TERM);
     match relay.exit() {
         status if status.success() => Ok(()),
         status => Err(format!("{status:?} after SIGTERM; log:\n{}", relay.log())),
@@ -209,7 +209,7 @@ fn non_utf8_listen_path_is_listened_on_relayed_and_removed() {
         exchange(Box::new(stream), b"bytes, not UTF-8".to_vec()),
         b"bytes, not UTF-8"
     );
-    relay.signal(libc::SIGTERM);
+    relay.signal(Signal::TERM);
     assert_eq!(relay.exit().code(), Some(0), "log:\n{}", relay.log());
     assert!(
         std::fs::symlink_metadata(&path).is_err(),
@@ -399,7 +399,7 @@ fn shutdown_timeout_zero_means_no_limit() {
     let mut conn = connect(relay.address());
     conn.write_all(b"before").unwrap();
     assert_eq!(read_exactly(&mut *conn, 6), b"before");
-    relay.signal(libc::SIGTERM);
+    relay.signal(Signal::TERM);
     relay.wait_for_line("stopping");
     assert!(
         relay.wait_exit_within(Duration::from_secs(1)).is_none(),

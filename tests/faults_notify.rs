@@ -117,7 +117,7 @@ fn sighup_is_logged_and_the_relay_goes_on_serving() {
     let backend = Backend::tcp(echo);
     let mut relay = unix_relay(&dir, &backend);
 
-    relay.signal(libc::SIGHUP);
+    relay.signal(Signal::HUP);
 
     relay.wait_for_line("SIGHUP");
     assert!(relay.running(), "the relay must survive SIGHUP");
@@ -130,10 +130,10 @@ fn sigterm_after_sighup_still_exits_0_and_removes_the_socket_file() {
     let dir = TempDir::new();
     let backend = Backend::tcp(echo);
     let mut relay = unix_relay(&dir, &backend);
-    relay.signal(libc::SIGHUP);
+    relay.signal(Signal::HUP);
     relay.wait_for_line("SIGHUP");
 
-    relay.signal(libc::SIGTERM);
+    relay.signal(Signal::TERM);
 
     let status = relay
         .wait_exit_within(QUICK)

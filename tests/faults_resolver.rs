@@ -266,15 +266,6 @@ fn assert_alive(pid: i32, when: &str, relay: &Relay) {
     );
 }
 
-fn kill(pid: i32, signal: i32) {
-    // SAFETY: kill takes integers: a test's own child process (group).
-    assert_eq!(
-        unsafe { libc::kill(pid, signal) },
-        0,
-        "kill({pid}, {signal})"
-    );
-}
-
 /// A relay from 127.0.0.1 to `localhost:PORT` of an echo backend (so that
 /// it runs a resolver helper), with a client through it that has already
 /// had one message echoed.
@@ -333,7 +324,7 @@ fn a_killed_resolver_helper_is_reaped_and_the_relay_drains_then_exits_1() {
     } = relaying_to_localhost(command);
     let helper = helper_of(&relay);
 
-    kill(helper, libc::SIGKILL);
+    signal(helper, Signal::KILL).unwrap();
 
     // Reaped, not a zombie, while the relay still runs for its client.
     wait_until("the killed helper to be reaped", || {
@@ -379,14 +370,14 @@ fn a_stop_signal_to_relay_and_helper_at_once_is_an_ordinary_stop() {
     let helper = helper_of(&relay);
     let group = -relay.pid();
 
-    kill(group, libc::SIGHUP);
+    signal(group, Signal::HUP).unwrap();
     relay.wait_for_line("SIGHUP");
     assert_alive(helper, "after SIGHUP", &relay);
     // SIGINT stops the relay too, SIGUSR2 hands it over: to the helper
     // alone (a terminal's ^C, `systemctl kill -s USR2`).
-    kill(helper, libc::SIGINT);
-    kill(helper, libc::SIGUSR2);
-    kill(group, libc::SIGTERM);
+    signal(helper, Signal::INT).unwrap();
+    signal(helper, Signal::USR2).unwrap();
+    signal(group, Signal::TERM).unwrap();
     relay.wait_for_line("stopping: waiting up to");
 
     // The helper outlives the stop signals while the relay drains…
@@ -490,7 +481,7 @@ fn look_ups_waiting_when_the_helper_dies_fail_at_once_saying_how_it_died() {
         "the look-up waits for the name server"
     );
 
-    kill(helper, libc::SIGKILL);
+    signal(helper, Signal::KILL).unwrap();
 
     // Closed long before the name server's 30 s or the connect timeout.
     client.set_read_timeout(Some(QUICK)).unwrap();

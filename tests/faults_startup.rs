@@ -138,7 +138,7 @@ fn too_few_descriptors_at_start_up_are_an_error_never_a_panic() {
         let serving = status.is_none();
         if serving {
             started += 1;
-            relay.signal(libc::SIGTERM);
+            relay.signal(Signal::TERM);
         }
         // The whole log, once the relay has exited.
         let (status, log) = relay.finish();

@@ -487,14 +487,14 @@ fn exit_idle_time_waits_while_a_connection_is_open() {
 #[test]
 fn the_listening_line_comes_once_signals_stop_the_relay_gracefully() {
     let backend = Backend::tcp(echo);
-    for signal in [libc::SIGTERM, libc::SIGINT, libc::SIGTERM, libc::SIGINT] {
+    for signal in [Signal::TERM, Signal::INT, Signal::TERM, Signal::INT] {
         let mut relay = Relay::start(&["127.0.0.1:0", &backend.connect_arg]);
         relay.signal(signal);
         let status = relay.wait_exit();
         assert_eq!(
             status.signal(),
             None,
-            "signal {signal} must not kill the relay outright"
+            "signal {signal:?} must not kill the relay outright"
         );
         assert!(status.success(), "{status:?}");
     }
@@ -513,7 +513,7 @@ fn shutdown_timeout_bounds_connections_that_never_end() {
     conn.write_all(b"x").unwrap();
     backend.wait_connections(1);
     let signalled = Instant::now();
-    relay.signal(libc::SIGTERM);
+    relay.signal(Signal::TERM);
     let status = relay.wait_exit();
     assert!(status.success(), "{status:?}");
     assert_about(
@@ -537,7 +537,7 @@ fn shutdown_timeout_infinity_waits_for_every_connection() {
     let mut conn = connect(relay.address());
     conn.write_all(b"x").unwrap();
     assert_eq!(read_exactly(&mut *conn, 1), b"x");
-    relay.signal(libc::SIGTERM);
+    relay.signal(Signal::TERM);
     relay.wait_for_line("stopping");
     assert!(
         relay.wait_exit_within(Duration::from_secs(1)).is_none(),
@@ -572,7 +572,7 @@ fn counting_digest(count: Arc<AtomicU64>) -> impl Fn(Box<dyn Conn>) + Send + Syn
 #[test]
 fn a_stop_signal_closes_the_listener_at_once_and_lets_transfers_finish() {
     let dir = TempDir::new();
-    for signal in [libc::SIGTERM, libc::SIGINT] {
+    for signal in [Signal::TERM, Signal::INT] {
         for listen in [dir.arg("relay.sock"), "127.0.0.1:0".to_string()] {
             let received = Arc::new(AtomicU64::new(0));
             let backend = Backend::tcp(counting_digest(received.clone()));
@@ -610,14 +610,14 @@ fn a_stop_signal_closes_the_listener_at_once_and_lets_transfers_finish() {
             // ...while the transfer in flight goes on to the last byte.
             assert!(
                 relay.running(),
-                "signal {signal}: the relay waits for the open connection"
+                "signal {signal:?}: the relay waits for the open connection"
             );
             conn.write_all(&data[MIB..]).unwrap();
             conn.shutdown_write();
             assert_eq!(
                 read_to_end(&mut *conn),
                 digest_of(&data).into_bytes(),
-                "signal {signal} on {listen}"
+                "signal {signal:?} on {listen}"
             );
             let status = relay.wait_exit();
             assert!(status.success(), "{status:?}");
@@ -633,9 +633,9 @@ fn a_stop_signal_closes_the_listener_at_once_and_lets_transfers_finish() {
 #[test]
 fn a_second_signal_exits_at_once() {
     for (first, second) in [
-        (libc::SIGTERM, libc::SIGTERM),
-        (libc::SIGINT, libc::SIGINT),
-        (libc::SIGTERM, libc::SIGINT),
+        (Signal::TERM, Signal::TERM),
+        (Signal::INT, Signal::INT),
+        (Signal::TERM, Signal::INT),
     ] {
         let backend = Backend::tcp(hold);
         let mut relay = Relay::start(&["127.0.0.1:0", &backend.connect_arg]);
@@ -684,7 +684,7 @@ fn quiet_prints_only_the_listening_line() {
     let (bytes, _) = read_until_closed(&mut *connect(failing.address()));
     assert!(bytes.is_empty());
     for relay in [&mut relay, &mut failing] {
-        relay.signal(libc::SIGTERM);
+        relay.signal(Signal::TERM);
         let (status, log) = relay.finish();
         assert!(status.success());
         let lines: Vec<&str> = log.lines().collect();
@@ -709,7 +709,7 @@ fn by_default_warnings_and_shutdown_are_logged_but_no_line_per_connection() {
     let stream = TcpStream::connect(relay.address()).unwrap();
     let peer = stream.local_addr().unwrap().to_string();
     assert_eq!(exchange(Box::new(stream), b"default".to_vec()), b"default");
-    relay.signal(libc::SIGTERM);
+    relay.signal(Signal::TERM);
     relay.wait_for_line("stopping");
     let (status, log) = relay.finish();
     assert!(status.success());
@@ -754,7 +754,7 @@ fn verbose_logs_one_line_per_connection_with_the_exact_byte_counts() {
         line.contains(&format!("{} bytes down", reply.len())),
         "{line}"
     );
-    relay.signal(libc::SIGTERM);
+    relay.signal(Signal::TERM);
     let (_, log) = relay.finish();
     assert_eq!(
         log.matches("bytes up").count(),
@@ -774,7 +774,7 @@ fn when_stderr_is_the_journal_lines_carry_priorities_instead_of_timestamps() {
         warning.starts_with("<4>"),
         "a warning has priority 4: {warning}"
     );
-    relay.signal(libc::SIGTERM);
+    relay.signal(Signal::TERM);
     let (status, log) = relay.finish();
     assert!(status.success());
     for line in log.lines() {

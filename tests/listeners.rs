@@ -33,7 +33,7 @@ fn assert_echoes(address: &str) {
 }
 
 fn stop(relay: &mut Relay) {
-    relay.signal(libc::SIGTERM);
+    relay.signal(Signal::TERM);
     let status = relay.wait_exit();
     assert!(status.success(), "{status:?}\n{}", relay.log());
 }

@@ -22,7 +22,7 @@ fn log_of(args: &[&str]) -> Vec<String> {
     all.extend([socket.as_str(), "127.0.0.1:9"]);
     let mut relay = Relay::start(&all);
     relay.wait_for_line("ready: relaying");
-    relay.signal(libc::SIGTERM);
+    relay.signal(Signal::TERM);
     let (status, log) = relay.finish();
     assert!(status.success(), "{status:?}; log:\n{log}");
     log.lines().map(str::to_string).collect()

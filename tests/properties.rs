@@ -539,8 +539,8 @@ fn run_relay(dir: &TempDir, args: &[OsString]) -> (Option<i32>, String) {
                     break;
                 }
                 if !stopped && String::from_utf8_lossy(&log).contains("listening on ") {
-                    // SAFETY: kill with the pid of our own child, not yet reaped.
-                    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+                    // Our own child, not yet reaped.
+                    let _ = signal(child.id() as i32, Signal::TERM);
                     stopped = true;
                 }
             }

@@ -33,7 +33,7 @@ fn manager_saying_its_size() -> Manager {
 /// checks that it exits asking to be restarted (status 3), and waits until
 /// the manager has processed all it sent; its log.
 fn hand_over(manager: &mut Manager, relay: Relay) -> String {
-    relay.signal(libc::SIGUSR2);
+    relay.signal(Signal::USR2);
     let log = exits_for_a_restart(relay);
     manager.settle();
     log
@@ -51,7 +51,7 @@ fn a_unix_listener_survives_a_restart_and_the_client_in_between_is_served() {
     let inode = std::fs::metadata(&socket).unwrap().ino();
     assert_eq!(exchange(connect(&socket), b"before".to_vec()), b"before");
 
-    first.signal(libc::SIGTERM);
+    first.signal(Signal::TERM);
     assert!(first.wait_exit().success());
     assert_eq!(
         std::fs::metadata(&socket).map(|m| m.ino()).ok(),
@@ -85,7 +85,7 @@ fn a_tcp_listener_on_port_0_keeps_its_port_across_a_restart() {
     let mut manager = manager();
     let mut first = manager.start(&args);
     let address = first.address().to_string();
-    first.signal(libc::SIGTERM);
+    first.signal(Signal::TERM);
     assert!(first.wait_exit().success());
     let waiting = std::net::TcpStream::connect(&address).expect("not refused during the restart");
     let second = manager.start(&args);
@@ -105,7 +105,7 @@ fn without_fd_store_nothing_is_stored_and_the_socket_file_goes() {
     let mut manager = manager();
     let mut relay = manager.start(&[&socket, &backend.connect_arg]);
     assert!(manager.names().is_empty());
-    relay.signal(libc::SIGTERM);
+    relay.signal(Signal::TERM);
     assert!(relay.wait_exit().success());
     assert!(!std::path::Path::new(&socket).exists());
 }
@@ -117,7 +117,7 @@ fn a_stored_listener_that_listen_no_longer_names_is_closed_with_its_file_and_lea
     let mut manager = manager();
     let old = dir.arg("a.sock");
     let mut first = manager.start(&["--fd-store", &old, &backend.connect_arg]);
-    first.signal(libc::SIGTERM);
+    first.signal(Signal::TERM);
     assert!(first.wait_exit().success());
     // A client arrives during the restart, at the old path.
     let mut waiting = UnixStream::connect(&old).expect("the stored listener's backlog");
@@ -154,9 +154,9 @@ fn a_second_hand_over_request_during_a_drain_cuts_nothing() {
     let backend = Backend::tcp(echo);
     let mut relay = Relay::start(&["127.0.0.1:0", &backend.connect_arg]);
     let mut client = exchanged(&relay);
-    relay.signal(libc::SIGUSR2);
+    relay.signal(Signal::USR2);
     relay.wait_for_line("no file descriptor store");
-    relay.signal(libc::SIGUSR2);
+    relay.signal(Signal::USR2);
     relay.wait_for_line("ignored");
     client.write_all(b"still").unwrap();
     let mut reply = [0u8; 5];
@@ -187,7 +187,7 @@ fn an_instance_killed_before_the_store_forgot_its_connections_leaves_them_cut_no
         "{}",
         second.log()
     );
-    second.signal(libc::SIGKILL);
+    second.signal(Signal::KILL);
     let _ = second.wait_exit();
     // Processing the removal closes systemd's copies, the last ones.
     manager.resume();
@@ -217,7 +217,7 @@ fn a_hand_over_right_after_an_adoption_waits_for_the_removals_and_loses_nothing(
         "{}",
         second.log()
     );
-    second.signal(libc::SIGUSR2);
+    second.signal(Signal::USR2);
     // Long enough for a relay that does not wait to send what it stores.
     let until = Instant::now() + Duration::from_millis(500);
     while Instant::now() < until {
@@ -316,7 +316,7 @@ fn more_connections_than_listen_fdnames_can_name_are_drained_not_stored() {
     let mut manager = Manager::with_max(10_000);
     let mut relay = manager.start(&args);
     let mut clients: Vec<TcpStream> = (0..1500).map(|_| exchanged(&relay)).collect();
-    relay.signal(libc::SIGUSR2);
+    relay.signal(Signal::USR2);
     let line = relay.wait_for_line("not stored");
     assert!(line.contains("names would take"), "{line}");
     for client in &mut clients {
@@ -405,7 +405,7 @@ fn a_connection_taken_back_is_counted_once_in_the_status() {
     manager.size = Some("2".into());
     let mut relay = manager.start(&args);
     let mut client = exchanged(&relay);
-    relay.signal(libc::SIGUSR2);
+    relay.signal(Signal::USR2);
     relay.wait_for_line("not stored");
     // STATUS= follows the counts within a second of a change; give it two.
     let until = Instant::now() + Duration::from_secs(2);
@@ -680,7 +680,7 @@ fn without_a_store_a_hand_over_request_drains_and_exits_for_a_restart() {
     let mut client = connect(&socket);
     client.write_all(b"ping").unwrap();
     assert_eq!(read_exactly(&mut *client, 4), b"ping");
-    relay.signal(libc::SIGUSR2);
+    relay.signal(Signal::USR2);
     relay.wait_for_line("no file descriptor store");
     assert!(relay.running(), "draining, not killed");
     client.write_all(b"still").unwrap();
@@ -704,7 +704,7 @@ fn a_store_too_small_for_the_connections_means_a_drain_said_in_one_line() {
     manager.size = Some("3".into());
     let mut relay = manager.start(&args);
     let mut client = exchanged(&relay);
-    relay.signal(libc::SIGUSR2);
+    relay.signal(Signal::USR2);
     let line = relay.wait_for_line("not stored");
     assert!(
         line.contains(
@@ -756,7 +756,7 @@ fn a_connection_the_store_cannot_take_goes_on_even_with_its_write_side_blocked()
     let mut stalled = stalled_upload(&mut manager, &args, &backends);
     // The backend reads nothing: the relay's writes towards it are blocked
     // when the connection is taken off the engine, and given back.
-    stalled.relay.signal(libc::SIGUSR2);
+    stalled.relay.signal(Signal::USR2);
     let line = stalled.relay.wait_for_line("not stored");
     assert!(line.contains("they go on here"), "{line}");
     let log = finish_stalled_upload(stalled);
@@ -773,7 +773,7 @@ fn a_store_smaller_than_it_says_is_found_out_and_nothing_is_lost() {
     let mut manager = Manager::with_max(3);
     manager.size = Some("100".into());
     let mut stalled = stalled_upload(&mut manager, &args, &backends);
-    stalled.relay.signal(libc::SIGUSR2);
+    stalled.relay.signal(Signal::USR2);
     let line = stalled.relay.wait_for_line("not stored");
     assert!(line.contains("systemd did not keep them all"), "{line}");
     let _ = finish_stalled_upload(stalled);
@@ -876,7 +876,7 @@ fn a_store_that_refuses_mid_way_means_a_drain_not_a_cut() {
     }
     // systemd goes away: every store message is refused.
     drop(notify);
-    relay.signal(libc::SIGUSR2);
+    relay.signal(Signal::USR2);
     let line = relay.wait_for_line("not stored");
     assert!(line.contains("2 connections not stored (systemd"), "{line}");
     for client in &mut clients {

@@ -154,7 +154,7 @@ fn unprivileged_user_runs_and_relays() {
         status.contains("CapEff:\t0000000000000000") && status.contains("NoNewPrivs:\t1"),
         "{status}"
     );
-    relay.signal(libc::SIGTERM);
+    relay.signal(Signal::TERM);
     let (exit, _) = relay.finish();
     assert!(exit.success());
     assert!(

@@ -377,8 +377,8 @@ fn a_tracer_attaching_and_leaving_does_not_end_the_relay() {
             exchange(connect(relay.address()), b"traced".to_vec()),
             b"traced"
         );
-        // SAFETY: kill with the pid of our own child.
-        unsafe { libc::kill(tracer.id() as i32, libc::SIGINT) };
+        // Our own child.
+        let _ = signal(tracer.id() as i32, Signal::INT);
         let _ = tracer.wait();
         assert!(
             relay.running(),

@@ -15,7 +15,7 @@ use std::process::{Command, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use super::{ChildGuard, Finished, run_tool, tool, wait_exit, wait_until};
+use super::{ChildGuard, Finished, Signal, run_tool, signal, tool, wait_exit, wait_until};
 
 /// What [`NetworkNamespace`] runs (packages util-linux, iproute2).
 pub const NETWORK_NAMESPACE_TOOLS: &[&str] = &["unshare", "nsenter", "ip"];
@@ -370,13 +370,13 @@ impl Drop for Container {
                 eprintln!("container journal:\n{}", journal.stdout);
             }
         }
-        // SIGTERM asks nspawn to shut the container down cleanly.
-        // SAFETY: kill with the pid of our own child, not reaped yet.
-        unsafe { libc::kill(self.nspawn.id() as i32, libc::SIGTERM) };
+        // SIGTERM asks nspawn (our own child, not reaped yet) to shut the
+        // container down cleanly.
+        let _ = signal(self.nspawn.id() as i32, Signal::TERM);
         if wait_exit(&mut self.nspawn, Duration::from_secs(15)).is_none() {
             if self.init != 0 {
-                // SAFETY: the container's PID 1; killing it ends the container.
-                unsafe { libc::kill(self.init, libc::SIGKILL) };
+                // The container's PID 1; killing it ends the container.
+                let _ = signal(self.init, Signal::KILL);
             }
             let _ = self.nspawn.kill();
             let _ = self.nspawn.wait();

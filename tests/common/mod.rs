@@ -11,7 +11,8 @@
 //! - [`notify`]: the service manager's end of `NOTIFY_SOCKET`; [`store`]: the
 //!   service manager with its file descriptor store, as systemd keeps it;
 //! - [`container`]: the isolation systemd gives a service, by hand (a
-//!   network namespace) and for real (systemd as PID 1 in `systemd-nspawn`).
+//!   network namespace) and for real (systemd as PID 1 in `systemd-nspawn`);
+//!   [`nspawn`]: such a container with the README's units installed.
 
 #![allow(dead_code)] // each test binary uses a different subset
 
@@ -19,16 +20,20 @@ mod container;
 mod data;
 mod net;
 mod notify;
+mod nspawn;
 mod store;
 mod system;
 
 // Each test binary uses a different subset, some none of a module.
 #[allow(unused_imports)]
-pub use {container::*, data::*, net::*, notify::*, store::*, system::*};
+pub use {container::*, data::*, net::*, notify::*, nspawn::*, store::*, system::*};
+
+/// The signals [`signal`] sends.
+pub use rustix::process::Signal;
 
 use std::io::{BufRead, BufReader, Read};
 use std::os::fd::AsRawFd;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
@@ -42,6 +47,11 @@ pub const DEADLINE: Duration = Duration::from_secs(20);
 /// The binary under test.
 pub fn relay_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_simpletcpunixrelay"))
+}
+
+/// The unit templates.
+pub fn unit_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("systemd")
 }
 
 /// A running relay process. Killed on drop if it is still running.
@@ -172,10 +182,10 @@ impl Relay {
             .count()
     }
 
-    /// Sends a signal to the relay.
-    pub fn signal(&self, signal: i32) {
-        // SAFETY: kill with the pid of our own child, which we have not reaped.
-        assert_eq!(unsafe { libc::kill(self.pid(), signal) }, 0);
+    /// Sends a signal to the relay (our own child, not reaped yet, so the pid
+    /// is still its own).
+    pub fn signal(&self, signal: Signal) {
+        system::signal(self.pid(), signal).unwrap();
     }
 
     /// Whether the relay is still running.

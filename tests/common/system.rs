@@ -1,7 +1,7 @@
 //! How the relay's process is set up before it runs (inherited descriptors,
-//! resource limits, umask, a private `/etc/hosts`), and what the tests ask
-//! the kernel and the machine (its tools, its groups) about themselves and
-//! the running relay. Expected values come from the system, never from the
+//! by hand or by `systemd-socket-activate`, resource limits, umask, a private
+//! `/etc/hosts`), and what the tests ask the kernel and the machine (its
+//! tools, its groups) about themselves and the running relay. Expected values come from the system, never from the
 //! relay's own code.
 //!
 //! The set-up runs in the forked child before `exec` (`pre_exec`), where only
@@ -17,7 +17,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
 
-use super::relay_bin;
+use rustix::process::{Pid, Signal, kill_process, kill_process_group};
+
+use super::{Relay, relay_bin};
 
 /// Whether the tests run as root (changing a file's group to one we are not
 /// in and mount namespaces need it).
@@ -39,6 +41,24 @@ pub fn tool(name: &str) -> Option<PathBuf> {
 /// The first of `names` that is not installed.
 pub fn missing_tool(names: &[&'static str]) -> Option<&'static str> {
     names.iter().copied().find(|n| tool(n).is_none())
+}
+
+/// Sends `signal` to the process `pid` or, as kill(2) does, to the process
+/// group `-pid` when `pid` is negative: the one way the tests signal a
+/// process on this host (the relay through [`Relay::signal`]). The error
+/// names the call.
+pub fn signal(pid: i32, signal: Signal) -> io::Result<()> {
+    let target = Pid::from_raw(pid.abs())
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "kill: pid 0"))?;
+    let sent = if pid < 0 {
+        kill_process_group(target, signal)
+    } else {
+        kill_process(target, signal)
+    };
+    sent.map_err(|e| {
+        let e = io::Error::from(e);
+        io::Error::new(e.kind(), format!("kill({pid}, {signal:?}): {e}"))
+    })
 }
 
 /// Whether the kernel offers Landlock (the relay then confines itself fully).
@@ -200,6 +220,32 @@ pub fn socket_activated(args: &[&str], fds: &[RawFd], names: &[&str]) -> Command
         .env("LISTEN_FDNAMES", names.join(":"));
     pass_fds(&mut command, fds);
     command
+}
+
+/// `systemd-socket-activate ARGS...` with a clean activation environment.
+pub fn socket_activate(args: &[&str]) -> Command {
+    let mut command = Command::new(tool("systemd-socket-activate").unwrap());
+    command.args(args);
+    for variable in [
+        "LISTEN_FDS",
+        "LISTEN_PID",
+        "LISTEN_FDNAMES",
+        "NOTIFY_SOCKET",
+    ] {
+        command.env_remove(variable);
+    }
+    command
+}
+
+/// `systemd-socket-activate ARGS...` running with its `sockets` open (one
+/// `Listening on` line each). Without `-a` it starts the relay at the first
+/// client, as systemd does.
+pub fn start_activator(args: &[&str], sockets: usize) -> Relay {
+    let mut activator = Relay::start_command(socket_activate(args), 0);
+    for _ in 0..sockets {
+        activator.wait_for_line("Listening on ");
+    }
+    activator
 }
 
 /// The id of the group called `name`, if there is one, as the system's name
