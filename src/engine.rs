@@ -455,7 +455,7 @@ impl Engine {
             // connection waits for (`Relay::waits`).
             job.relay.client.registered();
             job.relay.backend.registered();
-            let flags = events(crate::relay::Edge::REGISTERED);
+            let flags = events(crate::relay::Side::REGISTERED);
             let registered = epoll::add(
                 &self.epoll,
                 job.relay.client.socket(),

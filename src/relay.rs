@@ -67,10 +67,11 @@ pub struct Totals {
     pub down: u64,
 }
 
-/// A socket and what its last readiness events said: whether a read or a
-/// write may make progress. Set by the engine from readiness events,
-/// cleared by a short read or an operation that returns EAGAIN.
-pub struct Edge {
+/// One side of a connection: its socket, what its last readiness events
+/// said (whether a read or a write may make progress: set by the engine
+/// from readiness events, cleared by a short read or an operation that
+/// returns EAGAIN), and what the engine watches it for.
+pub struct Side {
     socket: Socket,
     readable: Cell<bool>,
     writable: Cell<bool>,
@@ -79,26 +80,26 @@ pub struct Edge {
     interest: Cell<Option<(bool, bool)>>,
 }
 
-impl Edge {
+impl Side {
     /// A socket that has not been tried yet: both may succeed.
-    pub fn new(socket: Socket) -> Edge {
-        Edge {
+    pub fn new(socket: Socket) -> Side {
+        Side {
             socket,
             readable: Cell::new(true),
             writable: Cell::new(true),
-            interest: Cell::new(Some(Edge::REGISTERED)),
+            interest: Cell::new(Some(Side::REGISTERED)),
         }
     }
 
     /// What a socket is registered for at first: reading.
     pub const REGISTERED: (bool, bool) = (true, false);
 
-    /// The socket is registered afresh (with [`Edge::REGISTERED`]): what
+    /// The socket is registered afresh (with [`Side::REGISTERED`]): what
     /// was known of it belongs to a registration that is gone (a connection
     /// taken off the engine for a hand-over, and given back), so every
     /// operation is tried again and the interest follows from there.
     pub fn registered(&self) {
-        self.interest.set(Some(Edge::REGISTERED));
+        self.interest.set(Some(Side::REGISTERED));
         self.readable.set(true);
         self.writable.set(true);
     }
@@ -170,8 +171,8 @@ impl Edge {
 /// then closes both.
 pub fn relay(client: Socket, backend: Socket) -> Relay {
     Relay {
-        client: Edge::new(client),
-        backend: Edge::new(backend),
+        client: Side::new(client),
+        backend: Side::new(backend),
         up: Direction::default(),
         down: Direction::default(),
     }
@@ -180,8 +181,8 @@ pub fn relay(client: Socket, backend: Socket) -> Relay {
 /// One connection being relayed: [`Relay::step`] moves what can be moved
 /// and says when it is over.
 pub struct Relay {
-    pub client: Edge,
-    pub backend: Edge,
+    pub client: Side,
+    pub backend: Side,
     /// Client → backend.
     up: Direction,
     /// Backend → client.
@@ -312,8 +313,8 @@ impl Relay {
     /// it: the first step tries every operation.
     pub fn from_halves(client: Socket, backend: Socket, up: Half, down: Half) -> Relay {
         Relay {
-            client: Edge::new(client),
-            backend: Edge::new(backend),
+            client: Side::new(client),
+            backend: Side::new(backend),
             up: Direction::from_half(up),
             down: Direction::from_half(down),
         }
@@ -395,7 +396,7 @@ impl Relay {
 impl Direction {
     /// Moves bytes `from` → `to` until EOF (then half-closes `to`), an
     /// error, or nothing can move now.
-    fn poll(&mut self, from: &Edge, to: &Edge) -> Poll<io::Result<()>> {
+    fn poll(&mut self, from: &Side, to: &Side) -> Poll<io::Result<()>> {
         if self.done {
             return Poll::Ready(Ok(()));
         }
@@ -410,7 +411,7 @@ impl Direction {
     }
 
     /// Ready(Ok) at EOF with nothing left in flight.
-    fn pump(&mut self, from: &Edge, to: &Edge) -> Poll<io::Result<()>> {
+    fn pump(&mut self, from: &Side, to: &Side) -> Poll<io::Result<()>> {
         let (source, sink) = (&from.socket, &to.socket);
         loop {
             let reading = matches!(
