@@ -38,7 +38,8 @@ const CHUNK: usize = 64 * 1024;
 /// read and a write through a buffer on the stack cost less than two
 /// splices through a pipe (page references, pipe locking) for a few bytes.
 /// Bulk transfers arrive in larger pieces even when the relay keeps up, so
-/// any read of this much or more goes back to splicing.
+/// any read of this much or more goes back to splicing (measured:
+/// docs/bench-profile.md, "Small messages copied").
 const COPY_BELOW: usize = 1024;
 /// The stack buffer of the copy path.
 const SMALL: usize = 16 * 1024;
