@@ -3,11 +3,12 @@
 //! level-triggered, for what the connection waits for on them (changed
 //! only when that changes: when a write blocks or a direction ends), and
 //! the thread sleeps in one `epoll_wait` until something happens: per
-//! message, one wait and two splices, and no read that only hears EAGAIN
-//! (a short read has drained the socket; the next wait reports more). The
-//! async runtime's reactor (one-shot registrations re-armed for every wait,
-//! a timerfd set for every sleep, a wake-up descriptor to drain) would add
-//! five system calls to each round trip (docs/bench.md).
+//! message, one wait, one read and one write (two splices, or a copy), and
+//! no read that only hears EAGAIN (a short read has drained the socket; the
+//! next wait reports more). The async runtime's reactor would add system
+//! calls to each round trip: one-shot registrations re-armed for every
+//! wait, a timerfd set for every sleep, a wake-up descriptor to drain
+//! (measured: docs/bench-profile.md, "Since the engine").
 //!
 //! The accept loop, limits, connecting and the PROXY header stay on the
 //! runtime; a connection comes here once both sockets exist, and its task
@@ -455,7 +456,7 @@ impl Engine {
             // connection waits for (`Relay::waits`).
             job.relay.client.registered();
             job.relay.backend.registered();
-            let flags = events(crate::relay::Edge::REGISTERED);
+            let flags = events(crate::relay::Side::REGISTERED);
             let registered = epoll::add(
                 &self.epoll,
                 job.relay.client.socket(),

@@ -11,9 +11,10 @@ use rustix::pipe::{PipeFlags, SpliceFlags};
 
 /// Pipe capacity asked for. Bigger pipes mean fewer system calls per byte,
 /// but an unprivileged user may own only 64 MiB of pipes in all
-/// (`fs.pipe-user-pages-soft`); past that the kernel refuses to grow them
-/// and new pipes get 8 KiB. 256 KiB costs no more CPU per byte than 1 MiB
-/// here and lets four times as many transfers run at full speed.
+/// (`fs.pipe-user-pages-soft`, by default); past that the kernel refuses to
+/// grow them and new pipes get two pages. Bigger pipes than this saved no
+/// CPU per byte when measured, and fewer of them fit in that budget, so
+/// fewer transfers run at full speed (docs/bench-profile.md, section 4).
 const WANTED_CAPACITY: usize = 256 << 10;
 /// A pipe the kernel would not grow to at least this is not worth using:
 /// that burst goes through a buffer instead.

@@ -1,6 +1,7 @@
 //! The data path of one connection, as an explicit state: two sockets and,
-//! for each direction, what is in flight and whether it has ended. A single
-//! future polls both directions until both have ended.
+//! for each direction, what holds its bytes in flight, how the next ones
+//! move, and whether it has ended. [`Relay::step`] moves both directions
+//! as far as they go, until both have ended.
 //!
 //! - An EOF travels as a half-close (`shutdown(SHUT_WR)`) after every byte
 //!   read before it has been written; the other direction goes on.
@@ -8,8 +9,8 @@
 //!   peers, so it propagates).
 //! - Bytes move with `splice(2)` through a pipe taken from a pool only while
 //!   they are in flight, so memory is bounded by one pipe per direction and
-//!   an idle connection holds none; where splice does not apply, through a
-//!   buffer with the same rules.
+//!   an idle connection holds none; for small messages (see [`COPY_BELOW`])
+//!   and where splice does not apply, through a buffer with the same rules.
 //! - Readiness comes from the engine (`crate::engine`): each socket is
 //!   registered once, level-triggered, for what the connection waits for
 //!   on it ([`Relay::waits`]: reading while a direction can take bytes,
@@ -37,7 +38,8 @@ const CHUNK: usize = 64 * 1024;
 /// read and a write through a buffer on the stack cost less than two
 /// splices through a pipe (page references, pipe locking) for a few bytes.
 /// Bulk transfers arrive in larger pieces even when the relay keeps up, so
-/// any read of this much or more goes back to splicing.
+/// any read of this much or more goes back to splicing (measured:
+/// docs/bench-profile.md, "Small messages copied").
 const COPY_BELOW: usize = 1024;
 /// The stack buffer of the copy path.
 const SMALL: usize = 16 * 1024;
@@ -67,10 +69,11 @@ pub struct Totals {
     pub down: u64,
 }
 
-/// A socket and what its last readiness events said: whether a read or a
-/// write may make progress. Set by the engine from readiness events,
-/// cleared by a short read or an operation that returns EAGAIN.
-pub struct Edge {
+/// One side of a connection: its socket, what its last readiness events
+/// said (whether a read or a write may make progress: set by the engine
+/// from readiness events, cleared by a short read or an operation that
+/// returns EAGAIN), and what the engine watches it for.
+pub struct Side {
     socket: Socket,
     readable: Cell<bool>,
     writable: Cell<bool>,
@@ -79,26 +82,26 @@ pub struct Edge {
     interest: Cell<Option<(bool, bool)>>,
 }
 
-impl Edge {
+impl Side {
     /// A socket that has not been tried yet: both may succeed.
-    pub fn new(socket: Socket) -> Edge {
-        Edge {
+    pub fn new(socket: Socket) -> Side {
+        Side {
             socket,
             readable: Cell::new(true),
             writable: Cell::new(true),
-            interest: Cell::new(Some(Edge::REGISTERED)),
+            interest: Cell::new(Some(Side::REGISTERED)),
         }
     }
 
     /// What a socket is registered for at first: reading.
     pub const REGISTERED: (bool, bool) = (true, false);
 
-    /// The socket is registered afresh (with [`Edge::REGISTERED`]): what
+    /// The socket is registered afresh (with [`Side::REGISTERED`]): what
     /// was known of it belongs to a registration that is gone (a connection
     /// taken off the engine for a hand-over, and given back), so every
     /// operation is tried again and the interest follows from there.
     pub fn registered(&self) {
-        self.interest.set(Some(Edge::REGISTERED));
+        self.interest.set(Some(Side::REGISTERED));
         self.readable.set(true);
         self.writable.set(true);
     }
@@ -170,8 +173,8 @@ impl Edge {
 /// then closes both.
 pub fn relay(client: Socket, backend: Socket) -> Relay {
     Relay {
-        client: Edge::new(client),
-        backend: Edge::new(backend),
+        client: Side::new(client),
+        backend: Side::new(backend),
         up: Direction::default(),
         down: Direction::default(),
     }
@@ -180,8 +183,8 @@ pub fn relay(client: Socket, backend: Socket) -> Relay {
 /// One connection being relayed: [`Relay::step`] moves what can be moved
 /// and says when it is over.
 pub struct Relay {
-    pub client: Edge,
-    pub backend: Edge,
+    pub client: Side,
+    pub backend: Side,
     /// Client → backend.
     up: Direction,
     /// Backend → client.
@@ -194,33 +197,57 @@ struct Direction {
     /// Bytes moved so far.
     moved: u64,
     /// What holds bytes read but not yet written.
-    carrier: Carrier,
+    held: Held,
+    /// How the next read moves bytes.
+    moving: Moving,
     /// EOF was seen and passed on as a half-close.
     done: bool,
-    /// The last message was small: copy the next one (see [`COPY_BELOW`]).
-    small: bool,
 }
 
-/// Where a direction's bytes in flight are.
+/// What holds a direction's bytes in flight (read, not yet written).
 #[derive(Default)]
-enum Carrier {
-    /// Nothing in flight; splice is to be tried (the starting state).
+enum Held {
+    /// Nothing is in flight: the direction reads next.
     #[default]
-    Idle,
+    Nothing,
     /// `len` bytes sit in this pipe.
     Pipe { pipe: Pipe, len: u32 },
-    /// Splice does not apply to these sockets: a buffer, `start..end` unsent.
+    /// `start..end` of this buffer is unsent.
     Buffer {
         buffer: Box<[u8]>,
         start: u32,
         end: u32,
-        /// Whether to stay with buffers afterwards (splice does not apply).
-        again: bool,
     },
-    /// Splice does not apply and nothing is in flight.
-    BufferIdle,
+}
+
+/// How a direction's next read moves bytes. What it holds is written the
+/// way it was read; only this says what comes after.
+#[derive(Default, Clone, Copy, PartialEq, Eq)]
+enum Moving {
+    /// Spliced through a pipe from the pool (the start).
+    #[default]
+    Splice,
+    /// The last message was small: the next is copied through a buffer on
+    /// the stack, and its size decides how the one after moves (see
+    /// [`COPY_BELOW`]).
+    CopySmall,
     /// No pipe could be had: one read through a buffer, then splice again.
-    BufferOnce,
+    CopyOnce,
+    /// Splice does not apply to these sockets: every read goes through a
+    /// buffer, for good.
+    CopyAlways,
+}
+
+impl Moving {
+    /// How bytes move after a message of `len` bytes went through a pipe or
+    /// the stack buffer.
+    fn after(len: usize) -> Moving {
+        if len < COPY_BELOW {
+            Moving::CopySmall
+        } else {
+            Moving::Splice
+        }
+    }
 }
 
 /// One direction of a connection taken apart for the next instance, or put
@@ -245,53 +272,50 @@ pub enum InFlight {
 }
 
 impl Direction {
+    /// What a hand-over keeps: what is held, and whether copying is for
+    /// good (a small message's copy and a copy for want of a pipe are not
+    /// kept: the next instance splices first).
     fn into_half(self) -> Half {
-        let (copying, in_flight) = match self.carrier {
-            Carrier::Idle | Carrier::BufferOnce => (false, InFlight::Nothing),
-            Carrier::BufferIdle => (true, InFlight::Nothing),
-            Carrier::Pipe { pipe, len } => (false, InFlight::Pipe(pipe, len)),
-            Carrier::Buffer {
-                buffer,
-                start,
-                end,
-                again,
-            } => (
-                again,
-                InFlight::Bytes(buffer[start as usize..end as usize].into()),
-            ),
+        let in_flight = match self.held {
+            Held::Nothing => InFlight::Nothing,
+            Held::Pipe { pipe, len } => InFlight::Pipe(pipe, len),
+            Held::Buffer { buffer, start, end } => {
+                InFlight::Bytes(buffer[start as usize..end as usize].into())
+            }
         };
         Half {
             moved: self.moved,
             ended: self.done,
-            copying,
+            copying: self.moving == Moving::CopyAlways,
             in_flight,
         }
     }
 
     fn from_half(half: Half) -> Direction {
-        let carrier = match half.in_flight {
-            InFlight::Nothing if half.copying => Carrier::BufferIdle,
-            InFlight::Nothing => Carrier::Idle,
-            InFlight::Pipe(pipe, len) => Carrier::Pipe { pipe, len },
-            InFlight::Bytes(buffer) if buffer.is_empty() => {
-                Direction::from_half(Half {
-                    in_flight: InFlight::Nothing,
-                    ..half
-                })
-                .carrier
-            }
-            InFlight::Bytes(buffer) => Carrier::Buffer {
-                end: buffer.len() as u32,
-                buffer,
-                start: 0,
-                again: half.copying,
-            },
+        let copying = if half.copying {
+            Moving::CopyAlways
+        } else {
+            Moving::Splice
+        };
+        let (held, moving) = match half.in_flight {
+            InFlight::Nothing => (Held::Nothing, copying),
+            // Spliced out, then splice is tried whatever `copying` says.
+            InFlight::Pipe(pipe, len) => (Held::Pipe { pipe, len }, Moving::Splice),
+            InFlight::Bytes(buffer) if buffer.is_empty() => (Held::Nothing, copying),
+            InFlight::Bytes(buffer) => (
+                Held::Buffer {
+                    end: buffer.len() as u32,
+                    buffer,
+                    start: 0,
+                },
+                copying,
+            ),
         };
         Direction {
             moved: half.moved,
-            carrier,
+            held,
+            moving,
             done: half.ended,
-            small: false,
         }
     }
 }
@@ -312,8 +336,8 @@ impl Relay {
     /// it: the first step tries every operation.
     pub fn from_halves(client: Socket, backend: Socket, up: Half, down: Half) -> Relay {
         Relay {
-            client: Edge::new(client),
-            backend: Edge::new(backend),
+            client: Side::new(client),
+            backend: Side::new(backend),
             up: Direction::from_half(up),
             down: Direction::from_half(down),
         }
@@ -323,13 +347,7 @@ impl Relay {
     /// first: reading where a direction can take bytes (nothing in flight,
     /// not ended), writing where a write is blocked.
     pub fn waits(&self) -> [(bool, bool); 2] {
-        let reading = |d: &Direction| {
-            !d.done
-                && matches!(
-                    d.carrier,
-                    Carrier::Idle | Carrier::BufferIdle | Carrier::BufferOnce
-                )
-        };
+        let reading = |d: &Direction| !d.done && matches!(d.held, Held::Nothing);
         [
             (reading(&self.up), !self.client.writable.get()),
             (reading(&self.down), !self.backend.writable.get()),
@@ -340,7 +358,7 @@ impl Relay {
     pub fn pipes_needed(&self) -> usize {
         [&self.up, &self.down]
             .into_iter()
-            .filter(|d| matches!(d.carrier, Carrier::Pipe { .. } | Carrier::Buffer { .. }))
+            .filter(|d| !matches!(d.held, Held::Nothing))
             .count()
     }
 
@@ -395,7 +413,7 @@ impl Relay {
 impl Direction {
     /// Moves bytes `from` → `to` until EOF (then half-closes `to`), an
     /// error, or nothing can move now.
-    fn poll(&mut self, from: &Edge, to: &Edge) -> Poll<io::Result<()>> {
+    fn poll(&mut self, from: &Side, to: &Side) -> Poll<io::Result<()>> {
         if self.done {
             return Poll::Ready(Ok(()));
         }
@@ -410,20 +428,17 @@ impl Direction {
     }
 
     /// Ready(Ok) at EOF with nothing left in flight.
-    fn pump(&mut self, from: &Edge, to: &Edge) -> Poll<io::Result<()>> {
+    fn pump(&mut self, from: &Side, to: &Side) -> Poll<io::Result<()>> {
         let (source, sink) = (&from.socket, &to.socket);
         loop {
-            let reading = matches!(
-                self.carrier,
-                Carrier::Idle | Carrier::BufferIdle | Carrier::BufferOnce
-            );
+            let reading = matches!(self.held, Held::Nothing);
             // Only what may succeed is tried: no EAGAIN for the asking
             // (readiness says when a drained socket has more).
             if reading && !from.readable.get() || !reading && !to.writable.get() {
                 return Poll::Pending;
             }
-            match &mut self.carrier {
-                Carrier::Idle if self.small => {
+            match (&mut self.held, self.moving) {
+                (Held::Nothing, Moving::CopySmall) => {
                     // Not zeroed: the read fills what is used.
                     let mut space = [MaybeUninit::<u8>::uninit(); SMALL];
                     let buffer = loop {
@@ -439,7 +454,7 @@ impl Direction {
                     if read < SMALL {
                         from.drained();
                     }
-                    self.small = read < COPY_BELOW;
+                    self.moving = Moving::after(read);
                     let written = match retry(|| (&to.socket).write(&buffer[..read])) {
                         Ok(0) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
                         Ok(written) => written,
@@ -449,20 +464,19 @@ impl Direction {
                     self.moved += written as u64;
                     if written < read {
                         // The rest waits in a buffer of its own.
-                        self.carrier = Carrier::Buffer {
+                        self.held = Held::Buffer {
                             buffer: buffer[written..read].into(),
                             start: 0,
                             end: (read - written) as u32,
-                            again: false,
                         };
                         return to.write_blocked();
                     }
                 }
-                Carrier::Idle => {
+                (Held::Nothing, Moving::Splice) => {
                     let Some(pipe) = pipe::take() else {
                         // No pipe to splice through (none worth having, or
                         // descriptors are short): a buffer, this once.
-                        self.carrier = Carrier::BufferOnce;
+                        self.moving = Moving::CopyOnce;
                         continue;
                     };
                     match retry(|| pipe::splice(source, pipe.write_end(), pipe.capacity())) {
@@ -474,8 +488,8 @@ impl Direction {
                             if len < pipe.capacity() {
                                 from.drained();
                             }
-                            self.small = len < COPY_BELOW;
-                            self.carrier = Carrier::Pipe {
+                            self.moving = Moving::after(len);
+                            self.held = Held::Pipe {
                                 pipe,
                                 len: len as u32,
                             }
@@ -487,7 +501,7 @@ impl Direction {
                         // Not spliceable (not a socket the kernel can splice).
                         Err(e) if e.raw_os_error() == Some(libc::EINVAL) && self.moved == 0 => {
                             pipe::give(pipe);
-                            self.carrier = Carrier::BufferIdle;
+                            self.moving = Moving::CopyAlways;
                         }
                         Err(e) => {
                             pipe::give(pipe);
@@ -495,15 +509,14 @@ impl Direction {
                         }
                     }
                 }
-                Carrier::Pipe { pipe, len } => {
+                (Held::Pipe { pipe, len }, _) => {
                     match retry(|| pipe::splice(pipe.read_end(), sink, *len as usize)) {
                         Ok(0) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
                         Ok(n) => {
                             self.moved += n as u64;
                             *len -= n as u32;
                             if *len == 0 {
-                                let Carrier::Pipe { pipe, .. } = std::mem::take(&mut self.carrier)
-                                else {
+                                let Held::Pipe { pipe, .. } = std::mem::take(&mut self.held) else {
                                     unreachable!("matched above")
                                 };
                                 pipe::give(pipe);
@@ -516,7 +529,7 @@ impl Direction {
                         Err(e) => return Poll::Ready(Err(e)),
                     }
                 }
-                Carrier::BufferIdle | Carrier::BufferOnce => {
+                (Held::Nothing, moving @ (Moving::CopyOnce | Moving::CopyAlways)) => {
                     let mut buffer = vec![0; CHUNK].into_boxed_slice();
                     match retry(|| (&from.socket).read(&mut buffer)) {
                         Ok(0) => return Poll::Ready(Ok(())),
@@ -524,11 +537,13 @@ impl Direction {
                             if end < CHUNK {
                                 from.drained();
                             }
-                            self.carrier = Carrier::Buffer {
+                            if moving == Moving::CopyOnce {
+                                self.moving = Moving::Splice;
+                            }
+                            self.held = Held::Buffer {
                                 buffer,
                                 start: 0,
                                 end: end as u32,
-                                again: matches!(self.carrier, Carrier::BufferIdle),
                             }
                         }
                         // The buffer is dropped: idle connections hold none.
@@ -538,29 +553,22 @@ impl Direction {
                         Err(e) => return Poll::Ready(Err(e)),
                     }
                 }
-                Carrier::Buffer {
-                    buffer,
-                    start,
-                    end,
-                    again,
-                } => match retry(|| (&to.socket).write(&buffer[*start as usize..*end as usize])) {
-                    Ok(0) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
-                    Ok(n) => {
-                        self.moved += n as u64;
-                        *start += n as u32;
-                        if start == end {
-                            self.carrier = if *again {
-                                Carrier::BufferIdle
-                            } else {
-                                Carrier::Idle
-                            };
+                (Held::Buffer { buffer, start, end }, _) => {
+                    match retry(|| (&to.socket).write(&buffer[*start as usize..*end as usize])) {
+                        Ok(0) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+                        Ok(n) => {
+                            self.moved += n as u64;
+                            *start += n as u32;
+                            if start == end {
+                                self.held = Held::Nothing;
+                            }
                         }
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                            return to.write_blocked();
+                        }
+                        Err(e) => return Poll::Ready(Err(e)),
                     }
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                        return to.write_blocked();
-                    }
-                    Err(e) => return Poll::Ready(Err(e)),
-                },
+                }
             }
         }
     }
