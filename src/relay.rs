@@ -222,7 +222,7 @@ enum Held {
 
 /// How a direction's next read moves bytes. What it holds is written the
 /// way it was read; only this says what comes after.
-#[derive(Default, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 enum Moving {
     /// Spliced through a pipe from the pool (the start).
     #[default]
@@ -299,8 +299,9 @@ impl Direction {
         };
         let (held, moving) = match half.in_flight {
             InFlight::Nothing => (Held::Nothing, copying),
-            // Spliced out, then splice is tried whatever `copying` says.
-            InFlight::Pipe(pipe, len) => (Held::Pipe { pipe, len }, Moving::Splice),
+            // A copying direction's bytes travel in a pipe too (a buffer
+            // cannot be stored): spliced out, then copied again.
+            InFlight::Pipe(pipe, len) => (Held::Pipe { pipe, len }, copying),
             InFlight::Bytes(buffer) if buffer.is_empty() => (Held::Nothing, copying),
             InFlight::Bytes(buffer) => (
                 Held::Buffer {
@@ -763,6 +764,25 @@ mod tests {
         ));
         let outcome = (0..100).find_map(|_| bench.step());
         assert!(matches!(outcome, Some(Outcome::Failed(_))), "{outcome:?}");
+    }
+
+    /// A direction that copies (splice does not apply to its sockets) and
+    /// had bytes in flight at a hand-over gets them back in a pipe, and
+    /// goes on copying: a splice from its socket would fail it.
+    #[test]
+    fn a_copying_direction_stays_copying_across_a_hand_over() {
+        let pipe = crate::pipe::filled(b"in flight").unwrap();
+        let half = Half {
+            moved: 7,
+            ended: false,
+            copying: true,
+            in_flight: InFlight::Pipe(pipe, 9),
+        };
+        let direction = Direction::from_half(half);
+        assert_eq!(direction.moving, Moving::CopyAlways);
+        let again = direction.into_half();
+        assert!(again.copying, "the next hand-over still says copying");
+        assert!(matches!(again.in_flight, InFlight::Pipe(_, 9)));
     }
 
     /// An idle connection must cost little: the relay state is kept small.

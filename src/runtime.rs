@@ -6,8 +6,7 @@
 //! The relay runs on a single thread: the accept loop and every connection
 //! are tasks of the thread that called [`block_on`], so readiness events are
 //! handled where the task runs. With a multi-threaded executor, each message
-//! woke another thread (5.5 context switches per 64-byte round trip instead
-//! of 2, 40 % more CPU per connection; docs/bench-profile.md). The data path
+//! woke another thread (measured in docs/bench-profile.md). The data path
 //! uses the reactor directly, and moves bytes on an engine thread of its own
 //! (`crate::engine`).
 
@@ -25,7 +24,7 @@ thread_local! {
 /// (before it too). It runs as a task of its own: the executor would
 /// otherwise poll its main future on every wake-up of the thread, and the
 /// accept loop should be polled only when it is woken, not for every
-/// relayed message (+12-16 µs per round trip otherwise).
+/// relayed message.
 pub fn block_on<T: 'static>(future: impl Future<Output = T> + 'static) -> T {
     let executor = EXECUTOR.with(Rc::clone);
     let main = executor.spawn(future);
