@@ -207,23 +207,13 @@ async fn ended(completion: &Mutex<Completion>) -> io::Result<Ended> {
 /// Stops moving bytes and takes every connection off the engine, with
 /// what it has in flight; their tasks learn [`Outcome::HandedOver`].
 pub async fn hand_over() -> io::Result<Vec<Taken>> {
-    let (sender, receiver) = async_channel::bounded(1);
-    send(Command::HandOver(sender))?;
-    receiver
-        .recv()
-        .await
-        .map_err(|_| io::Error::other("the relay engine is gone"))
+    ask(Command::HandOver).await
 }
 
 /// Resolves once the engine thread has shown that it runs (it answered in
 /// its loop), or with an error if it is gone.
 pub async fn alive() -> io::Result<()> {
-    let (sender, receiver) = async_channel::bounded(1);
-    send(Command::Ping(sender))?;
-    receiver
-        .recv()
-        .await
-        .map_err(|_| io::Error::other("the relay engine is gone"))
+    ask(Command::Ping).await
 }
 
 /// Cuts every connection the engine relays: their sockets close with a
@@ -231,18 +221,23 @@ pub async fn alive() -> io::Result<()> {
 /// a complete one (a Unix peer sees ECONNRESET only if it had sent bytes
 /// that were not read, and otherwise an end of stream); how many.
 pub async fn cut_all() -> io::Result<usize> {
-    let (sender, receiver) = async_channel::bounded(1);
-    send(Command::CutAll(sender))?;
-    receiver
-        .recv()
-        .await
-        .map_err(|_| io::Error::other("the relay engine is gone"))
+    ask(Command::CutAll).await
 }
 
 /// Tells the engine that systemd has forgotten the adopted connections
 /// (or never held them): they may end with a clean end of stream.
 pub fn store_forgot() -> io::Result<()> {
     send(Command::StoreForgot)
+}
+
+/// Sends the engine a command that answers, and waits for the answer.
+async fn ask<T>(command: impl FnOnce(async_channel::Sender<T>) -> Command) -> io::Result<T> {
+    let (sender, receiver) = async_channel::bounded(1);
+    send(command(sender))?;
+    receiver
+        .recv()
+        .await
+        .map_err(|_| io::Error::other("the relay engine is gone"))
 }
 
 fn send(command: Command) -> io::Result<()> {

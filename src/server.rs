@@ -406,38 +406,41 @@ impl Server {
                     );
                 }
             }
-            Err((rest, why)) => {
-                crate::warn!(
-                    "hand-over: {} connection{} not stored ({why}): they go on here, and drain",
-                    rest.len(),
-                    if rest.len() == 1 { "" } else { "s" }
-                );
-                // The tasks of the connections taken off the engine end
-                // first, so that the drain counts only what is open.
-                loop {
-                    let before = connections.active();
-                    future::yield_now().await;
-                    if connections.active() == before {
-                        break;
-                    }
-                }
-                for taken in rest {
-                    let last_moved = taken.last_moved.unwrap_or_else(Instant::now);
-                    self.relay_opened(
-                        taken.relay,
-                        (taken.started, last_moved),
-                        ConnectionOpened::TakenBack,
-                        None,
-                        None,
-                    );
-                }
-                // No STOPPING=1: systemd would hold `systemctl reload` until
-                // the drain ends; the unit goes on running until the relay
-                // exits 3.
-                crate::notify::status("draining for a restart");
-                self.drain().await;
+            Err((rest, why)) => self.take_back(rest, &why).await,
+        }
+    }
+
+    /// The connections a hand-over could not store go on here, and drain.
+    async fn take_back(&self, rest: Vec<crate::engine::Taken>, why: &str) {
+        let connections = &self.connections;
+        crate::warn!(
+            "hand-over: {} connection{} not stored ({why}): they go on here, and drain",
+            rest.len(),
+            if rest.len() == 1 { "" } else { "s" }
+        );
+        // The tasks of the connections taken off the engine end first, so
+        // that the drain counts only what is open.
+        loop {
+            let before = connections.active();
+            future::yield_now().await;
+            if connections.active() == before {
+                break;
             }
         }
+        for taken in rest {
+            let last_moved = taken.last_moved.unwrap_or_else(Instant::now);
+            self.relay_opened(
+                taken.relay,
+                (taken.started, last_moved),
+                ConnectionOpened::TakenBack,
+                None,
+                None,
+            );
+        }
+        // No STOPPING=1: systemd would hold `systemctl reload` until the
+        // drain ends; the unit goes on running until the relay exits 3.
+        crate::notify::status("draining for a restart");
+        self.drain().await;
     }
 
     /// Relays a connection that is open already, as a task of its own.
