@@ -1,6 +1,6 @@
 //! The self-sandbox, proven from outside: `/proc/PID/status` of a running
 //! relay, strict and best-effort start-up on an "older kernel". (What a
-//! confined thread can still do is tested inside src/sandbox.rs, with the
+//! confined thread can still do is tested in src/sandbox/confined_tests.rs, with the
 //! very policy the relay computes.)
 
 mod common;
