@@ -125,23 +125,21 @@ pub fn spawn(mode: SandboxMode) -> Result<(), Failure> {
     };
     // /proc/self/exe itself, not the path it links to: the binary on disk
     // may have been replaced (an upgrade) since the relay started.
-    let mut command = Command::new("/proc/self/exe");
+    let mut command = Command::new(SELF);
     command
         .arg0(HELPER_NAME)
         .arg(HELPER_ARGUMENT)
         .arg(format!("parent={}", std::process::id()))
         .arg(format!("sandbox={}", mode_name(mode)))
         .arg(format!("log={log}"))
-        .args(
-            seccomp::variables()
-                .into_iter()
-                .map(|(name, value)| format!("{name}={value}")),
-        )
         .env_clear()
+        .envs(helper_environment())
         .stdin(Stdio::from(OwnedFd::from(helper_end)))
         .stdout(Stdio::null())
         .stderr(Stdio::inherit());
-    let child = command.spawn().map_err(failure)?;
+    let child = command
+        .spawn()
+        .map_err(|e| Failure::Startup(cannot_execute(&e)))?;
     // The command holds the helper's end: it must go, or the helper's
     // death would never end the relay's reads.
     drop(command);
@@ -165,6 +163,38 @@ pub fn spawn(mode: SandboxMode) -> Result<(), Failure> {
     relay_end.set_nonblocking(true).map_err(failure)?;
     *HELPER.lock().expect("not poisoned") = Some((relay_end, child));
     Ok(())
+}
+
+/// Glibc's resolver options: resolv.conf(5)'s `LOCALDOMAIN` and
+/// `RES_OPTIONS`, hostname(7)'s `HOSTALIASES`.
+const RESOLVER_VARIABLES: [&str; 3] = ["LOCALDOMAIN", "RES_OPTIONS", "HOSTALIASES"];
+
+/// The helper's environment: of the relay's, only what its look-ups and
+/// its own sandbox read (the variables that cap Landlock's ABI and set the
+/// seccomp filter's mode), where set.
+fn helper_environment() -> impl Iterator<Item = (&'static str, String)> {
+    let names = RESOLVER_VARIABLES
+        .into_iter()
+        .chain([sandbox::ABI_MAX_VARIABLE]);
+    names
+        .filter_map(|name| Some((name, std::env::var(name).ok()?)))
+        .chain(seccomp::variables())
+}
+
+/// The helper is the relay's own binary, executed through /proc.
+const SELF: &str = "/proc/self/exe";
+
+/// Why the helper cannot be executed, naming what it takes.
+fn cannot_execute(e: &io::Error) -> String {
+    format!(
+        "cannot start the resolver helper: {SELF}: {e} (a host-name CONNECT needs /proc mounted, to execute the relay's own binary)"
+    )
+}
+
+/// `--check`: whether the helper could be started (nothing is executed).
+pub fn check() -> Result<(), Failure> {
+    rustix::fs::access(SELF, rustix::fs::Access::EXEC_OK)
+        .map_err(|e| Failure::Startup(cannot_execute(&e.into())))
 }
 
 const MODES: [SandboxMode; 3] = [
@@ -413,22 +443,19 @@ struct HelperArgs {
     mode: SandboxMode,
     journal: bool,
     timestamps: bool,
-    /// The seccomp module's variables, which the environment cannot carry.
-    variables: Vec<(String, String)>,
 }
 
 impl HelperArgs {
-    /// Reads `parent=PID sandbox=MODE log=WHERE [NAME=VALUE…]`.
+    /// Reads `parent=PID sandbox=MODE log=WHERE`.
     fn parse(args: Vec<OsString>) -> Option<HelperArgs> {
         let (mut parent, mut mode, mut log) = (None, None, None);
-        let mut variables = Vec::new();
         for arg in args {
             let (key, value) = arg.to_str()?.split_once('=')?;
             match key {
                 "parent" => parent = Pid::from_raw(value.parse().ok()?),
                 "sandbox" => mode = MODES.into_iter().find(|m| mode_name(*m) == value),
                 "log" => log = Some(value.to_owned()),
-                _ => variables.push((key.to_owned(), value.to_owned())),
+                _ => return None,
             }
         }
         let log = log?;
@@ -437,7 +464,6 @@ impl HelperArgs {
             mode: mode?,
             journal: log == "journal",
             timestamps: log == "timestamps",
-            variables,
         })
     }
 }
@@ -471,7 +497,6 @@ fn helper(args: Vec<OsString>) -> ! {
     let _ = rustix::thread::set_name(c"resolver");
     log::set_journal(args.journal);
     log::set_timestamps(args.timestamps);
-    seccomp::use_passed(args.variables);
     let socket = std::io::stdin();
     let report = match sandbox::apply(&Policy::resolver(args.mode)) {
         Ok(report) => report.to_string(),

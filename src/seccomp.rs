@@ -29,7 +29,6 @@
 //! only; elsewhere [`unavailable`] says so and nothing is installed.
 
 use std::collections::BTreeMap;
-use std::sync::OnceLock;
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 
 use seccompiler::{
@@ -82,13 +81,9 @@ pub struct Installed {
     pub mode: Mode,
 }
 
-/// The variables this module reads, as the resolver helper was given them
-/// on its command line (it runs with an empty environment).
-static PASSED: OnceLock<Vec<(String, String)>> = OnceLock::new();
-
-/// The variables this module reads that are set, as `(name, value)`: what
-/// the resolver helper must be given ([`use_passed`]).
-pub fn variables() -> Vec<(&'static str, String)> {
+/// The variables this module reads, where set (the resolver helper is
+/// given them: it runs with only the environment it needs).
+pub fn variables() -> impl Iterator<Item = (&'static str, String)> {
     let names = [
         MODE_VARIABLE,
         #[cfg(debug_assertions)]
@@ -97,22 +92,10 @@ pub fn variables() -> Vec<(&'static str, String)> {
     names
         .into_iter()
         .filter_map(|name| Some((name, variable(name)?)))
-        .collect()
-}
-
-/// In the resolver helper: the variables are these, not the environment's.
-pub fn use_passed(variables: Vec<(String, String)>) {
-    let _ = PASSED.set(variables);
 }
 
 fn variable(name: &str) -> Option<String> {
-    match PASSED.get() {
-        Some(passed) => passed
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, v)| v.clone()),
-        None => std::env::var(name).ok(),
-    }
+    std::env::var(name).ok()
 }
 
 /// The mode [`MODE_VARIABLE`] asks for; an unknown value is an error.

@@ -97,6 +97,9 @@ fn check(config: &Config) -> Result<server::Served, Failure> {
         )));
     }
     sandbox::check_strict(&sandbox::Policy::derive(config)).map_err(Failure::Startup)?;
+    if resolves(config) {
+        resolver::check()?;
+    }
     log::write(
         log::Level::Info,
         true,
@@ -159,11 +162,7 @@ fn run(config: Config) -> Result<server::Served, Failure> {
     raise_fd_limit();
     // 2. Host names for CONNECT are resolved by a helper process with a
     //    policy of its own, executed before the sandbox forbids exec.
-    if let endpoint::Target::Tcp {
-        host: endpoint::TargetHost::Name(_),
-        ..
-    } = &config.connect
-    {
+    if resolves(&config) {
         resolver::spawn(config.sandbox)?;
     }
     // 3. Signals are queued from here on, so a stop is always graceful.
@@ -270,6 +269,17 @@ fn store_listeners(listeners: &mut listener::Listeners, all: bool) -> Option<usi
             None
         }
     }
+}
+
+/// Whether CONNECT is a host name, resolved by the helper at each connect.
+fn resolves(config: &Config) -> bool {
+    matches!(
+        config.connect,
+        endpoint::Target::Tcp {
+            host: endpoint::TargetHost::Name(_),
+            ..
+        }
+    )
 }
 
 /// Takes `--ready-fd N`: it must be open, and is closed on exec.

@@ -1,7 +1,7 @@
 //! The resolver helper as a process of its own, seen from outside: the relay
 //! executes it afresh (`/proc/self/exe`) for a host-name CONNECT, so it holds
-//! only its standard descriptors whatever the relay inherited, has an empty
-//! environment whatever the relay's, still logs the journal's way when the
+//! only its standard descriptors whatever the relay inherited, has only the
+//! environment its look-ups read, still logs the journal's way when the
 //! relay does, and ends when the relay is killed. Its name on the command
 //! line makes nothing of an ordinary start.
 
@@ -82,24 +82,73 @@ fn the_helper_holds_only_its_standard_descriptors_whatever_the_relay_inherited()
     assert!(relay.running());
 }
 
+/// Of the relay's environment, the helper gets only what its look-ups and
+/// its sandbox read: glibc's resolver options and the relay's own knobs.
 #[test]
-fn the_helper_runs_with_an_empty_environment() {
+fn the_helper_gets_only_the_environment_its_look_ups_read() {
     let (relay, _backend) = relay_to_localhost(|command| {
-        command.env("A_SECRET_OF_THE_RELAY", "do not pass it on");
+        command
+            .env("A_SECRET_OF_THE_RELAY", "do not pass it on")
+            .env("RES_OPTIONS", "attempts:2");
     });
     let helper = helper_of(&relay);
 
     let environment = std::fs::read(format!("/proc/{helper}/environ")).unwrap();
-    assert!(
-        environment.is_empty(),
-        "{:?}",
-        String::from_utf8_lossy(&environment)
+    assert_eq!(
+        String::from_utf8_lossy(&environment),
+        "RES_OPTIONS=attempts:2\0"
     );
-    // Empty, and still resolving.
+    // And still resolving.
     assert_eq!(
         exchange(connect(relay.address()), b"ping".to_vec()),
         b"ping"
     );
+}
+
+/// `SIMPLETCPUNIXRELAY_LANDLOCK_ABI_MAX` (an older kernel, for tests) caps
+/// the helper's sandbox as it caps the relay's.
+#[test]
+fn the_landlock_cap_reaches_the_helper() {
+    let (relay, _backend) = relay_to_localhost(|command| {
+        command
+            .arg("-v")
+            .env("SIMPLETCPUNIXRELAY_LANDLOCK_ABI_MAX", "3");
+    });
+    // The helper reports before the relay listens.
+    let log = relay.log();
+    let line = log.lines().find(|l| l.contains("resolver sandbox: "));
+    assert!(line.is_some_and(|l| l.contains("landlock ABI 3 ")), "{log}");
+}
+
+/// Without /proc the relay cannot execute its own binary as the helper: a
+/// start and `--check` (what `systemctl reload` runs first) both say so.
+#[test]
+fn without_proc_a_host_name_connect_fails_naming_proc() {
+    if !is_root() {
+        return skip("needs root to mount over /proc in a mount namespace");
+    }
+    if skip_if_missing(&["unshare"], "util-linux") {
+        return;
+    }
+    let relay = relay_bin();
+    for check in [false, true] {
+        let script = format!(
+            "mount -t tmpfs none /proc && exec {} {} 127.0.0.1:0 localhost:9",
+            relay.display(),
+            if check { "--check" } else { "" }
+        );
+        let output = Command::new("unshare")
+            .args(["-m", "--propagation", "private", "sh", "-c", &script])
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        let log = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(1), "check {check}: {log}");
+        assert!(
+            log.contains("/proc/self/exe") && log.contains("/proc mounted"),
+            "check {check}: {log}"
+        );
+    }
 }
 
 #[test]
