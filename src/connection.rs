@@ -29,7 +29,7 @@ pub struct Connection {
     config: Rc<Config>,
     entry: Entry,
     /// Its place under `--connections-max` (none for a connection taken
-    /// back from a failed hand-over: it still holds the one it came with).
+    /// back from a failed hand-over: accepting has stopped by then).
     _token: Option<Token>,
 }
 
@@ -187,6 +187,7 @@ impl Connection {
             Ok(backend) => Some((socket, backend)),
             Err(e) => {
                 crate::warn!("cannot hand a connection over: {e}");
+                self.entry.unreached();
                 None
             }
         }

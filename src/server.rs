@@ -29,6 +29,12 @@ use crate::relay::Relay;
 use crate::shutdown::{Request, Stops};
 use crate::timespan;
 
+/// How long a drain or a hand-over waits for the engine thread to cut or
+/// hand over its connections: it answers within microseconds unless it is
+/// stuck, and a stop must not hang on it (a second signal ends the relay
+/// within a second).
+const ENGINE_PATIENCE: Duration = Duration::from_millis(500);
+
 /// Why the accept loop stopped.
 enum Stop {
     Signal,
@@ -374,7 +380,11 @@ impl Server {
             Timer::after(config.connect_timeout.unwrap_or(Duration::from_secs(10))).await;
         };
         future::or(connections.none_opening(), patience).await;
-        let taken = match crate::engine::hand_over().await {
+        let unanswered = async {
+            Timer::after(ENGINE_PATIENCE).await;
+            Err(io::Error::other("the relay engine did not answer"))
+        };
+        let taken = match future::or(crate::engine::hand_over(), unanswered).await {
             Ok(taken) => taken,
             Err(e) => {
                 crate::warn!("hand-over: {e}; draining instead");
@@ -510,13 +520,23 @@ impl Server {
     /// Cuts every connection: those still opening (each task makes its own
     /// sockets a reset), then those on the engine, which owns them (a
     /// connection that finished opening meanwhile is there by then); how
-    /// many were still opening.
+    /// many were still opening, or reached the engine after a hand-over
+    /// took the others.
     async fn cut_everything(&self) -> usize {
         let opening = self.connections.cut_opening().await;
-        if let Err(e) = crate::engine::cut_all().await {
-            crate::warn!("cannot cut the relayed connections: {e}");
+        let unanswered = async {
+            Timer::after(ENGINE_PATIENCE).await;
+            Err(io::Error::other("it did not answer"))
+        };
+        match future::or(crate::engine::cut_all(), unanswered).await {
+            Ok(late) => opening + late,
+            Err(e) => {
+                // A stuck or dead engine: its sockets are its own, and a
+                // stop must not wait for it.
+                crate::error!("the relay engine cannot cut its connections ({e}): exiting");
+                std::process::exit(1);
+            }
         }
-        opening
     }
 }
 

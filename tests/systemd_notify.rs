@@ -270,6 +270,43 @@ fn a_failing_engine_ends_the_relay_with_status_1() {
     );
 }
 
+/// A stop never hangs on a stuck engine: once the drain gives up (its
+/// timeout, or a second signal), the engine is given half a second to cut
+/// its connections; then the relay ends with status 1 and one error line,
+/// so that its supervisor can tell it was sick.
+#[test]
+fn a_stuck_engine_does_not_hold_a_stop() {
+    for (timeout, signals) in [("1s", 1), ("1h", 2)] {
+        let backend = Backend::tcp(echo);
+        let mut command = command(&[
+            "--shutdown-timeout",
+            timeout,
+            "127.0.0.1:0",
+            &backend.connect_arg,
+        ]);
+        command.env("SIMPLETCPUNIXRELAY_TEST_ENGINE", "hang");
+        let mut relay = Relay::start_command(command, 1);
+        let _client = std::net::TcpStream::connect(relay.address()).unwrap();
+        wait_until("the connection to reach the engine", || {
+            backend.connections() == 1
+        });
+        relay.signal(Signal::TERM);
+        if signals == 2 {
+            relay.wait_for_line("stopping: waiting up to");
+            relay.signal(Signal::TERM);
+        }
+        let status = relay.wait_exit_within(Duration::from_secs(5));
+        let log = relay.log();
+        assert_eq!(status.and_then(|s| s.code()), Some(1), "{timeout}: {log}");
+        let errors: Vec<&str> = log.lines().filter(|l| l.contains("error:")).collect();
+        assert_eq!(errors.len(), 1, "{timeout}: {log}");
+        assert!(
+            errors[0].contains("the relay engine cannot cut its connections"),
+            "{timeout}: {log}"
+        );
+    }
+}
+
 /// WATCHDOG_PID naming another process: the watchdog is not ours to feed.
 #[test]
 fn no_watchdog_for_another_pid() {
