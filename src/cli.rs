@@ -825,39 +825,35 @@ fn invalid_name(text: &str) -> Option<&'static str> {
 
 /// A group id from a number or a group name.
 pub fn lookup_group(text: &str) -> Result<libc::gid_t, String> {
-    if let Some(id) = parse_id(text) {
-        return id;
-    }
-    if let Some(why) = invalid_name(text) {
-        return Err(format!(
-            "{} is not a group name or id: it {why}",
-            quote(text)
-        ));
-    }
-    let name = CString::new(text).map_err(|_| format!("{} is not a group name", quote(text)))?;
-    match crate::peer::group_id(&name) {
-        Ok(Some(gid)) => Ok(gid),
-        Ok(None) => Err(format!("no group named {}", quote(text))),
-        Err(e) => Err(format!("cannot look up group {}: {e}", quote(text))),
-    }
+    lookup_id(text, "group", crate::peer::group_id)
 }
 
 /// A user id from a number or a user name.
 pub fn lookup_user(text: &str) -> Result<libc::uid_t, String> {
+    lookup_id(text, "user", crate::peer::user_id)
+}
+
+/// An id from a number or a name of `kind` ("user" or "group"), looked up
+/// with `find`.
+fn lookup_id(
+    text: &str,
+    kind: &str,
+    find: fn(&std::ffi::CStr) -> std::io::Result<Option<u32>>,
+) -> Result<u32, String> {
     if let Some(id) = parse_id(text) {
         return id;
     }
     if let Some(why) = invalid_name(text) {
         return Err(format!(
-            "{} is not a user name or id: it {why}",
+            "{} is not a {kind} name or id: it {why}",
             quote(text)
         ));
     }
-    let name = CString::new(text).map_err(|_| format!("{} is not a user name", quote(text)))?;
-    match crate::peer::user_id(&name) {
-        Ok(Some(uid)) => Ok(uid),
-        Ok(None) => Err(format!("no user named {}", quote(text))),
-        Err(e) => Err(format!("cannot look up user {}: {e}", quote(text))),
+    let name = CString::new(text).map_err(|_| format!("{} is not a {kind} name", quote(text)))?;
+    match find(&name) {
+        Ok(Some(id)) => Ok(id),
+        Ok(None) => Err(format!("no {kind} named {}", quote(text))),
+        Err(e) => Err(format!("cannot look up {kind} {}: {e}", quote(text))),
     }
 }
 
