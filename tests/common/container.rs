@@ -236,6 +236,11 @@ pub fn debian_rootfs() -> Result<PathBuf, String> {
 /// A booted container with systemd as PID 1, stopped (and killed if need
 /// be) on drop. If the test fails, its console and journal are printed.
 pub struct Container {
+    /// One container at a time: with `--keep-unit` each container's
+    /// systemd makes its `init.scope` and `system.slice` in the cgroup of
+    /// the test process, the same for all, and two at once remove each
+    /// other's (a unit then fails "at step CGROUP").
+    _alone: std::sync::MutexGuard<'static, ()>,
     nspawn: std::process::Child,
     /// The container's PID 1 (systemd), as the host sees it; 0 until found.
     init: i32,
@@ -248,6 +253,12 @@ impl Container {
     /// `(host path, container path)` pairs mounted read-only; the console
     /// goes to the file `console`.
     pub fn boot(root: &Path, binds: &[(&Path, &str)], console: PathBuf) -> Container {
+        static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+        // A test that failed with a container left the lock poisoned; the
+        // container itself is gone (stopped on drop).
+        let alone = ONE_AT_A_TIME
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let mut command = Command::new(tool("systemd-nspawn").unwrap());
         command
             .arg("--directory")
@@ -285,6 +296,7 @@ impl Container {
         }
         let nspawn = command.spawn().expect("spawn systemd-nspawn");
         let mut container = Container {
+            _alone: alone,
             init: 0,
             nspawn,
             console,
